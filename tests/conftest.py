@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests run on CPU; CUDA-only tests carry the ``gpu`` marker and skip with a reason."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests/user_models.py
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_overrides(**extra: Any) -> dict[str, Any]:
+    """A fast SimpleMLP-on-blobs config, no logging side effects."""
+    base = {
+        "device": "cpu",
+        "model.name": "SimpleMLP",
+        "model.kwargs": {"input_dim": 2, "hidden_dims": [16], "output_dim": 2, "dropout": 0.1},
+        "data.name": "synthetic_blobs",
+        "data.n_samples": 256,
+        "data.n_test_samples": 64,
+        "data.batch_size": 32,
+        "data.val_fraction": 0.25,
+        "optim.lr": 0.01,
+        "train.epochs": 2,
+        "logging.tensorboard": False,
+        "logging.jsonl": False,
+        "logging.progress_bar": "off",
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def tiny_config():
+    from trainer_core.config import load_config
+
+    def make(**extra: Any):
+        return load_config(None, tiny_overrides(**extra))
+
+    return make

@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from trainer_core import checkpoint as ck
+from trainer_core.config import load_config
+from trainer_core.errors import CheckpointError
+from trainer_core.factory import build_run
+
+
+def _run(tmp_path: Path | None = None, **extra: Any):
+    return build_run(load_config(None, tiny_overrides(**extra)), checkpoint_dir=tmp_path)
+
+
+def _assert_same_tensors(a: Any, b: Any) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_tensors(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_tensors(x, y)
+    else:
+        assert a == b or (a != a and b != b)  # NaN == NaN for this purpose
+
+
+def test_round_trip_restores_every_key(tmp_path: Path) -> None:
+    extra = {"precision": "fp16", "optim.scheduler": "cosine"}
+    run = _run(**extra)
+    run.trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=4)
+    path = run.trainer.save_checkpoint(tmp_path / "c.pt")
+    saved = ck.load_checkpoint_file(path)
+    assert set(ck.REQUIRED_KEYS) <= set(saved)
+    fresh = _run(**extra)
+    fresh.trainer.load_checkpoint(path)
+    again = fresh.trainer.state_dict()
+    for key in ck.REQUIRED_KEYS:
+        if key in (ck.KEY_TIMESTAMP, ck.KEY_RNG):
+            continue
+        _assert_same_tensors(saved[key], again[key])
+    assert torch.equal(torch.get_rng_state(), saved[ck.KEY_RNG]["torch"])
+    assert fresh.trainer.global_step == 4 and fresh.trainer.batch_in_epoch == 4
+
+
+def test_save_is_atomic_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _run()
+    path = run.trainer.save_checkpoint(tmp_path / ck.LAST_NAME)
+    good = path.read_bytes()
+
+    def broken_save(obj: Any, f: Any, *a: Any, **k: Any) -> None:
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # the process is killed in the middle of writing
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        run.trainer.save_checkpoint(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == [ck.LAST_NAME]  # no temp file left behind
+    monkeypatch.undo()
+    ck.load_checkpoint_file(path)
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b"", "checkpoint is empty"),
+    (b"not a checkpoint at all", "unreadable checkpoint"),
+])
+def test_garbage_files_are_clear_errors(tmp_path: Path, content: bytes, match: str) -> None:
+    p = tmp_path / "x.pt"
+    p.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        ck.load_checkpoint_file(p)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    p = _run().trainer.save_checkpoint(tmp_path / "c.pt")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"c\.pt: unreadable checkpoint"):
+        ck.load_checkpoint_file(p)
+    with pytest.raises(CheckpointError, match="not found"):
+        ck.load_checkpoint_file(tmp_path / "missing.pt")
+
+
+def test_foreign_and_incomplete_dicts_are_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "foreign.pt"
+    torch.save({"model_state_dict": {}}, p)
+    with pytest.raises(CheckpointError, match="not a trainbench checkpoint"):
+        ck.load_checkpoint_file(p)
+    torch.save({ck.KEY_FORMAT: ck.FORMAT_VERSION, ck.KEY_MODEL: {}}, p)
+    with pytest.raises(CheckpointError, match="missing keys: optimizer"):
+        ck.load_checkpoint_file(p)
+
+
+class Payload:
+    """Stands in for code smuggled into a pickle; weights_only loading must refuse it."""
+
+
+def test_checkpoint_holding_code_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "evil.pt"
+    torch.save({ck.KEY_FORMAT: ck.FORMAT_VERSION, "x": Payload()}, p)
+    with pytest.raises(CheckpointError, match="Unsupported global"):
+        ck.load_checkpoint_file(p)
+
+
+def test_mismatched_model_is_a_clear_error(tmp_path: Path) -> None:
+    p = _run().trainer.save_checkpoint(tmp_path / "c.pt")
+    other = _run(**{"model.kwargs": {"input_dim": 2, "hidden_dims": [8], "output_dim": 2}})
+    with pytest.raises(CheckpointError, match="model weights do not fit: size mismatch"):
+        other.trainer.load_checkpoint(p)
+    cnn = build_run(load_config(None, tiny_overrides(**{"model.name": "user_models:make_tiny", "model.kwargs": {}})))
+    with pytest.raises(CheckpointError, match="holds model 'SimpleMLP', config asks for 'user_models:make_tiny'"):
+        cnn.trainer.load_checkpoint(p)
+
+
+def test_resume_mid_epoch_with_workers_is_bit_identical(tmp_path: Path) -> None:
+    # Shuffling, dropout, 2 workers, a one-cycle schedule: every piece of state that could drift.
+    extra = {"data.num_workers": 2, "optim.scheduler": "onecycle", "train.epochs": 3, "seed": 11}
+    straight = _run(tmp_path / "a", **extra)
+    straight.trainer.fit(straight.data.train_loader, straight.data.val_loader)
+
+    first = _run(tmp_path / "b", **extra)
+    steps_per_epoch = len(first.data.train_loader)
+    res = first.trainer.fit(first.data.train_loader, first.data.val_loader, stop_after_steps=steps_per_epoch + 2)
+    assert res.interrupted and first.trainer.batch_in_epoch == 2
+    resumed = _run(tmp_path / "b", **extra)
+    resumed.trainer.load_checkpoint(tmp_path / "b" / ck.LAST_NAME)
+    resumed.trainer.fit(resumed.data.train_loader, resumed.data.val_loader)
+
+    assert resumed.trainer.loss_history == straight.trainer.loss_history
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert [h["val_loss"] for h in resumed.trainer.history] == [h["val_loss"] for h in straight.trainer.history]
+
+
+def test_keep_best_n_keeps_only_the_best(tmp_path: Path) -> None:
+    run = _run(tmp_path, **{"checkpoint.keep_best_n": 2, "train.epochs": 4})
+    run.trainer.fit(run.data.train_loader, run.data.val_loader)
+    kept = sorted(p.name for p in tmp_path.glob("best-epoch*.pt"))
+    assert 1 <= len(kept) <= 2
+    assert (tmp_path / ck.BEST_NAME).exists() and (tmp_path / ck.LAST_NAME).exists()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from trainer_core.config import RunConfig, load_config, parse_override
+from trainer_core.errors import ConfigError
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_is_not_empty() -> None:
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_parses(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.name
+
+
+def test_precedence_cli_over_yaml_over_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("optim: {lr: 0.5}\ndata: {batch_size: 7}\n")
+    cfg = load_config(f, ["optim.lr=3e-4"])
+    assert cfg.optim.lr == pytest.approx(3e-4)  # CLI beats YAML
+    assert cfg.data.batch_size == 7  # YAML beats default
+    assert cfg.optim.weight_decay == 0.0  # default
+
+
+def test_override_values_are_typed() -> None:
+    assert parse_override("a.b=3e-4") == ("a.b", 3e-4)
+    assert parse_override("x=true") == ("x", True)
+    assert parse_override("x=[1, 2]") == ("x", [1, 2])
+    assert parse_override("x=hello") == ("x", "hello")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "overrides", "expected"),
+    [
+        ("optim: {lrr: 1}\n", [], "optim.lrr: unknown key"),
+        ("data: {batch_size: 0}\n", [], "data.batch_size: Input should be greater than or equal to 1"),
+        ("data: {batch_size: abc}\n", [], "data.batch_size: Input should be a valid integer"),
+        ("precision: fp8\n", [], "precision: unknown precision 'fp8'"),
+        ("device: tpu\n", [], "device: device 'tpu' is not one of"),
+        ("optim: {lr: -1}\n", [], "optim.lr: Input should be greater than 0"),
+        ("{}\n", ["optim.lr=0"], "optim.lr (from --set): Input should be greater than 0"),
+        ("data: {name: cifar}\n", [], "data.name: unknown dataset 'cifar'"),
+        ("data: {persistent_workers: true}\n", [], "persistent_workers=true needs num_workers > 0"),
+        ("bogus_section: {}\n", [], "bogus_section: unknown key"),
+    ],
+)
+def test_bad_input_names_file_and_key(tmp_path: Path, yaml_text: str, overrides: list[str], expected: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(f, overrides)
+    msg = str(info.value)
+    assert msg.startswith(str(f) + ": ")
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    f = tmp_path / "broken.yaml"
+    f.write_text("optim: {lr: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line"):
+        load_config(f)
+    f.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(f)
+
+
+def test_override_into_a_value_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("precision: bf16\n")
+    with pytest.raises(ConfigError, match="'precision' is a value, not a section"):
+        load_config(f, ["precision.x=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["optim.lr"])
+
+
+def test_every_field_has_a_description() -> None:
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann)
+
+    walk(RunConfig)

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from trainer_core.config import load_config
+from trainer_core.factory import build_run
+from trainer_core.models import SimpleMLP
+from trainer_core.trainer import PHASES, BaseHook, EarlyStopping, Trainer
+from conftest import tiny_overrides
+
+
+def _overfit_setup(precision: str) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
+    cfg = load_config(None, tiny_overrides(precision=precision, **{"optim.lr": 0.01}))
+    torch.manual_seed(0)
+    model = SimpleMLP(input_dim=8, hidden_dims=[64], output_dim=4, dropout=0.0)
+    x, y = torch.randn(8, 8), torch.arange(8) % 4
+    return Trainer(cfg, model, "cpu"), x, y
+
+
+@pytest.mark.parametrize(("precision", "steps"), [("fp32", 300), ("bf16", 300), ("fp16", 150)])
+def test_overfit_tiny_batch(precision: str, steps: int) -> None:
+    trainer, x, y = _overfit_setup(precision)
+    losses = trainer.train_on_batch(x, y, num_steps=steps)
+    assert len(losses) == steps
+    assert losses[-1] < 0.01, losses[-5:]
+    assert losses[-1] < 0.01 * losses[0]
+
+
+def test_gradients_are_finite_after_a_step() -> None:
+    trainer, x, y = _overfit_setup("fp32")
+    trainer.train_on_batch(x, y, num_steps=1)
+    grads = [p.grad for p in trainer.model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_gradcheck_float64_loss() -> None:
+    torch.manual_seed(0)
+    model = SimpleMLP(input_dim=3, hidden_dims=[4], output_dim=2).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    assert torch.autograd.gradcheck(lambda inp: nn.functional.cross_entropy(model(inp), y), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_finite_difference_of_one_parameter() -> None:
+    torch.manual_seed(0)
+    model = SimpleMLP(input_dim=3, hidden_dims=[4], output_dim=2).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1, 1, 0])
+    w = model.net[1].weight
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    analytic = w.grad[1, 2].item()
+    eps = 1e-6
+    with torch.no_grad():
+        w[1, 2] += eps
+        plus = nn.functional.cross_entropy(model(x), y).item()
+        w[1, 2] -= 2 * eps
+        minus = nn.functional.cross_entropy(model(x), y).item()
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-5, abs=1e-9)
+
+
+def _fit(seed: int, **extra: Any) -> tuple[list[float], dict[str, torch.Tensor]]:
+    run = build_run(load_config(None, tiny_overrides(seed=seed, **extra)))
+    run.trainer.fit(run.data.train_loader, run.data.val_loader)
+    return run.trainer.loss_history, {k: v.clone() for k, v in run.model.state_dict().items()}
+
+
+def test_same_seed_is_bit_identical_different_seed_differs() -> None:
+    l1, w1 = _fit(1)
+    l2, w2 = _fit(1)
+    l3, w3 = _fit(2)
+    assert l1 == l2
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert l1 != l3
+    assert any(not torch.equal(w1[k], w3[k]) for k in w1)
+
+
+def test_early_stopping_rule() -> None:
+    es = EarlyStopping(patience=2, min_delta=0.1)
+    assert [es.update(e, v) for e, v in enumerate([1.0, 0.5, 0.45, 0.44, 0.1], start=1)] == [False, False, False, True, False]
+    assert es.stopped_epoch == 4
+
+
+def test_early_stopping_stops_on_a_plateau_at_the_right_epoch() -> None:
+    # lr so small that validation loss is flat: epoch 1 sets the best, epochs 2 and 3 do not improve.
+    run = build_run(load_config(None, tiny_overrides(**{
+        "optim.lr": 1e-12, "train.epochs": 10, "train.early_stopping": {"patience": 2, "min_delta": 1e-4}})))
+    result = run.trainer.fit(run.data.train_loader, run.data.val_loader)
+    assert result.early_stopped
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert run.trainer.early_stopping.stopped_epoch == 3
+    assert run.trainer.best_epoch == 1
+
+
+class RecordingHook(BaseHook):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.steps: list[int] = []
+
+    def phase(self, name: str):
+        @contextlib.contextmanager
+        def cm():
+            self.events.append(f"+{name}")
+            yield
+            self.events.append(f"-{name}")
+        return cm()
+
+    def on_step_end(self, trainer: Trainer, result: Any) -> None:
+        self.steps.append(result.step)
+
+
+def test_hooks_see_every_phase_of_every_step_in_order() -> None:
+    hook = RecordingHook()
+    run = build_run(load_config(None, tiny_overrides(**{"train.epochs": 1})), hooks=[hook])
+    run.trainer.fit(run.data.train_loader, None)
+    n = len(run.data.train_loader)
+    assert hook.steps == list(range(1, n + 1))
+    one_step = [e for p in PHASES for e in (f"+{p}", f"-{p}")]
+    assert hook.events[: len(one_step)] == one_step
+    assert hook.events.count("+data") == n + 1  # the last wait finds the epoch's end
+
+
+def test_grad_clipping_reports_pre_clip_norm_and_clips() -> None:
+    trainer, x, y = _overfit_setup("fp32")
+    trainer.config.train.grad_clip_norm = 1e-3
+    trainer.track_grad_norm = True
+    result = trainer.train_step(x, y)
+    assert result.grad_norm is not None and result.grad_norm.item() > 1e-3
+    clipped = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.model.parameters()]))
+    assert clipped.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_fp16_overflow_steps_are_skipped_and_counted() -> None:
+    trainer, x, y = _overfit_setup("fp16")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.train_step(x * 1e6, y)  # activations overflow fp16 -> inf/NaN gradients
+    assert result.skipped
+    assert trainer.counters["skipped_steps"] == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert not trainer.train_step(x, y).skipped
+
+
+@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle"])
+def test_schedulers_advance_per_step(scheduler: str) -> None:
+    run = build_run(load_config(None, tiny_overrides(**{"optim.scheduler": scheduler, "train.epochs": 2})))
+    lrs = []
+    for _ in range(2):
+        run.trainer.fit(run.data.train_loader, None, stop_after_steps=3)
+        lrs.append(run.trainer.optimizer.param_groups[0]["lr"])
+    if scheduler == "none":
+        assert lrs[0] == lrs[1] == 0.01
+    else:
+        assert lrs[0] != lrs[1]
+
+
+def test_evaluate_restores_train_mode_and_counts_samples() -> None:
+    run = build_run(load_config(None, tiny_overrides()))
+    run.model.train()
+    metrics = run.trainer.evaluate(run.data.test_loader)
+    assert run.model.training
+    assert metrics["samples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0

@@ -1,0 +1,254 @@
+"""Typed, strict run configuration.
+
+One Pydantic model per YAML section; unknown keys and wrong types are errors that name the file and
+the dotted key. Precedence, written down once and applied only in :func:`load_config`:
+
+    CLI ``--set key=value`` (and the CLI's own flags such as ``--seed``)  >  YAML file  >  field defaults
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer_core.errors import ConfigError
+
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+DATASETS: tuple[str, ...] = ("synthetic_blobs", "synthetic_images", "mnist", "fashion_mnist")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("SimpleMLP", description="Registered model name (SimpleMLP, SimpleCNN, ResNet18) or an import path 'package.module:factory'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model factory; checked against its signature.")
+    memory_format: Literal["contiguous", "channels_last"] = Field("contiguous", description="Memory format of 4-D parameters and input batches.")
+
+
+class DataConfig(_Section):
+    name: str = Field("synthetic_blobs", description=f"Dataset: one of {', '.join(DATASETS)}.")
+    root: str | None = Field(None, description="Directory with the IDX files; else $TRAINBENCH_DATA, then /usr/share/datasets/<name>.")
+    download: bool = Field(False, description="Allow torchvision to download MNIST/Fashion-MNIST when no local copy is found.")
+    pipeline: Literal["classic", "tensor"] = Field("tensor", description="'classic': per-sample PIL->ToTensor->Normalize; 'tensor': uint8 split in memory, normalised per batch.")
+    batch_size: int = Field(64, ge=1, description="Training batch size (samples per optimizer step).")
+    eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the training split held out for validation (deterministic split).")
+    split_seed: int = Field(0, description="Seed of the train/validation split, independent of the training seed.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
+    pin_memory: bool = Field(False, description="Pin host batches for faster, non-blocking host-to-device copies (accelerators only).")
+    persistent_workers: bool = Field(False, description="Keep workers alive between epochs (needs num_workers > 0).")
+    prefetch_factor: int | None = Field(None, ge=1, description="Batches prefetched per worker (needs num_workers > 0; None = torch default).")
+    drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
+    shuffle: bool = Field(True, description="Shuffle the training split every epoch (seeded by seed and epoch).")
+    limit_train_samples: int | None = Field(None, ge=1, description="Use only the first N training samples (quick runs and tests).")
+    n_samples: int = Field(2000, ge=10, description="Synthetic datasets: number of training samples generated.")
+    n_test_samples: int = Field(1000, ge=10, description="Synthetic datasets: number of test samples generated.")
+    n_features: int = Field(2, ge=1, description="synthetic_blobs: input dimension.")
+    noise: float = Field(0.8, ge=0.0, description="Synthetic datasets: standard deviation of the Gaussian noise.")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; expected one of {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _worker_options_need_workers(self) -> "DataConfig":
+        if self.num_workers == 0 and self.persistent_workers:
+            raise ValueError("persistent_workers=true needs num_workers > 0")
+        if self.num_workers == 0 and self.prefetch_factor is not None:
+            raise ValueError("prefetch_factor needs num_workers > 0")
+        return self
+
+
+class OptimConfig(_Section):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate (peak learning rate for onecycle).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam/AdamW).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
+    scheduler: Literal["none", "step", "cosine", "onecycle"] = Field("none", description="LR schedule; every schedule advances once per optimizer step.")
+    step_size_epochs: int = Field(1, ge=1, description="step: decay the LR every this many epochs.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: multiplicative LR decay.")
+    min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of steps spent warming up.")
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without val-loss improvement (None = off).")
+    min_delta: float = Field(0.0, ge=0, description="Smallest decrease of val loss that counts as an improvement.")
+
+
+class TrainLoopConfig(_Section):
+    epochs: int = Field(5, ge=1, description="Number of epochs (upper bound when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps in total (also sets the LR schedule length).")
+    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient L2 norm to this value (None = no clipping).")
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on validation loss.")
+    deterministic: bool = Field(True, description="Use deterministic algorithms (warn-only) and disable cuDNN autotuning.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = torch default); recorded in metadata.")
+
+
+class CheckpointConfig(_Section):
+    dir: str = Field("checkpoints", description="Checkpoint folder, relative to the run directory.")
+    save_last: bool = Field(True, description="Write last_model.pt after every epoch.")
+    save_best: bool = Field(True, description="Write best_model.pt when validation loss improves.")
+    keep_best_n: int = Field(0, ge=0, description="Also keep the N best epoch checkpoints as best-epochE.pt (0 = off).")
+    every_n_steps: int | None = Field(None, ge=1, description="Also write last_model.pt every N optimizer steps (mid-epoch resume point).")
+
+
+class LoggingConfig(_Section):
+    tensorboard: bool = Field(True, description="Write TensorBoard scalars under <run>/tensorboard.")
+    jsonl: bool = Field(True, description="Write a JSON-lines log <run>/log.jsonl.")
+    log_every_n_steps: int = Field(20, ge=1, description="Step-level scalars are written every N optimizer steps.")
+    progress_bar: Literal["auto", "on", "off"] = Field("auto", description="Per-epoch progress bar; 'auto' shows it only on a TTY.")
+    track_grad_norm: bool = Field(True, description="Compute and log the global gradient norm every step.")
+
+    @field_validator("progress_bar", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean; take it as the user meant it.
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return v
+
+
+class RunConfig(_Section):
+    """The whole run: top-level scalars plus one section per concern."""
+
+    name: str = Field("run", description="Run name, used for the default run directory.")
+    seed: int = Field(42, description="Seed for model init, shuffling, dropout and workers.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    precision: str = Field("fp32", description=f"Numeric precision policy: one of {', '.join(PRECISIONS)}.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data section.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and LR schedule.")
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="Training loop.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpointing.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not _DEVICE_RE.match(v):
+            raise ValueError(f"device {v!r} is not one of auto, cpu, cuda, cuda:N")
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision {v!r}; expected one of {', '.join(PRECISIONS)}")
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (stored in checkpoints and metadata)."""
+        return self.model_dump(mode="json")
+
+
+# Alias kept for readers who look for the obvious name.
+TrainConfig = RunConfig
+
+
+def _format_validation_error(err: ValidationError, source: str, overridden: set[str]) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        origin = " (from --set)" if key in overridden else ""
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "value_error":
+            pass  # our validators already quote the value
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r})"
+        parts.append(f"{key}{origin}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML so ``3e-4``, ``true`` and ``[1, 2]`` get types."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML 1.1 reads '3e-4' as a string (no dot); accept it as a float like a user means it.
+    if isinstance(value, str):
+        try:
+            value = float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted-key overrides set (intermediate dicts are created)."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a one-line :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>", overridden: set[str] | None = None) -> RunConfig:
+    """Validate a raw mapping into a :class:`RunConfig`; errors name ``source`` and the dotted key."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source, overridden or set())) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Load ``path`` (or defaults when None) and apply overrides, with precedence CLI > YAML > defaults.
+
+    ``overrides`` is a list of ``key=value`` strings (as given to ``--set``) or a dict of dotted keys.
+    """
+    raw = read_yaml(path) if path is not None else {}
+    if isinstance(overrides, dict):
+        parsed = dict(overrides)
+    else:
+        parsed = dict(parse_override(item) for item in (overrides or []))
+    merged = apply_overrides(raw, parsed)
+    return validate_config(merged, str(path) if path is not None else "<defaults>", set(parsed))

@@ -1,0 +1,57 @@
+"""Build a ready-to-train run from a config: runtime settings, device, data, model, Trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer_core.config import RunConfig
+from trainer_core.data import DataBundle, build_data
+from trainer_core.models import build_model
+from trainer_core.precision import resolve_device
+from trainer_core.reproducibility import configure_determinism, seed_everything
+from trainer_core.run_logger import RunLogger
+from trainer_core.trainer import StepHook, Trainer
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    trainer: Trainer
+
+
+def apply_runtime_settings(config: RunConfig) -> None:
+    """Threads and determinism switches; process-wide, so set once before building anything."""
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    configure_determinism(config.train.deterministic)
+
+
+def build_run(
+    config: RunConfig,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    logger: RunLogger | None = None,
+    hooks: Iterable[StepHook] = (),
+) -> Run:
+    """Everything that can fail on bad input fails here, before any output is written."""
+    apply_runtime_settings(config)
+    device = resolve_device(config.device)
+    data = build_data(config.data, config.seed, device)
+    # Seed right before the model is built so its initial weights depend on the seed alone.
+    seed_everything(config.seed)
+    model = build_model(config.model)
+    trainer = Trainer(
+        config, model, device,
+        input_transform=data.input_transform,
+        steps_per_epoch=len(data.train_loader),
+        logger=logger, hooks=hooks, checkpoint_dir=checkpoint_dir,
+    )
+    return Run(config, device, data, model, trainer)

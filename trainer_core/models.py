@@ -1,0 +1,146 @@
+"""Model registry: built-in models by name, or a user factory given as ``package.module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer_core.config import ModelConfig
+from trainer_core.errors import ModelError
+
+
+class SimpleMLP(nn.Module):
+    """Fully connected classifier: Linear -> ReLU -> Dropout per hidden layer, then a Linear head."""
+
+    def __init__(self, input_dim: int = 2, hidden_dims: Sequence[int] = (32,), output_dim: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        prev = input_dim
+        for h in hidden_dims:
+            layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+            prev = h
+        layers.append(nn.Linear(prev, output_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SimpleCNN(nn.Module):
+    """The seeds' MNIST CNN: two 3x3 convs (1->32->64) each followed by ReLU and 2x2 max-pool,
+    dropout 0.25, fc 3136->128, dropout 0.5, fc 128->10."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.dropout1 = nn.Dropout(0.25)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))  # 28x28 -> 14x14
+        x = self.pool(torch.relu(self.conv2(x)))  # 14x14 -> 7x7
+        x = torch.flatten(self.dropout1(x), 1)
+        x = self.dropout2(torch.relu(self.fc1(x)))
+        return self.fc2(x)
+
+
+class _BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for small images (CIFAR/MNIST style): 3x3 stride-1 stem and no initial max-pool,
+    so 28x28 inputs keep enough resolution. ``width`` scales every stage (64 = the standard net)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers: list[nn.Module] = []
+        in_planes = width
+        for i, blocks in enumerate((2, 2, 2, 2)):
+            planes = width * (2**i)
+            for b in range(blocks):
+                stride = 2 if (i > 0 and b == 0) else 1
+                layers.append(_BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "SimpleMLP": SimpleMLP,
+    "SimpleCNN": SimpleCNN,
+    "ResNet18": ResNet18,
+}
+
+
+def resolve_factory(name: str) -> Callable[..., nn.Module]:
+    """A registered name, or ``package.module:factory`` imported on demand."""
+    if name in MODEL_REGISTRY:
+        return MODEL_REGISTRY[name]
+    if ":" not in name:
+        raise ModelError(f"model.name: unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)} or 'package.module:factory'")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"model.name: cannot import module {module_name!r} ({e})") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ModelError(f"model.name: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    unknown = [k for k in kwargs if k not in sig.parameters]
+    if unknown:
+        accepted = ", ".join(p for p in sig.parameters if p != "self") or "none"
+        raise ModelError(f"model.kwargs.{unknown[0]}: unknown argument for {getattr(factory, '__name__', factory)} (accepted: {accepted})")
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate the configured model (on CPU, in fp32; the Trainer moves it)."""
+    factory = resolve_factory(cfg.name)
+    _check_kwargs(factory, cfg.kwargs)
+    try:
+        model = factory(**cfg.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"model.kwargs: {cfg.name} rejected its arguments: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -1,0 +1,550 @@
+"""The Trainer: one training step, one loop, full-state checkpoints and exact resume.
+
+The step is split into named phases (``data``, ``h2d``, ``forward``, ``backward``, ``optimizer``).
+A :class:`StepHook` can wrap each phase in a context manager (timers, device syncs, profiler labels),
+so a benchmark runner measures *this* loop instead of keeping a second copy of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ContextManager, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainer_core import checkpoint as ck
+from trainer_core.config import RunConfig
+from trainer_core.data import find_resumable_sampler
+from trainer_core.errors import CheckpointError, ConfigError
+from trainer_core.precision import resolve_precision
+from trainer_core.provenance import git_commit, utc_timestamp
+from trainer_core.reproducibility import capture_rng_state, restore_rng_state
+from trainer_core.run_logger import RunLogger
+
+PHASES: tuple[str, ...] = ("data", "h2d", "forward", "backward", "optimizer")
+_NULL = contextlib.nullcontext()
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced. Tensors stay on the device: reading them forces a sync."""
+
+    step: int
+    batch_size: int
+    loss: torch.Tensor
+    grad_norm: torch.Tensor | None
+    skipped: bool  # fp16: GradScaler found inf/NaN gradients and skipped the update
+
+
+class StepHook(Protocol):
+    """Observer of the Trainer's step. Both methods are optional in practice (see :class:`BaseHook`)."""
+
+    def phase(self, name: str) -> ContextManager[Any]: ...
+
+    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+
+class BaseHook:
+    """No-op hook to subclass."""
+
+    def phase(self, name: str) -> ContextManager[Any]:
+        return _NULL
+
+    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None:
+        return None
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        """Called after validation, outside the timed training region."""
+        return None
+
+
+class EarlyStopping:
+    """Stop when validation loss has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float = math.inf
+        self.bad_epochs = 0
+        self.stopped_epoch: int | None = None
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record one epoch's val loss; True when training should stop now."""
+        if val_loss < self.best - self.min_delta:
+            self.best = val_loss
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        if self.patience is not None and self.bad_epochs >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.bad_epochs = int(state["bad_epochs"])
+        self.stopped_epoch = state["stopped_epoch"]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    interrupted: bool  # stopped by stop_after_steps; resume from last_model.pt
+    early_stopped: bool
+    global_step: int
+
+
+def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+
+
+def _build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def _build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int | None) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Every schedule advances once per optimizer step, so mid-epoch resume needs no special case."""
+    o = cfg.optim
+    if o.scheduler == "none":
+        return None
+    if cfg.train.max_steps is not None:
+        total = cfg.train.max_steps
+    elif steps_per_epoch is not None:
+        total = cfg.train.epochs * steps_per_epoch
+    else:
+        raise ConfigError(f"optim.scheduler={o.scheduler}: needs train.max_steps or a known number of steps per epoch")
+    total = max(total, 1)
+    if o.scheduler == "step":
+        step_size = o.step_size_epochs * (steps_per_epoch or total)
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=o.gamma)
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=o.min_lr)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.pct_start)
+
+
+class Trainer:
+    """Config-driven trainer. ``steps_per_epoch`` sizes the LR schedule (pass ``len(train_loader)``)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        device: torch.device | str,
+        *,
+        input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        steps_per_epoch: int | None = None,
+        logger: RunLogger | None = None,
+        hooks: Iterable[StepHook] = (),
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.policy = resolve_precision(config.precision, self.device)
+        self.channels_last = config.model.memory_format == "channels_last"
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = _build_optimizer(config, self.params)
+        self.scheduler = _build_scheduler(config, self.optimizer, steps_per_epoch)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.input_transform = input_transform
+        self.logger = logger
+        self.hooks: list[StepHook] = list(hooks)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.early_stopping = EarlyStopping(config.train.early_stopping.patience, config.train.early_stopping.min_delta)
+        self.track_grad_norm = config.logging.track_grad_norm or config.train.grad_clip_norm is not None
+        # Position and counters (all saved in checkpoints).
+        self.epoch = 0
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.samples_in_epoch = 0
+        self.best_metric = math.inf
+        self.best_epoch: int | None = None
+        self.loss_history: list[float] = []
+        self.history: list[dict[str, Any]] = []
+        self.counters: dict[str, float] = {"skipped_steps": 0, "samples_seen": 0, "train_seconds": 0.0}
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_norms: list[torch.Tensor] = []
+        self._epoch_norms: list[float] = []
+        self._best_n: list[tuple[float, Path]] = []
+        self._t0 = time.perf_counter()  # start of the current timed stretch of the epoch loop
+        self.should_stop = False  # a hook may set this; fit() stops after the current epoch
+
+    # ------------------------------------------------------------------------------------ phases
+    def _phase(self, name: str) -> ContextManager[Any]:
+        if not self.hooks:
+            return _NULL
+        if len(self.hooks) == 1:
+            return self.hooks[0].phase(name)
+        stack = contextlib.ExitStack()
+        for h in self.hooks:
+            stack.enter_context(h.phase(name))
+        return stack
+
+    # -------------------------------------------------------------------------------------- step
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # non_blocking only overlaps the copy when the source is pinned; harmless otherwise.
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        """One optimizer step on one host batch: h2d, forward+loss (autocast), backward, optimizer."""
+        with self._phase("h2d"):
+            x, y = self.to_device(x, y)
+        with self._phase("forward"):
+            # Autocast covers forward and loss only; backward runs in the dtypes autocast chose.
+            with self.policy.autocast():
+                loss = self.loss_fn(self.model(x), y)
+        with self._phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            scaler = self.policy.scaler
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        with self._phase("optimizer"):
+            grad_norm, skipped = self._optimizer_step()
+        self.global_step += 1
+        result = StepResult(self.global_step, int(y.shape[0]), loss.detach(), grad_norm, skipped)
+        # Losses are kept as device tensors and read in bulk later: a .item() per step would force
+        # a host-device sync every step on accelerators.
+        self._pending_losses.append(result.loss)
+        if grad_norm is not None:
+            self._pending_norms.append(grad_norm.detach())
+        for h in self.hooks:
+            h.on_step_end(self, result)
+        return result
+
+    def _optimizer_step(self) -> tuple[torch.Tensor | None, bool]:
+        scaler = self.policy.scaler
+        clip = self.config.train.grad_clip_norm
+        grad_norm = None
+        if self.track_grad_norm:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)  # norms and clipping must see true gradient values
+            if clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+            else:
+                grad_norm = _grad_norm(self.params)
+        skipped = False
+        if scaler is not None:
+            # get_scale() reads the scale on the host (a sync on accelerators, fp16 only): a drop
+            # after update() means this step found inf/NaN gradients and was skipped.
+            before = scaler.get_scale()
+            scaler.step(self.optimizer)
+            scaler.update()
+            skipped = scaler.get_scale() < before
+            if skipped:
+                self.counters["skipped_steps"] += 1
+        else:
+            self.optimizer.step()
+        if self.scheduler is not None:
+            with warnings.catch_warnings():
+                # A skipped fp16 step makes torch warn that the scheduler stepped before the optimizer.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+                self.scheduler.step()
+        return grad_norm, skipped
+
+    def train_on_batch(self, x: torch.Tensor, y: torch.Tensor, num_steps: int = 1) -> list[float]:
+        """Take ``num_steps`` steps on one batch (overfit checks, guards); returns the losses."""
+        self.model.train()
+        for _ in range(num_steps):
+            self.train_step(x, y)
+        start = len(self.loss_history)
+        self.flush()
+        return self.loss_history[start:]
+
+    def flush(self) -> None:
+        """Move pending device-side losses and grad norms into host lists (one sync)."""
+        if self._pending_losses:
+            self.loss_history.extend(torch.stack(self._pending_losses).float().cpu().tolist())
+            self._pending_losses.clear()
+        if self._pending_norms:
+            self._epoch_norms.extend(torch.stack(self._pending_norms).float().cpu().tolist())
+            self._pending_norms.clear()
+
+    # ------------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def predict(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Predicted classes, targets (both on CPU) and the mean loss over ``loader``."""
+        was_training = self.model.training
+        self.model.eval()
+        preds, targets = [], []
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        n = 0
+        try:
+            for x, y in loader:
+                x, y = self.to_device(x, y)
+                with self.policy.autocast():
+                    out = self.model(x)
+                    loss = self.loss_fn(out.float(), y)
+                loss_sum += loss.double() * y.shape[0]
+                n += int(y.shape[0])
+                preds.append(out.argmax(dim=1).cpu())
+                targets.append(y.cpu())
+        finally:
+            self.model.train(was_training)
+        if n == 0:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), float("nan")
+        return torch.cat(preds), torch.cat(targets), float(loss_sum) / n
+
+    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+        preds, targets, loss = self.predict(loader)
+        acc = float((preds == targets).float().mean()) if len(targets) else float("nan")
+        return {"loss": loss, "accuracy": acc, "samples": int(len(targets))}
+
+    # -------------------------------------------------------------------------------------- fit
+    def _max_steps_reached(self) -> bool:
+        return self.config.train.max_steps is not None and self.global_step >= self.config.train.max_steps
+
+    def _epoch_batches(self, loader: DataLoader) -> Iterator[Any]:
+        """The rest of the current epoch's batches, starting where a resumed run left off."""
+        sampler = find_resumable_sampler(loader)
+        if sampler is not None:
+            sampler.set_epoch(self.epoch, self.samples_in_epoch)
+            return iter(loader)
+        it = iter(loader)
+        if self.batch_in_epoch:
+            warnings.warn("train loader has no ResumableSampler: skipping consumed batches by iterating", stacklevel=3)
+            for _ in range(self.batch_in_epoch):
+                next(it)
+        return it
+
+    def _progress(self, total: int, initial: int) -> Any:
+        mode = self.config.logging.progress_bar
+        show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
+                    unit="step", leave=False, dynamic_ncols=True)
+
+    def fit(self, train_loader: DataLoader, val_loader: DataLoader | None = None, *, stop_after_steps: int | None = None) -> FitResult:
+        """Train until epochs or max_steps; validate each epoch; early-stop; checkpoint.
+
+        ``stop_after_steps``: stop after that many optimizer steps *in this call* and save
+        last_model.pt at the exact position (a planned pre-emption; resume continues from it).
+        """
+        steps_this_call = 0
+        early = False
+        cfg = self.config
+        log_every = cfg.logging.log_every_n_steps
+        ckpt_every = cfg.checkpoint.every_n_steps
+        while self.epoch < cfg.train.epochs and not self._max_steps_reached():
+            self.model.train()
+            try:
+                total_batches = len(train_loader) + self.batch_in_epoch
+            except TypeError:
+                total_batches = 0
+            bar = self._progress(total_batches, self.batch_in_epoch)
+            batches = self._epoch_batches(train_loader)
+            t0 = self._t0 = time.perf_counter()
+            epoch_done = True
+            while True:
+                if self._max_steps_reached():
+                    break
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    epoch_done = False
+                    break
+                with self._phase("data"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = batch
+                result = self.train_step(x, y)
+                steps_this_call += 1
+                self.batch_in_epoch += 1
+                self.samples_in_epoch += result.batch_size
+                self.counters["samples_seen"] += result.batch_size
+                if bar is not None:
+                    bar.update(1)
+                if self.global_step % log_every == 0:
+                    self._log_step()
+                if ckpt_every and self.global_step % ckpt_every == 0:
+                    self.counters["train_seconds"] += time.perf_counter() - t0
+                    self._save_named(ck.LAST_NAME)
+                    t0 = self._t0 = time.perf_counter()  # checkpoint writing is not training time
+            self.counters["train_seconds"] += time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            del batches  # shut down this epoch's workers before validation starts its own
+            if not epoch_done:
+                self.flush()
+                self._save_named(ck.LAST_NAME)
+                if self.logger:
+                    self.logger.event("interrupted", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+                return FitResult(self.history, True, False, self.global_step)
+            early = self._end_epoch(val_loader)
+            if early or self.should_stop:
+                break
+        return FitResult(self.history, False, early, self.global_step)
+
+    def _log_step(self) -> None:
+        self.flush()
+        if self.logger is None or not self.loss_history:
+            return
+        values = {"loss": self.loss_history[-1], "lr": self.optimizer.param_groups[0]["lr"]}
+        if self._epoch_norms:
+            values["grad_norm"] = self._epoch_norms[-1]
+        elapsed = self.counters["train_seconds"] + (time.perf_counter() - self._t0)
+        if elapsed > 0:
+            values["samples_per_second"] = self.counters["samples_seen"] / elapsed
+        self.logger.scalars("train", self.global_step, values, epoch=self.epoch)
+
+    def _end_epoch(self, val_loader: DataLoader | None) -> bool:
+        """Validate, record history, update early stopping and checkpoints; True if training stops."""
+        self.flush()
+        start = self.global_step - self.batch_in_epoch
+        losses = self.loss_history[start:]
+        val = self.evaluate(val_loader) if val_loader is not None else {"loss": float("nan"), "accuracy": float("nan")}
+        train_s = self.counters["train_seconds"]
+        record = {
+            "epoch": self.epoch + 1,
+            "global_step": self.global_step,
+            "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm_mean": sum(self._epoch_norms) / len(self._epoch_norms) if self._epoch_norms else None,
+            "skipped_steps": int(self.counters["skipped_steps"]),
+            "train_seconds_total": train_s,
+            "samples_per_second": self.counters["samples_seen"] / train_s if train_s > 0 else None,
+        }
+        self.history.append(record)
+        self._epoch_norms = []
+        for h in self.hooks:
+            if hasattr(h, "on_epoch_end"):
+                h.on_epoch_end(self, record)
+        if self.logger:
+            self.logger.scalars("epoch", self.epoch + 1, {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))})
+        improved = val_loader is not None and math.isfinite(val["loss"]) and val["loss"] < self.best_metric
+        if improved:
+            self.best_metric = val["loss"]
+            self.best_epoch = self.epoch + 1
+        stop = val_loader is not None and self.early_stopping.update(self.epoch + 1, val["loss"])
+        if stop and self.logger:
+            self.logger.event("early_stop", epoch=self.epoch + 1, best_epoch=self.best_epoch, best_val_loss=self.best_metric)
+        # Advance the position *before* saving so last_model.pt resumes at the next epoch's start.
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.samples_in_epoch = 0
+        if improved and self.config.checkpoint.save_best:
+            self._save_named(ck.BEST_NAME)
+            self._keep_best_n(val["loss"])
+        if self.config.checkpoint.save_last:
+            self._save_named(ck.LAST_NAME)
+        return stop
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _save_named(self, name: str) -> None:
+        if self.checkpoint_dir is not None:
+            self.save_checkpoint(self.checkpoint_dir / name)
+
+    def _keep_best_n(self, val_loss: float) -> None:
+        n = self.config.checkpoint.keep_best_n
+        if not n or self.checkpoint_dir is None:
+            return
+        path = self.checkpoint_dir / f"best-epoch{self.epoch}.pt"
+        self.save_checkpoint(path)
+        self._best_n.append((val_loss, path))
+        self._best_n.sort(key=lambda t: t[0])
+        for _, old in self._best_n[n:]:
+            old.unlink(missing_ok=True)
+        self._best_n = self._best_n[:n]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state as one dict of named entries (keys from :mod:`checkpoint`)."""
+        self.flush()
+        return {
+            ck.KEY_FORMAT: ck.FORMAT_VERSION,
+            ck.KEY_MODEL: self.model.state_dict(),
+            ck.KEY_OPTIMIZER: self.optimizer.state_dict(),
+            ck.KEY_SCHEDULER: self.scheduler.state_dict() if self.scheduler is not None else None,
+            ck.KEY_SCALER: self.policy.scaler.state_dict() if self.policy.scaler is not None else None,
+            ck.KEY_EPOCH: self.epoch,
+            ck.KEY_GLOBAL_STEP: self.global_step,
+            ck.KEY_BATCH_IN_EPOCH: self.batch_in_epoch,
+            ck.KEY_SAMPLES_IN_EPOCH: self.samples_in_epoch,
+            ck.KEY_BEST_METRIC: self.best_metric,
+            ck.KEY_BEST_EPOCH: self.best_epoch,
+            ck.KEY_EARLY_STOPPING: self.early_stopping.state_dict(),
+            ck.KEY_RNG: capture_rng_state(),
+            ck.KEY_LOSS_HISTORY: list(self.loss_history),
+            ck.KEY_HISTORY: [dict(h) for h in self.history],
+            ck.KEY_COUNTERS: dict(self.counters),
+            ck.KEY_CONFIG: self.config.to_dict(),
+            ck.KEY_TORCH_VERSION: str(torch.__version__),  # TorchVersion is not a weights_only-safe type
+            ck.KEY_GIT_COMMIT: git_commit(),
+            ck.KEY_TIMESTAMP: utc_timestamp(),
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        path = Path(path)
+        ck.atomic_save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
+        """Restore everything saved by :meth:`save_checkpoint`; mismatches raise :class:`CheckpointError`."""
+        state = ck.load_checkpoint_file(path, map_location=self.device)
+        self.load_state_dict(state, source=str(path))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "<checkpoint>") -> None:
+        saved_model_cfg = state[ck.KEY_CONFIG].get("model", {})
+        current_model_cfg = self.config.to_dict()["model"]
+        if saved_model_cfg.get("name") != current_model_cfg["name"]:
+            raise CheckpointError(f"{source}: checkpoint holds model {saved_model_cfg.get('name')!r}, config asks for {current_model_cfg['name']!r}")
+        try:
+            self.model.load_state_dict(state[ck.KEY_MODEL])
+        except RuntimeError as e:
+            raise CheckpointError(f"{source}: model weights do not fit: {ck.describe_state_dict_mismatch(e)}") from None
+        try:
+            self.optimizer.load_state_dict(state[ck.KEY_OPTIMIZER])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{source}: optimizer state does not fit ({e})") from None
+        for key, obj, label in ((ck.KEY_SCHEDULER, self.scheduler, "scheduler"), (ck.KEY_SCALER, self.policy.scaler, "scaler")):
+            saved = state[key]
+            if (saved is None) != (obj is None):
+                raise CheckpointError(f"{source}: checkpoint {'has' if saved is not None else 'has no'} {label} state but this config {'uses none' if obj is None else 'uses one'}")
+            if obj is not None:
+                obj.load_state_dict(saved)
+        self.epoch = int(state[ck.KEY_EPOCH])
+        self.global_step = int(state[ck.KEY_GLOBAL_STEP])
+        self.batch_in_epoch = int(state[ck.KEY_BATCH_IN_EPOCH])
+        self.samples_in_epoch = int(state[ck.KEY_SAMPLES_IN_EPOCH])
+        self.best_metric = float(state[ck.KEY_BEST_METRIC])
+        self.best_epoch = state[ck.KEY_BEST_EPOCH]
+        self.early_stopping.load_state_dict(state[ck.KEY_EARLY_STOPPING])
+        self.loss_history = [float(v) for v in state[ck.KEY_LOSS_HISTORY]]
+        self.history = [dict(h) for h in state[ck.KEY_HISTORY]]
+        self.counters = {k: float(v) for k, v in state[ck.KEY_COUNTERS].items()}
+        self._pending_losses.clear()
+        self._pending_norms.clear()
+        restore_rng_state(state[ck.KEY_RNG])
