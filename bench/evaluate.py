@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench._cli import make_parser, run_cli
 from trainer_core import checkpoint as ck
-from trainer_core.config import load_config, validate_config
+from trainer_core.config import apply_overrides, load_config, validate_config
 from trainer_core.errors import CheckpointError
 from trainer_core.factory import build_run
 from trainer_core.metrics import accuracy, confusion_matrix, per_class_accuracy
@@ -54,11 +54,7 @@ def main(args: argparse.Namespace) -> int:
     if args.config:
         config = load_config(args.config, overrides)
     else:
-        stored = state[ck.KEY_CONFIG]
-        for key, value in overrides.items():
-            section, _, field = key.rpartition(".")
-            (stored[section] if section else stored)[field] = value
-        config = validate_config(stored, source=f"{path} (stored config)")
+        config = validate_config(apply_overrides(state[ck.KEY_CONFIG], overrides), source=f"{path} (stored config)")
     run = build_run(config)
     try:
         run.model.load_state_dict(state[ck.KEY_MODEL])

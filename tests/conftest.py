@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +54,25 @@ def tiny_config():
         return load_config(None, tiny_overrides(**extra))
 
     return make
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    payload = header + arr.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_fake_mnist(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool = True) -> None:
+    """Small MNIST-format IDX files (synthetic images) in ``folder``."""
+    from trainer_core.data import make_synthetic_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        x, y = make_synthetic_images(n, seed=1 if split == "train" else 2)
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y)

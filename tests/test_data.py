@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,28 +17,10 @@ from trainer_core.data import (
     make_synthetic_images,
     read_idx,
 )
+from conftest import make_fake_mnist, write_idx
 from trainer_core.errors import DataError
 
 CPU = torch.device("cpu")
-
-
-def write_idx(path: Path, arr: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    payload = header + arr.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def make_fake_mnist(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool = True) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if gz else ""
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        x, y = make_synthetic_images(n, seed=1 if split == "train" else 2)
-        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x)
-        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y)
 
 
 @pytest.mark.parametrize("gz", [True, False])

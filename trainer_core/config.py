@@ -156,10 +156,6 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
-# Alias kept for readers who look for the obvious name.
-TrainConfig = RunConfig
-
-
 def _format_validation_error(err: ValidationError, source: str, overridden: set[str]) -> str:
     parts = []
     for e in err.errors():

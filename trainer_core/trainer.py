@@ -359,12 +359,12 @@ class Trainer:
         ckpt_every = cfg.checkpoint.every_n_steps
         while self.epoch < cfg.train.epochs and not self._max_steps_reached():
             self.model.train()
-            try:
+            batches = self._epoch_batches(train_loader)
+            try:  # after _epoch_batches: a resumed epoch's loader only has the remaining batches
                 total_batches = len(train_loader) + self.batch_in_epoch
             except TypeError:
                 total_batches = 0
             bar = self._progress(total_batches, self.batch_in_epoch)
-            batches = self._epoch_batches(train_loader)
             t0 = self._t0 = time.perf_counter()
             epoch_done = True
             while True:
