@@ -33,3 +33,58 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _label(axes: dict[str, Any], drop: tuple[str, ...]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in axes.items() if k not in drop) or "all"
+
+
+def plot_throughput(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """samples/s against batch size: one line per combination of the other axes, coloured by precision."""
+    ok = [r for r in records if r.get("status") == "ok" and "data.batch_size" in (r.get("axes") or {})]
+    if not ok:
+        return None
+    # Label lines by the axes that vary among the plotted cells (constant ones would only add noise).
+    constant = tuple(k for k in ok[0]["axes"] if len({str(r["axes"].get(k)) for r in ok}) == 1)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in ok:
+        series.setdefault(_label(r["axes"], ("data.batch_size", *constant)), []).append((r["axes"]["data.batch_size"], r["samples_per_s"]))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for label, pts in sorted(series.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples/s (median step)")
+    ax.set_title("Throughput vs batch size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_data_wait(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Data-wait share of the step per cell, grouped by num_workers."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return None
+    ok.sort(key=lambda r: (r["axes"].get("data.num_workers", 0), r["cell_id"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(ok)), 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    workers = sorted({r["axes"].get("data.num_workers", 0) for r in ok})
+    for i, r in enumerate(ok):
+        w = r["axes"].get("data.num_workers", 0)
+        ax.bar(i, r["data_wait_pct"], color=colours[workers.index(w) % len(colours)],
+               label=f"num_workers={w}" if w not in [x["axes"].get("data.num_workers", 0) for x in ok[:i]] else None)
+    ax.set_xticks(range(len(ok)), [r["cell_id"] for r in ok], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("data-wait share of step (%)")
+    ax.set_title("Time blocked waiting for the next batch")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -13,6 +13,18 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _is_matrix(path: Path) -> bool:
+    import yaml
+
+    doc = yaml.safe_load(path.read_text()) or {}
+    return isinstance(doc, dict) and "axes" in doc
+
+
+ALL_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+MATRIX_CONFIGS = [p for p in ALL_CONFIGS if _is_matrix(p)]
+RUN_CONFIGS = [p for p in ALL_CONFIGS if not _is_matrix(p)]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for tests/user_models.py
 
 

@@ -4,22 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import ALL_CONFIGS, MATRIX_CONFIGS, RUN_CONFIGS
 from trainer_core.config import RunConfig, load_config, parse_override
 from trainer_core.errors import ConfigError
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+def test_configs_folder_holds_both_kinds() -> None:
+    assert len(RUN_CONFIGS) >= 4 and len(MATRIX_CONFIGS) >= 3
+    assert len(RUN_CONFIGS) + len(MATRIX_CONFIGS) == len(ALL_CONFIGS)
 
 
-def test_configs_folder_is_not_empty() -> None:
-    assert len(CONFIGS) >= 4
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
+def test_every_shipped_yaml_parses(path: Path) -> None:
+    if path in MATRIX_CONFIGS:
+        from bench.matrix import expand, load_matrix
 
-
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_parses(path: Path) -> None:
-    cfg = load_config(path)
-    assert isinstance(cfg, RunConfig)
-    assert cfg.name
+        assert expand(load_matrix(path), source=str(path))
+    else:
+        cfg = load_config(path)
+        assert isinstance(cfg, RunConfig)
+        assert cfg.name
 
 
 def test_precedence_cli_over_yaml_over_defaults(tmp_path: Path) -> None:

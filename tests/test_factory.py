@@ -5,14 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_fake_mnist
+from conftest import RUN_CONFIGS, make_fake_mnist
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
-
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
 def test_every_shipped_config_builds_and_trains(path: Path, tmp_path: Path) -> None:
     # Real-data configs read small generated IDX files here, so every config is exercised on any machine.
     make_fake_mnist(tmp_path, n_train=96, n_test=32)

@@ -156,7 +156,7 @@ class RunConfig(_Section):
         return self.model_dump(mode="json")
 
 
-def _format_validation_error(err: ValidationError, source: str, overridden: set[str]) -> str:
+def format_validation_error(err: ValidationError, source: str, overridden: set[str]) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -233,7 +233,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>", overridden: s
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source, overridden or set())) from None
+        raise ConfigError(format_validation_error(e, source, overridden or set())) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:

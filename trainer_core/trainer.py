@@ -193,6 +193,8 @@ class Trainer:
         self._best_n: list[tuple[float, Path]] = []
         self._t0 = time.perf_counter()  # start of the current timed stretch of the epoch loop
         self.should_stop = False  # a hook may set this; fit() stops after the current epoch
+        # (loader, (epoch, samples_in_epoch), iterator) of a fit() interrupted by stop_after_steps
+        self._live_batches: tuple[DataLoader, tuple[int, int], Iterator[Any]] | None = None
 
     # ------------------------------------------------------------------------------------ phases
     def _phase(self, name: str) -> ContextManager[Any]:
@@ -324,7 +326,16 @@ class Trainer:
         return self.config.train.max_steps is not None and self.global_step >= self.config.train.max_steps
 
     def _epoch_batches(self, loader: DataLoader) -> Iterator[Any]:
-        """The rest of the current epoch's batches, starting where a resumed run left off."""
+        """The rest of the current epoch's batches, starting where a resumed run left off.
+
+        A fit() interrupted by stop_after_steps keeps its iterator: the next fit() on the same loader
+        in this process continues it, so repeated short fits (benchmark repeats) do not restart
+        DataLoader workers. The result is the same either way (the sampler restarts exactly).
+        """
+        live = self._live_batches
+        self._live_batches = None
+        if live is not None and live[0] is loader and live[1] == (self.epoch, self.samples_in_epoch):
+            return live[2]
         sampler = find_resumable_sampler(loader)
         if sampler is not None:
             sampler.set_epoch(self.epoch, self.samples_in_epoch)
@@ -394,13 +405,14 @@ class Trainer:
             self.counters["train_seconds"] += time.perf_counter() - t0
             if bar is not None:
                 bar.close()
-            del batches  # shut down this epoch's workers before validation starts its own
             if not epoch_done:
+                self._live_batches = (train_loader, (self.epoch, self.samples_in_epoch), batches)
                 self.flush()
                 self._save_named(ck.LAST_NAME)
                 if self.logger:
                     self.logger.event("interrupted", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
                 return FitResult(self.history, True, False, self.global_step)
+            del batches  # shut down this epoch's workers before validation starts its own
             early = self._end_epoch(val_loader)
             if early or self.should_stop:
                 break
@@ -547,4 +559,5 @@ class Trainer:
         self.counters = {k: float(v) for k, v in state[ck.KEY_COUNTERS].items()}
         self._pending_losses.clear()
         self._pending_norms.clear()
+        self._live_batches = None
         restore_rng_state(state[ck.KEY_RNG])

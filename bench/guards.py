@@ -1,0 +1,158 @@
+"""Correctness guards run on every matrix cell, in the cell's own precision, device and batch size.
+
+- overfit:     a tiny batch is memorised (final loss below a precision-aware share of the initial loss);
+- finite:      every loss and gradient norm seen while measuring is finite (fp16 steps that the
+               GradScaler skipped are counted, not failed: skipping them is how fp16 training works);
+- determinism: two short runs from one seed are bit-identical;
+- resume:      k steps, save, restore into fresh objects, k more steps == 2k steps straight.
+
+Each returns a :class:`GuardResult`; a failing guard never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.matrix import GuardsConfig
+from trainer_core.config import RunConfig
+from trainer_core.factory import Run, build_run
+from trainer_core.trainer import BaseHook, StepResult, Trainer
+
+PASS, FAIL, NONDETERMINISTIC, ERROR = "pass", "fail", "nondeterministic", "error"
+
+
+@dataclass
+class GuardResult:
+    name: str
+    status: str  # pass | fail | nondeterministic | error
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FiniteWatch(BaseHook):
+    """Collects every step's grad norm and skip flag (tensors stay on the device until checked)."""
+
+    def __init__(self) -> None:
+        self.norms: list[torch.Tensor] = []
+        self.skipped: list[bool] = []
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        if result.grad_norm is not None:
+            self.norms.append(result.grad_norm.detach().float().reshape(()))
+            self.skipped.append(result.skipped)
+
+
+def guard_finite(trainer: Trainer, watch: FiniteWatch) -> GuardResult:
+    trainer.flush()
+    losses = torch.tensor(trainer.loss_history, dtype=torch.float64)
+    bad_losses = int((~torch.isfinite(losses)).sum())
+    bad_grads = 0
+    if watch.norms:
+        finite = torch.isfinite(torch.stack(watch.norms)).cpu()
+        skipped = torch.tensor(watch.skipped, dtype=torch.bool)
+        bad_grads = int((~finite & ~skipped).sum())
+    n_skipped = int(sum(watch.skipped))
+    detail = f"{len(losses)} losses, {len(watch.norms)} grad norms checked; {n_skipped} fp16 steps skipped by GradScaler"
+    if bad_losses or bad_grads:
+        first = next((i for i, v in enumerate(trainer.loss_history) if not math.isfinite(v)), None)
+        where = f" (first non-finite loss at step {first + 1})" if first is not None else ""
+        return GuardResult("finite", FAIL, f"{bad_losses} non-finite losses, {bad_grads} non-finite gradient norms{where}; " + detail)
+    return GuardResult("finite", PASS, detail)
+
+
+def guard_overfit(config: RunConfig, cfg: GuardsConfig) -> GuardResult:
+    run = build_run(config)
+    x, y = next(iter(run.data.train_loader))
+    n = min(len(y), cfg.overfit_samples)
+    losses = run.trainer.train_on_batch(x[:n], y[:n], num_steps=cfg.overfit_steps)
+    initial = losses[0]
+    final = sum(losses[-5:]) / len(losses[-5:])
+    limit = cfg.overfit_ratio.get(config.precision, 0.1)
+    ratio = final / initial if initial > 0 else math.inf
+    detail = f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps on {n} samples"
+    ok = math.isfinite(final) and ratio < limit
+    return GuardResult("overfit", PASS if ok else FAIL, detail)
+
+
+def _steps(run: Run, n: int) -> None:
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=n)
+    run.trainer.flush()
+
+
+def _compare(a: Trainer, b: Trainer) -> str | None:
+    """None if loss histories and weights are bit-identical, else what differs first."""
+    if a.loss_history != b.loss_history:
+        i = next((i for i, (u, v) in enumerate(zip(a.loss_history, b.loss_history)) if u != v), min(len(a.loss_history), len(b.loss_history)))
+        return f"loss differs at step {i + 1}"
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for k in sa:
+        if not torch.equal(sa[k], sb[k]):
+            return f"weights differ ({k})"
+    return None
+
+
+def _gpu_nondeterministic(config: RunConfig, device: torch.device) -> bool:
+    return device.type == "cuda" and not config.train.deterministic
+
+
+def guard_determinism(config: RunConfig, cfg: GuardsConfig, device: torch.device) -> GuardResult:
+    if _gpu_nondeterministic(config, device):
+        return GuardResult("determinism", NONDETERMINISTIC, "deterministic algorithms are off on this GPU (train.deterministic=false)")
+    # Build each run right before stepping it: build_run reseeds the global RNG that dropout draws from.
+    first = build_run(config)
+    _steps(first, cfg.short_run_steps)
+    second = build_run(config)
+    _steps(second, cfg.short_run_steps)
+    diff = _compare(first.trainer, second.trainer)
+    if diff:
+        return GuardResult("determinism", FAIL, f"two runs from seed {config.seed}: {diff}")
+    return GuardResult("determinism", PASS, f"two {cfg.short_run_steps}-step runs from seed {config.seed} are bit-identical")
+
+
+def guard_resume(config: RunConfig, cfg: GuardsConfig, device: torch.device) -> GuardResult:
+    k = cfg.short_run_steps
+    straight = build_run(config)
+    _steps(straight, 2 * k)
+    first = build_run(config)
+    _steps(first, k)
+    with tempfile.TemporaryDirectory(prefix="trainbench-resume-") as tmp:
+        path = first.trainer.save_checkpoint(Path(tmp) / "mid.pt")
+        resumed = build_run(config)
+        resumed.trainer.load_checkpoint(path)
+    _steps(resumed, k)
+    diff = _compare(straight.trainer, resumed.trainer)
+    if diff:
+        status = NONDETERMINISTIC if _gpu_nondeterministic(config, device) else FAIL
+        return GuardResult("resume", status, f"save after {k} steps, restore, {k} more vs {2 * k} straight: {diff}")
+    return GuardResult("resume", PASS, f"save after {k} steps, restore into fresh objects, {k} more == {2 * k} straight")
+
+
+def run_guards(config: RunConfig, cfg: GuardsConfig, device: torch.device, trainer: Trainer, watch: FiniteWatch) -> list[GuardResult]:
+    """Run the enabled guards; an exception inside a guard is that guard's error, not the cell's."""
+    results = []
+    for name in cfg.enabled:
+        try:
+            if name == "finite":
+                results.append(guard_finite(trainer, watch))
+            elif name == "overfit":
+                results.append(guard_overfit(config, cfg))
+            elif name == "determinism":
+                results.append(guard_determinism(config, cfg, device))
+            elif name == "resume":
+                results.append(guard_resume(config, cfg, device))
+        except Exception as e:  # a guard that crashes is reported in the row, the run goes on
+            results.append(GuardResult(name, ERROR, f"{type(e).__name__}: {e}".splitlines()[0][:300]))
+    return results
+
+
+def guards_ok(results: list[GuardResult]) -> bool:
+    """A cell may be recommended only if no guard failed or errored."""
+    return all(r.status in (PASS, NONDETERMINISTIC) for r in results)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.matrix import MeasureConfig
+from bench.measure import StepTimer, flops_per_step, matmul_peak_flops, measure, peak_rss_bytes
+from conftest import tiny_overrides
+from trainer_core.config import load_config
+from trainer_core.factory import build_run
+from trainer_core.trainer import PHASES
+
+CPU = torch.device("cpu")
+
+
+def test_step_timer_times_every_phase_and_the_whole_step() -> None:
+    timer = StepTimer(CPU)
+    run = build_run(load_config(None, tiny_overrides()), hooks=[timer])
+    timer.start()
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=4)
+    recs = timer.stop()
+    assert len(recs) == 4
+    for r in recs:
+        assert {f"{p}_s" for p in PHASES} <= set(r)
+        assert sum(r[f"{p}_s"] for p in PHASES) <= r["step_s"] + 1e-9
+        assert r["samples"] == 32
+    timer.stop()
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=2)
+    assert timer.records == []  # disabled timer records nothing
+
+
+def test_measure_warms_up_then_repeats() -> None:
+    timer = StepTimer(CPU)
+    run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512})), hooks=[timer])
+    cfg = MeasureConfig(warmup_steps=2, settle_window=2, min_steps=4, min_time_s=0.0, repeats=3)
+    raw = measure(run.trainer, run.data.train_loader, timer, cfg)
+    assert raw["warmup_steps"] >= 4
+    assert len(raw["steps"]) == 3 * raw["steps_per_repeat"] == len(raw["repeat_of_step"])
+    assert sorted(set(raw["repeat_of_step"])) == [0, 1, 2]
+
+
+def test_steps_per_repeat_respects_time_bounds() -> None:
+    cfg = MeasureConfig(min_steps=10, min_time_s=1.0, max_time_s=5.0, max_steps_per_repeat=500)
+    assert cfg.steps_per_repeat(0.01) == 100  # min_time_s / step
+    assert cfg.steps_per_repeat(0.5) == 10  # min_steps
+    assert cfg.steps_per_repeat(2.0) == 3  # max_time_s caps slow cells, never below 3
+    assert cfg.steps_per_repeat(0.0001) == 500
+
+
+def test_flops_of_a_linear_model_step() -> None:
+    run = build_run(load_config(None, tiny_overrides(**{"model.kwargs": {"input_dim": 2, "hidden_dims": [16], "output_dim": 2}})))
+    x, y = next(iter(run.data.train_loader))
+    forward = 2 * 32 * (2 * 16 + 16 * 2)  # two matmuls, 2 FLOPs per multiply-add
+    flops = flops_per_step(run.trainer, x, y)
+    assert 2 * forward <= flops <= 3 * forward  # + weight grads + the one input grad that is needed
+    assert run.trainer.global_step == 1
+
+
+def test_matmul_peak_and_memory_figures_are_real() -> None:
+    peak = matmul_peak_flops(CPU, torch.float32, min_time_s=0.05)
+    assert peak["flops_per_s"] > 1e8 and peak["n"] >= 64
+    assert peak_rss_bytes() > 50 * 2**20

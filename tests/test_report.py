@@ -1,0 +1,43 @@
+import csv
+from pathlib import Path
+
+from bench.report import fastest_per_device, markdown_table, speedups_vs_fp32, summary_markdown, write_csv
+
+
+def _rec(cid: str, precision: str, bs: int, sps: float, ok: bool = True, status: str = "ok") -> dict:
+    guards = {g: {"name": g, "status": "pass" if ok else "fail", "detail": ""} for g in ("overfit", "finite", "determinism", "resume")}
+    return {"cell_id": cid, "axes": {"precision": precision, "data.batch_size": bs}, "status": status, "device": "cpu",
+            "samples_per_s": sps, "step_ms_median": 1.0, "step_ms_p10": 0.9, "step_ms_p90": 1.1, "data_wait_pct": 1.0,
+            "guards": guards if status == "ok" else {}, "guards_ok": ok if status == "ok" else None,
+            "reason": None if status == "ok" else "CUDA not available"}
+
+
+RECORDS = [_rec("a", "fp32", 64, 100.0), _rec("b", "bf16", 64, 250.0), _rec("c", "fp16", 64, 900.0, ok=False),
+           _rec("d", "fp32", 128, 120.0), _rec("e", "bf16", 128, 0.0, status="skipped")]
+
+
+def test_speedup_against_matching_fp32_cell() -> None:
+    s = {x["cell_id"]: x for x in speedups_vs_fp32(RECORDS)}
+    assert s["b"]["vs"] == "a" and s["b"]["speedup"] == 2.5
+    assert s["c"]["speedup"] == 9.0 and s["c"]["guards_ok"] is False
+    assert "e" not in s and "a" not in s
+
+
+def test_a_guard_failure_is_never_recommended() -> None:
+    assert fastest_per_device(RECORDS)["cpu"]["cell_id"] == "b"
+    summary = summary_markdown(RECORDS, {"matrix_name": "t"})
+    assert "`b`" in summary.split("## Speedup")[0] and "Not recommended (a guard failed): `c`" in summary
+    assert "CUDA not available (1)" in summary
+
+
+def test_csv_and_markdown_have_every_row_and_column(tmp_path: Path) -> None:
+    write_csv(RECORDS, tmp_path / "r.csv")
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert len(rows) == 5
+    for col in ("cell_id", "precision", "data.batch_size", "status", "reason", "samples_per_s", "step_ms_median",
+                "step_ms_p10", "step_ms_p90", "data_wait_pct", "peak_mem_mb", "tflops", "pct_of_peak",
+                "guard_overfit", "guard_finite", "guard_determinism", "guard_resume"):
+        assert col in rows[0], col
+    assert rows[2]["guard_overfit"] == "fail" and rows[4]["reason"] == "CUDA not available"
+    md = markdown_table(RECORDS)
+    assert md.count("\n") == 6 and "ove:FAIL" in md

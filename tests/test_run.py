@@ -1,0 +1,139 @@
+"""bench.run end to end: the smoke matrix, failing cells, validation exit codes, kill and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench import run as run_cli
+from conftest import REPO
+
+SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def _run_dir(out: Path) -> Path:
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    d = _run_dir(tmp_path)
+    assert out[-1] == f"results: {d}"
+    for name in ("cells.jsonl", "results.csv", "results.md", "summary.md", "env.json", "throughput_vs_batch.png", "data_wait.png"):
+        assert (d / name).is_file(), name
+    records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
+    assert len(records) == 12  # 2x2x2x2 minus the two excluded (bf16, bs16) x 2 x 2 = 12
+    measured = [r for r in records if r["status"] == "ok"]
+    skipped = [r for r in records if r["status"] == "skipped"]
+    assert len(measured) + len(skipped) == 12 and measured
+    assert all(r["reason"] for r in skipped)
+    for r in measured:
+        assert r["samples_per_s"] > 0 and r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
+        assert 0 <= r["data_wait_pct"] <= 100 and r["peak_mem_mb"] > 0 and r["flops_per_step"] > 0
+        assert r["pct_of_peak"] is not None and r["pct_of_peak"] > 0
+        assert len(r["samples_per_s_repeats"]) == 2
+        assert r["guards_ok"], r["guards"]
+    rows = list(csv.DictReader(open(d / "results.csv")))
+    assert [r["cell_id"] for r in rows] == [r["cell_id"] for r in records]
+    env = json.loads((d / "env.json").read_text())
+    for key in ("torch", "cpu", "torch_threads", "git_commit", "matrix", "command", "timestamp", "peaks", "cuda", "cudnn"):
+        assert key in env, key
+    assert env["peaks"]["cpu"]["fp32"]["flops_per_s"] > 0
+    assert "Fastest configuration per device" in (d / "summary.md").read_text()
+
+
+def test_dry_run_lists_cells_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 cells:" in out and "skip: " in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def _matrix(tmp_path: Path, models: list[str]) -> Path:
+    doc = {"name": "faults", "base": {"device": "cpu", "data": {"name": "synthetic_blobs", "n_samples": 128, "batch_size": 16},
+                                       "model": {"name": "SimpleMLP", "kwargs": {}}},
+           "axes": {"model.name": models},
+           "measure": {"warmup_steps": 2, "settle_window": 2, "max_warmup_steps": 4, "min_steps": 3, "min_time_s": 0, "repeats": 1},
+           "guards": {"overfit_steps": 20, "short_run_steps": 1, "enabled": ["finite", "determinism"]}}
+    p = tmp_path / "faults.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return p
+
+
+def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", TESTS)  # the cell processes import tests/faulty_models.py
+    m = _matrix(tmp_path, ["faulty_models:raises", "SimpleMLP", "faulty_models:emits_nan"])
+    assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out")]) == 0
+    records = {r["cell_id"]: r for r in map(json.loads, (_run_dir(tmp_path / "out") / "cells.jsonl").read_text().splitlines())}
+    assert records["faulty_models_raises"]["status"] == "failed"
+    assert "planted failure in forward" in records["faulty_models_raises"]["reason"]
+    assert records["SimpleMLP"]["status"] == "ok" and records["SimpleMLP"]["guards_ok"]
+    nan = records["faulty_models_emits_nan"]
+    assert nan["status"] == "ok" and nan["guards"]["finite"]["status"] == "fail" and not nan["guards_ok"]
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"axes": {"optim.lrr": [1]}}, "axes.optim.lrr: unknown config key"),
+    ({"axes": {"precision": ["fp8"]}}, "unknown precision 'fp8'"),
+    ({"axes": {"data.batch_size": ["x"]}}, "data.batch_size: Input should be a valid integer"),
+])
+def test_bad_matrix_stops_before_any_cell_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, expected: str) -> None:
+    doc = yaml.safe_load(Path(SMOKE).read_text()) | {"exclude": []} | edit
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run_cli.cli(["--matrix", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(p) in err and expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_filter_that_matches_nothing_and_unknown_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path), "--filter", "precision=fp16"]) == 2
+    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path), "--resume", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "matches no cell" in err and "no run at" in err
+
+
+def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--filter", "device=cpu",
+           "--filter", "data.pin_memory=false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            dirs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
+            if dirs and (dirs[0] / "cells.jsonl").exists() and (dirs[0] / "cells.jsonl").read_text().count("\n") >= 1:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its cell process, mid-run
+    finally:
+        proc.wait()
+    d = _run_dir(out)
+    first = (d / "cells.jsonl").read_text().splitlines()
+    assert 1 <= len(first) < 3
+    done = [json.loads(x)["cell_id"] for x in first]
+    resumed = subprocess.run([*cmd, "--resume", d.name], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (d / "cells.jsonl").read_text().splitlines()
+    assert lines[: len(first)] == first  # finished cells untouched
+    ids = [json.loads(x)["cell_id"] for x in lines]
+    assert sorted(ids) == sorted({"fp32-bs16-pinF-cpu", "fp32-bs32-pinF-cpu", "bf16-bs32-pinF-cpu"})
+    assert len(ids) == len(set(ids))  # nothing ran twice
+    progress = [ln for ln in resumed.stdout.splitlines() if ln.startswith("[")]
+    assert len(progress) == 3 - len(first)  # only the missing cells were launched
+    assert not any(f"] {c}:" in ln for ln in progress for c in done)
+    assert resumed.stdout.strip().splitlines()[-1] == f"results: {d}"
