@@ -18,9 +18,12 @@ from typing import Any
 import torch
 
 from bench.guards import FiniteWatch, guards_ok, run_guards
-from bench.matrix import GuardsConfig, MeasureConfig
-from bench.measure import StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes
-from bench.stats import cell_statistics
+from bench.matrix import GuardsConfig, MeasureConfig, ProfileConfig
+from bench.measure import StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes, run_steps
+from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, trace_files
+from bench.stats import cell_statistics, summarize
+from bench.trace import breakdown, load_trace
+from trainer_core.trainer import PHASES, Trainer
 from trainer_core.config import apply_overrides, validate_config
 from trainer_core.factory import build_run
 from trainer_core.precision import resolve_device
@@ -38,6 +41,37 @@ _CELL_OVERRIDES = {
 }
 
 
+def profile_cell(trainer: Trainer, loader: Any, timer: StepTimer, hook: ProfilerHook, cfg: ProfileConfig,
+                 trace_dir: Path, device: torch.device, precision: str, timed_median_ms: float) -> dict[str, Any]:
+    """Trace a few steps *after* the timed repeats (the table is never measured under the profiler),
+    time them with the same hook to report the profiler's slowdown, and break the trace down."""
+    timer.start()
+    with maybe_profile(True, trace_dir, device, wait=cfg.wait, warmup=cfg.warmup, active=cfg.active,
+                       record_shapes=cfg.record_shapes, profile_memory=cfg.profile_memory, with_stack=cfg.with_stack,
+                       with_flops=cfg.with_flops, gzip=cfg.gzip, hook=hook):
+        run_steps(trainer, loader, schedule_steps(cfg.wait, cfg.warmup, cfg.active))
+    active = timer.stop()[-cfg.active:]
+    files = trace_files(trace_dir)
+    if not files:
+        return {"profile_error": f"no trace written to {trace_dir}"}
+    size_mb = sum(f.stat().st_size for f in files) / 2**20
+    b = breakdown(load_trace(files[-1]))
+    out: dict[str, Any] = {
+        "trace_dir": str(trace_dir),
+        "trace_mb": size_mb,
+        "profiler_slowdown": summarize([r["step_s"] for r in active])["median"] * 1e3 / timed_median_ms,
+        **{f"prof_{p}_pct": b["phase_pct"][p] for p in (*PHASES, "other")},
+        "top_ops": b["top_ops"],
+        "reduced_precision_pct": None if b["reduced_precision_share"] is None else 100.0 * b["reduced_precision_share"],
+    }
+    if size_mb > cfg.max_trace_mb:
+        out["trace_warning"] = f"trace is {size_mb:.0f} MB (> {cfg.max_trace_mb:.0f} MB): shorten profile.active or drop with_stack"
+    share = b["reduced_precision_share"]
+    if precision in ("bf16", "fp16") and share is not None and share < 0.05:
+        out["mixed_precision_warning"] = f"{precision} cell but only {100 * share:.0f}% of matmul/conv ops ran in reduced precision"
+    return out
+
+
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure then guard one cell. ``spec``: cell_id, axes, config, measure, guards, threads, peaks."""
     t_start = time.perf_counter()
@@ -47,12 +81,14 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                              source=f"cell {spec['cell_id']}")
     mcfg = MeasureConfig.model_validate(spec["measure"])
     gcfg = GuardsConfig.model_validate(spec["guards"])
+    pcfg = ProfileConfig.model_validate(spec.get("profile") or {})
+    profiling = pcfg.enabled and bool(spec.get("trace_dir"))
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    timer, watch = StepTimer(device), FiniteWatch()
-    run = build_run(config, hooks=[timer, watch])
+    timer, watch, prof_hook = StepTimer(device), FiniteWatch(), ProfilerHook()
+    run = build_run(config, hooks=[timer, watch, prof_hook] if profiling else [timer, watch])
     trainer = run.trainer
     x, y = next(iter(run.data.train_loader))
     flops = flops_per_step(trainer, x, y)
@@ -67,6 +103,10 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     median_s = stats["step_ms_median"] / 1e3
     achieved = flops / median_s if median_s > 0 else math.nan
     peak_flops = spec.get("peaks", {}).get(config.precision)
+    profile = {}
+    if profiling:
+        profile = profile_cell(trainer, run.data.train_loader, timer, prof_hook, pcfg, Path(spec["trace_dir"]),
+                               device, config.precision, stats["step_ms_median"])
     guard_results = run_guards(config, gcfg, device, trainer, watch)
     return {
         "cell_id": spec["cell_id"],
@@ -88,6 +128,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "steps_per_repeat": raw["steps_per_repeat"],
         "step_s": [r["step_s"] for r in raw["steps"]],
         "phase_s": {k: sum(r.get(k, 0.0) for r in raw["steps"]) for k in ("data_s", "h2d_s", "forward_s", "backward_s", "optimizer_s")},
+        **profile,
         "guards": {g.name: g.to_dict() for g in guard_results},
         "guards_ok": guards_ok(guard_results),
         "skipped_fp16_steps": int(trainer.counters["skipped_steps"]),

@@ -63,10 +63,16 @@ class GuardsConfig(_Section):
 
 
 class ProfileConfig(_Section):
-    enabled: bool = Field(False, description="Capture torch.profiler traces per cell (separate from the timed steps).")
-    wait: int = Field(1, ge=0, description="Profiler schedule: steps skipped.")
-    warmup: int = Field(1, ge=0, description="Profiler schedule: warm-up steps (traced, discarded).")
-    active: int = Field(3, ge=1, description="Profiler schedule: recorded steps.")
+    enabled: bool = Field(False, description="Capture torch.profiler traces per cell, in steps separate from the timed ones.")
+    wait: int = Field(1, ge=0, description="Profiler schedule: steps skipped before tracing.")
+    warmup: int = Field(1, ge=0, description="Profiler schedule: warm-up steps (traced, then discarded).")
+    active: int = Field(3, ge=1, le=50, description="Profiler schedule: recorded steps (keep short: trace size grows with it).")
+    record_shapes: bool = Field(True, description="Record input shapes and dtypes (needed for the mixed-precision check).")
+    profile_memory: bool = Field(False, description="Record tensor allocations.")
+    with_stack: bool = Field(False, description="Record Python stacks (large traces).")
+    with_flops: bool = Field(False, description="Estimate FLOPs of matmul/conv operators in the trace.")
+    gzip: bool = Field(False, description="Write .pt.trace.json.gz instead of .pt.trace.json.")
+    max_trace_mb: float = Field(50.0, gt=0, description="Warn when a cell's trace is larger than this.")
 
 
 class MatrixSpec(_Section):

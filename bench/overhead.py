@@ -90,13 +90,20 @@ def compare(precisions: list[str], batch_sizes: list[int], rounds: int, measure:
     for precision in precisions:
         for bs in batch_sizes:
             bare, runner = [], []
-            for _ in range(rounds):
-                bare.append(bare_loop_samples_per_s(precision, bs, measure)["samples_per_s"])
-                runner.append(runner_samples_per_s(precision, bs, measure, threads)["samples_per_s"])
-            b, r = statistics.median(bare), statistics.median(runner)
-            rows.append({"precision": precision, "batch_size": bs, "bare_samples_per_s": b, "runner_samples_per_s": r,
-                         "ratio": r / b, "bare_rounds": bare, "runner_rounds": runner})
-            print(f"{precision} bs{bs}: bare {b:,.0f} samples/s, runner {r:,.0f} samples/s, ratio {r / b:.3f}", flush=True)
+            for i in range(rounds):
+                # Both sides back to back in every round, in alternating order, and the ratio taken per
+                # round: a shared machine drifts by more than the overhead being measured.
+                sides = [("bare", lambda: bare_loop_samples_per_s(precision, bs, measure)),
+                         ("runner", lambda: runner_samples_per_s(precision, bs, measure, threads))]
+                for name, fn in (sides if i % 2 == 0 else sides[::-1]):
+                    (bare if name == "bare" else runner).append(fn()["samples_per_s"])
+            ratios = [r / b for b, r in zip(bare, runner)]
+            ratio = statistics.median(ratios)
+            rows.append({"precision": precision, "batch_size": bs, "bare_samples_per_s": statistics.median(bare),
+                         "runner_samples_per_s": statistics.median(runner), "ratio": ratio, "round_ratios": ratios,
+                         "bare_rounds": bare, "runner_rounds": runner})
+            print(f"{precision} bs{bs}: bare {statistics.median(bare):,.0f} samples/s, runner {statistics.median(runner):,.0f} "
+                  f"samples/s, runner/bare {ratio:.3f} (median of {rounds} rounds; range {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
     return rows
 
 
@@ -104,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("bench.overhead", "Harness overhead: runner samples/s vs a bare PyTorch loop.")
     p.add_argument("--precision", action="append", choices=sorted(_DTYPES), help="default: fp32 and bf16")
     p.add_argument("--batch-size", action="append", type=int, help="default: 64 and 256")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds per configuration (median taken)")
-    p.add_argument("--min-time-s", type=float, default=2.0, help="timed seconds per repeat on each side")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per configuration (median of per-round ratios)")
+    p.add_argument("--min-time-s", type=float, default=1.5, help="timed seconds per repeat on each side")
     p.add_argument("--out", default="results", help="folder for overhead-<time>.json")
     return p
 
@@ -119,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     path = out / f"overhead-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     path.write_text(json.dumps({"rows": rows, "threads": threads, "env": environment_info()}, indent=2) + "\n")
     worst = min(r["ratio"] for r in rows)
-    print(f"lowest runner/bare ratio: {worst:.3f} (target >= 0.97)")
+    print(f"lowest runner/bare ratio: {worst:.3f}")
     print(f"wrote {path}")
     return 0
 

@@ -88,3 +88,26 @@ def plot_data_wait(records: list[dict[str, Any]], path: str | Path) -> Path | No
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_phase_breakdown(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """Stacked bars per profiled cell: share of the step in each phase, from its trace."""
+    phases = ("data", "h2d", "forward", "backward", "optimizer", "other")
+    rows = [r for r in records if r.get("status") == "ok" and r.get("prof_forward_pct") is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4.5))
+    bottom = [0.0] * len(rows)
+    for p in phases:
+        vals = [r.get(f"prof_{p}_pct") or 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, label=p)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(rows)), [r["cell_id"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("share of step time (%)")
+    ax.set_title("Where the step time goes (torch.profiler, per cell)")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

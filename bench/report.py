@@ -17,6 +17,9 @@ from bench.matrix import GUARDS
 METRIC_COLUMNS = [
     "status", "reason", "samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "repeat_spread_pct",
     "data_wait_pct", "h2d_ms_median", "peak_mem_mb", "tflops", "pct_of_peak", "emulated", "skipped_fp16_steps",
+    # from the cell's torch.profiler trace (blank when profiling is off)
+    "prof_data_pct", "prof_h2d_pct", "prof_forward_pct", "prof_backward_pct", "prof_optimizer_pct", "prof_other_pct",
+    "profiler_slowdown", "reduced_precision_pct", "trace_dir",
 ]
 GUARD_MARK = {PASS: "ok", FAIL: "FAIL", NONDETERMINISTIC: "nondet", "error": "ERROR"}
 

@@ -22,7 +22,7 @@ import torch
 
 from bench._cli import make_parser, run_cli
 from bench.matrix import Cell, MatrixSpec, expand, load_matrix, parse_filter, select
-from bench.plots import plot_data_wait, plot_throughput
+from bench.plots import plot_data_wait, plot_phase_breakdown, plot_throughput
 from bench.report import markdown_table, summary_markdown, write_csv
 from trainer_core.errors import ConfigError
 from trainer_core.provenance import environment_info, utc_timestamp
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue results/<RUN_ID>, running only cells it has no result for")
     p.add_argument("--device", help="run every cell on this device (replaces the device axis)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in every cell (default: torch's default here)")
+    p.add_argument("--profiles", default="profiles", help="parent folder of trace folders <run-id>/<cell-id>/ (default profiles/)")
     return p
 
 
@@ -75,7 +76,7 @@ def measure_peaks(cells: list[Cell]) -> dict[str, dict[str, Any]]:
     return peaks
 
 
-def launch_cell(cell: Cell, spec: MatrixSpec, run_dir: Path, threads: int, peaks: dict[str, Any]) -> dict[str, Any]:
+def launch_cell(cell: Cell, spec: MatrixSpec, run_dir: Path, threads: int, peaks: dict[str, Any], trace_dir: Path) -> dict[str, Any]:
     """Run one cell in a fresh process; whatever happens, return a record."""
     cell_dir = run_dir / "cells"
     cell_dir.mkdir(exist_ok=True)
@@ -86,6 +87,7 @@ def launch_cell(cell: Cell, spec: MatrixSpec, run_dir: Path, threads: int, peaks
     dev = cell.config.device if cell.config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     payload = {"cell_id": cell.cell_id, "axes": cell.axes, "config": cell.config.to_dict(), "threads": threads,
                "measure": spec.measure.model_dump(), "guards": spec.guards.model_dump(),
+               "profile": spec.profile.model_dump(), "trace_dir": str(trace_dir),
                "peaks": {p: v["flops_per_s"] for p, v in peaks.get(dev, {}).items()}}
     spec_path.write_text(json.dumps(payload, indent=2, default=str))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -109,6 +111,22 @@ def launch_cell(cell: Cell, spec: MatrixSpec, run_dir: Path, threads: int, peaks
     return {**base, "status": "failed", "reason": f"{why} (log: {log_path})"}
 
 
+def write_cell_scalars(root: Path, record: dict[str, Any]) -> None:
+    """A measured cell's samples/s (per repeat), step time (per timed step) and data-wait share as
+    TensorBoard scalars in ``<profiles>/<run-id>/scalars/<cell-id>``, beside the traces, so one
+    ``tensorboard --logdir profiles/<run-id>`` shows both."""
+    if record.get("status") != "ok":
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(root / record["cell_id"])) as w:
+        for i, v in enumerate(record.get("samples_per_s_repeats") or []):
+            w.add_scalar("cell/samples_per_s", v, i)
+        for i, v in enumerate(record.get("step_s") or []):
+            w.add_scalar("cell/step_ms", 1e3 * v, i)
+        w.add_scalar("cell/data_wait_pct", record["data_wait_pct"], 0)
+
+
 def skipped_record(cell: Cell) -> dict[str, Any]:
     return {"cell_id": cell.cell_id, "axes": cell.axes, "status": "skipped", "reason": cell.skip_reason,
             "precision": cell.config.precision, "device": cell.config.device}
@@ -128,7 +146,8 @@ def write_outputs(run_dir: Path, records: list[dict[str, Any]], env: dict[str, A
     (run_dir / "results.md").write_text(markdown_table(records) + "\n")
     (run_dir / "summary.md").write_text(summary_markdown(records, env))
     paths = [run_dir / "results.csv", run_dir / "results.md", run_dir / "summary.md", run_dir / "env.json"]
-    for plot in (plot_throughput(records, run_dir / "throughput_vs_batch.png"), plot_data_wait(records, run_dir / "data_wait.png")):
+    for plot in (plot_throughput(records, run_dir / "throughput_vs_batch.png"), plot_data_wait(records, run_dir / "data_wait.png"),
+                 plot_phase_breakdown(records, run_dir / "phase_breakdown.png")):
         if plot is not None:
             paths.append(plot)
     return paths
@@ -152,10 +171,6 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_cells(cells)
         return 0
-    if spec.profile.enabled:
-        # Trace capture is not built yet: say so instead of silently producing no traces.
-        print("note: profile.enabled=true, but per-cell torch.profiler capture is not implemented yet; "
-              "no traces will be written", file=sys.stderr)
 
     out_root = Path(args.out)
     if args.resume:
@@ -180,6 +195,7 @@ def main(args: argparse.Namespace) -> int:
         env["peaks"] = measure_peaks(cells)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
 
+    scalars_root = Path(args.profiles) / run_dir.name / "scalars"
     bar = _progress(len(todo))
     # ETA from measured cells only: skipped cells take no time and would make it far too optimistic.
     to_measure = sum(1 for c in todo if not c.skip_reason)
@@ -189,11 +205,13 @@ def main(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.set_description(cell.cell_id)
             t0 = time.perf_counter()
-            record = skipped_record(cell) if cell.skip_reason else launch_cell(cell, spec, run_dir, threads, env.get("peaks", {}))
+            record = skipped_record(cell) if cell.skip_reason else launch_cell(
+                cell, spec, run_dir, threads, env.get("peaks", {}), Path(args.profiles) / run_dir.name / cell.cell_id)
             if not cell.skip_reason:
                 measured += 1
                 measuring_s += time.perf_counter() - t0
             append_record(cells_path, record)
+            write_cell_scalars(scalars_root, record)
             if bar is not None:
                 bar.update(1)
             else:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from bench import run as run_cli
+from bench.report import METRIC_COLUMNS
 from conftest import REPO
 
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
@@ -27,11 +28,12 @@ def _run_dir(out: Path) -> Path:
 
 
 def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path)]) == 0
+    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path / "results"), "--profiles", str(tmp_path / "profiles")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    d = _run_dir(tmp_path)
+    d = _run_dir(tmp_path / "results")
     assert out[-1] == f"results: {d}"
-    for name in ("cells.jsonl", "results.csv", "results.md", "summary.md", "env.json", "throughput_vs_batch.png", "data_wait.png"):
+    for name in ("cells.jsonl", "results.csv", "results.md", "summary.md", "env.json", "throughput_vs_batch.png", "data_wait.png",
+                 "phase_breakdown.png"):
         assert (d / name).is_file(), name
     records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
     assert len(records) == 12  # 2x2x2x2 minus the two excluded (bf16, bs16) x 2 x 2 = 12
@@ -45,8 +47,26 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert r["pct_of_peak"] is not None and r["pct_of_peak"] > 0
         assert len(r["samples_per_s_repeats"]) == 2
         assert r["guards_ok"], r["guards"]
+        # profile: on in the smoke matrix: one trace per cell folder, its breakdown merged into the row
+        trace_dir = tmp_path / "profiles" / d.name / r["cell_id"]
+        assert r["trace_dir"] == str(trace_dir) and len(list(trace_dir.iterdir())) == 1
+        assert sum(r[f"prof_{p}_pct"] for p in ("data", "h2d", "forward", "backward", "optimizer", "other")) == pytest.approx(100, rel=0.05)
+        assert r["profiler_slowdown"] > 0 and r["top_ops"]
+        assert (tmp_path / "profiles" / d.name / "scalars" / r["cell_id"]).is_dir()
     rows = list(csv.DictReader(open(d / "results.csv")))
     assert [r["cell_id"] for r in rows] == [r["cell_id"] for r in records]
+    expected_columns = ["cell_id", "precision", "data.batch_size", "data.pin_memory", "device", *METRIC_COLUMNS,
+                        "guard_overfit", "guard_finite", "guard_determinism", "guard_resume", "guards_ok"]
+    assert list(rows[0]) == expected_columns
+    for row in rows:
+        if row["status"] == "ok":
+            assert all(row[c] != "" for c in ("samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "data_wait_pct",
+                                              "peak_mem_mb", "tflops", "pct_of_peak", "guard_overfit", "guard_resume",
+                                              "prof_forward_pct", "profiler_slowdown", "reduced_precision_pct"))
+        else:
+            assert row["reason"] and row["samples_per_s"] == ""
+    md = (d / "results.md").read_text()
+    assert md.count("\n") == len(records) + 2 and "% peak" in md
     env = json.loads((d / "env.json").read_text())
     for key in ("torch", "cpu", "torch_threads", "git_commit", "matrix", "command", "timestamp", "peaks", "cuda", "cudnn"):
         assert key in env, key
@@ -75,7 +95,7 @@ def _matrix(tmp_path: Path, models: list[str]) -> Path:
 def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", TESTS)  # the cell processes import tests/faulty_models.py
     m = _matrix(tmp_path, ["faulty_models:raises", "SimpleMLP", "faulty_models:emits_nan"])
-    assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out")]) == 0
+    assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 0
     records = {r["cell_id"]: r for r in map(json.loads, (_run_dir(tmp_path / "out") / "cells.jsonl").read_text().splitlines())}
     assert records["faulty_models_raises"]["status"] == "failed"
     assert "planted failure in forward" in records["faulty_models_raises"]["reason"]
@@ -109,7 +129,7 @@ def test_filter_that_matches_nothing_and_unknown_resume(tmp_path: Path, capsys: 
 def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--filter", "device=cpu",
+    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--profiles", str(tmp_path / "p"), "--filter", "device=cpu",
            "--filter", "data.pin_memory=false"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
