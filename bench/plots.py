@@ -11,9 +11,17 @@ matplotlib.use("Agg")  # no display on CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig: "plt.Figure", path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Train/val loss (left) and validation accuracy (right) per epoch."""
-    path = Path(path)
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
@@ -28,11 +36,7 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title:
     ax_acc.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _label(axes: dict[str, Any], drop: tuple[str, ...]) -> str:
@@ -59,11 +63,7 @@ def plot_throughput(records: list[dict[str, Any]], path: str | Path) -> Path | N
     ax.set_title("Throughput vs batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_data_wait(records: list[dict[str, Any]], path: str | Path) -> Path | None:
@@ -83,11 +83,7 @@ def plot_data_wait(records: list[dict[str, Any]], path: str | Path) -> Path | No
     ax.set_ylabel("data-wait share of step (%)")
     ax.set_title("Time blocked waiting for the next batch")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_phase_breakdown(records: list[dict[str, Any]], path: str | Path) -> Path | None:
@@ -106,8 +102,4 @@ def plot_phase_breakdown(records: list[dict[str, Any]], path: str | Path) -> Pat
     ax.set_ylabel("share of step time (%)")
     ax.set_title("Where the step time goes (torch.profiler, per cell)")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
