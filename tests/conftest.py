@@ -88,3 +88,30 @@ def make_fake_mnist(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool
         x, y = make_synthetic_images(n, seed=1 if split == "train" else 2)
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", x)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", y)
+
+
+# ------------------------------------------------------------------------------ pytest-benchmark
+# Options that mean "I want real timings". Without any of them, a plain `pytest` runs every benchmark
+# once as a smoke test (pytest-benchmark's own --benchmark-disable behaviour), so the suite stays fast.
+_REAL_BENCHMARK_OPTIONS = ("benchmark_enable", "benchmark_only", "benchmark_autosave", "benchmark_save",
+                           "benchmark_compare", "benchmark_json", "benchmark_histogram")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config.option, "benchmark_disable"):
+        return  # pytest-benchmark not installed
+    if not any(config.getoption(name, default=None) for name in _REAL_BENCHMARK_OPTIONS):
+        config.option.benchmark_disable = True
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Record what makes training timings comparable (pytest-benchmark warns when these differ)."""
+    from trainer_core.precision import cpu_flags
+
+    machine_info["torch"] = str(torch.__version__)
+    machine_info["torch_threads"] = torch.get_num_threads()
+    machine_info["cuda"] = torch.version.cuda
+    machine_info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    machine_info["cpu_bf16"] = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    machine_info["cpu_fp16"] = bool({"avx512_fp16", "amx_fp16"} & cpu_flags())

@@ -1,0 +1,166 @@
+"""``python -m bench.compare RESULTS_A RESULTS_B``: did B get slower than A?
+
+Cells are matched by their axis values. For each pair, the throughput ratio B/A (from median step
+times) gets a 95% bootstrap confidence interval from the per-step samples in ``cells.jsonl``. A change
+is significant when the interval excludes 1 *and* the change is larger than the noise threshold: the
+larger of ``--min-threshold`` and half the between-repeat spread measured in either run. With
+``--fail-threshold PCT``, a significant slowdown of more than PCT% exits with code 1; so does a guard
+that passed in A and fails in B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._cli import make_parser, run_cli
+from bench.matrix import GUARDS
+from trainer_core.errors import TrainbenchError
+
+ENV_KEYS = ("torch", "cuda", "cudnn", "cpu", "gpus", "torch_threads", "threads")
+FASTER, SLOWER, SAME = "faster", "slower", "no significant change"
+
+
+class CompareError(TrainbenchError):
+    """A results directory is missing or unreadable."""
+
+
+def load_results(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(env, {axis key: record}) of a results directory (or its cells.jsonl)."""
+    p = Path(path)
+    cells = p / "cells.jsonl" if p.is_dir() else p
+    if not cells.is_file():
+        raise CompareError(f"{path}: no cells.jsonl (expected a results/<run-id> directory)")
+    env_path = cells.parent / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    records: dict[str, dict[str, Any]] = {}
+    for line in cells.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed run
+        records[axis_key(r.get("axes") or {})] = r
+    return env, records
+
+
+def axis_key(axes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={axes[k]}" for k in sorted(axes)) or "base"
+
+
+def bootstrap_ratio(a_steps: Sequence[float], b_steps: Sequence[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Throughput ratio B/A = median step A / median step B, with a 95% percentile-bootstrap interval."""
+    a, b = np.asarray(a_steps, dtype=float), np.asarray(b_steps, dtype=float)
+    rng = np.random.default_rng(seed)
+    ma = np.median(a[rng.integers(0, len(a), size=(n, len(a)))], axis=1)
+    mb = np.median(b[rng.integers(0, len(b), size=(n, len(b)))], axis=1)
+    ratios = ma / mb
+    return float(np.median(a) / np.median(b)), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def compare_cell(a: dict[str, Any], b: dict[str, Any], min_threshold_pct: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"cell_id": b.get("cell_id") or a.get("cell_id"), "status_a": a.get("status"), "status_b": b.get("status")}
+    guards = [g for g in GUARDS if (a.get("guards") or {}).get(g, {}).get("status") == "pass"
+              and (b.get("guards") or {}).get(g, {}).get("status") in ("fail", "error")]
+    out["guard_regressions"] = guards
+    if a.get("status") != "ok" or b.get("status") != "ok" or not a.get("step_s") or not b.get("step_s"):
+        out["verdict"] = "not compared"
+        return out
+    ratio, lo, hi = bootstrap_ratio(a["step_s"], b["step_s"])
+    noise = max(min_threshold_pct, 0.5 * (a.get("repeat_spread_pct") or 0.0), 0.5 * (b.get("repeat_spread_pct") or 0.0))
+    change_pct = 100.0 * (ratio - 1.0)
+    if hi < 1.0 and -change_pct > noise:
+        verdict = SLOWER
+    elif lo > 1.0 and change_pct > noise:
+        verdict = FASTER
+    else:
+        verdict = SAME
+    out.update(samples_per_s_a=a.get("samples_per_s"), samples_per_s_b=b.get("samples_per_s"), ratio=ratio,
+               ci_low=lo, ci_high=hi, change_pct=change_pct, noise_threshold_pct=noise, verdict=verdict)
+    return out
+
+
+def compare(path_a: str | Path, path_b: str | Path, min_threshold_pct: float = 2.0) -> dict[str, Any]:
+    env_a, cells_a = load_results(path_a)
+    env_b, cells_b = load_results(path_b)
+    warnings = [f"environment changed: {k}: {env_a.get(k)!r} -> {env_b.get(k)!r}" for k in ENV_KEYS
+                if k in env_a and k in env_b and env_a[k] != env_b[k]]
+    rows = [compare_cell(cells_a[k], cells_b[k], min_threshold_pct) | {"axes": k} for k in cells_a if k in cells_b]
+    return {
+        "a": str(path_a), "b": str(path_b), "warnings": warnings, "rows": rows,
+        "only_in_a": sorted(k for k in cells_a if k not in cells_b),
+        "only_in_b": sorted(k for k in cells_b if k not in cells_a),
+    }
+
+
+def failures(result: dict[str, Any], fail_threshold_pct: float | None) -> list[str]:
+    out = []
+    for r in result["rows"]:
+        if r["guard_regressions"]:
+            out.append(f"{r['cell_id']}: guard(s) passed in A, fail in B: {', '.join(r['guard_regressions'])}")
+        if fail_threshold_pct is not None and r.get("verdict") == SLOWER and -r["change_pct"] > fail_threshold_pct:
+            out.append(f"{r['cell_id']}: {-r['change_pct']:.1f}% slower (limit {fail_threshold_pct:g}%)")
+    return out
+
+
+def format_table(result: dict[str, Any], markdown: bool = False) -> str:
+    lines = [f"A: {result['a']}", f"B: {result['b']}"] + [f"WARNING: {w}" for w in result["warnings"]] + [""]
+    head = ["cell", "A samples/s", "B samples/s", "B/A", "95% CI", "noise", "verdict", "guards"]
+    body = []
+    for r in result["rows"]:
+        if "ratio" in r:
+            body.append([r["cell_id"], f"{r['samples_per_s_a']:,.0f}", f"{r['samples_per_s_b']:,.0f}", f"{r['ratio']:.3f}",
+                         f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", f"±{r['noise_threshold_pct']:.1f}%", r["verdict"],
+                         ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "ok"])
+        else:
+            body.append([r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})",
+                         ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else ""])
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    for side in ("a", "b"):
+        missing = result[f"only_in_{side}"]
+        if missing:
+            lines.append(f"only in {side.upper()}: " + "; ".join(missing))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("bench.compare", "Compare two bench.run results directories.")
+    p.add_argument("a", help="baseline results directory (results/<run-id>)")
+    p.add_argument("b", help="new results directory")
+    p.add_argument("--fail-threshold", type=float, metavar="PCT", help="exit 1 if a significant slowdown exceeds PCT%%")
+    p.add_argument("--min-threshold", type=float, default=2.0, metavar="PCT",
+                   help="smallest change ever called significant (default 2%%; the measured noise can raise it)")
+    p.add_argument("--markdown", action="store_true", help="Markdown table (for CI comments)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    result = compare(args.a, args.b, args.min_threshold)
+    failed = failures(result, args.fail_threshold)
+    result["failures"] = failed
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result, markdown=args.markdown))
+        for f in failed:
+            print(f"FAIL: {f}")
+    return 1 if failed else 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,92 @@
+"""bench.compare on two synthetic results dirs: a planted 20% slowdown in one cell, noise elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import compare as compare_cli
+from bench.compare import SAME, SLOWER, bootstrap_ratio, compare
+
+CELLS = [{"precision": p, "data.batch_size": bs} for p in ("fp32", "bf16") for bs in (64, 256)]
+PASS = {g: {"name": g, "status": "pass", "detail": ""} for g in ("overfit", "finite", "determinism", "resume")}
+
+
+def _write(d: Path, seed: int, slow: dict[str, float] | None = None, torch_version: str = "2.14.1",
+           guards: dict[str, dict] | None = None, drop: int | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True)
+    lines = []
+    for i, axes in enumerate(CELLS):
+        if i == drop:
+            continue
+        cid = f"{axes['precision']}-bs{axes['data.batch_size']}"
+        base = 0.02 * (1 + i)  # seconds per step
+        factor = (slow or {}).get(cid, 1.0)
+        steps = (base * factor * (1 + 0.03 * rng.standard_normal(90))).tolist()  # ~3% step-to-step noise
+        bs = axes["data.batch_size"]
+        lines.append(json.dumps({"cell_id": cid, "axes": axes, "status": "ok", "step_s": steps,
+                                 "samples_per_s": bs / float(np.median(steps)), "repeat_spread_pct": 2.0,
+                                 "guards": (guards or {}).get(cid, PASS)}))
+    (d / "cells.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "env.json").write_text(json.dumps({"torch": torch_version, "cpu": "X", "torch_threads": 2}))
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    a = _write(tmp_path / "a", seed=1)
+    b = _write(tmp_path / "b", seed=2, slow={"bf16-bs64": 1.25})  # 1/1.25 = 20% fewer samples/s
+    return a, b
+
+
+def test_planted_slowdown_is_flagged_and_noise_is_not(runs: tuple[Path, Path]) -> None:
+    result = compare(*runs)
+    verdicts = {r["cell_id"]: r["verdict"] for r in result["rows"]}
+    assert verdicts == {"fp32-bs64": SAME, "fp32-bs256": SAME, "bf16-bs64": SLOWER, "bf16-bs256": SAME}
+    slow = next(r for r in result["rows"] if r["cell_id"] == "bf16-bs64")
+    assert slow["ratio"] == pytest.approx(0.8, abs=0.03)
+    assert slow["ci_low"] < slow["ratio"] < slow["ci_high"] < 1.0
+    assert result["warnings"] == []
+
+
+@pytest.mark.parametrize(("threshold", "code"), [(None, 0), ("10", 1), ("30", 0)])
+def test_exit_code_follows_fail_threshold(runs: tuple[Path, Path], threshold: str | None, code: int, capsys: pytest.CaptureFixture) -> None:
+    argv = [str(runs[0]), str(runs[1])] + (["--fail-threshold", threshold] if threshold else [])
+    assert compare_cli.cli(argv) == code
+    out = capsys.readouterr().out
+    assert "bf16-bs64" in out and "slower" in out
+    assert ("FAIL: bf16-bs64: " in out) == (code == 1)
+
+
+def test_guard_regression_missing_cells_and_env_change(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _write(tmp_path / "a", seed=1)
+    broken = {"fp32-bs256": {**PASS, "resume": {"name": "resume", "status": "fail", "detail": "weights differ"}}}
+    b = _write(tmp_path / "b", seed=2, torch_version="2.15.0", guards=broken, drop=0)
+    result = compare(a, b)
+    assert result["only_in_a"] == ["data.batch_size=64, precision=fp32"] and result["only_in_b"] == []
+    assert result["warnings"] == ["environment changed: torch: '2.14.1' -> '2.15.0'"]
+    assert next(r for r in result["rows"] if r["cell_id"] == "fp32-bs256")["guard_regressions"] == ["resume"]
+    assert compare_cli.cli([str(a), str(b), "--markdown"]) == 1  # a guard regression always fails
+    out = capsys.readouterr().out
+    assert out.splitlines()[2].startswith("WARNING: environment changed: torch")
+    assert "| cell | A samples/s |" in out and "only in A: data.batch_size=64, precision=fp32" in out
+
+
+def test_json_output_and_bad_path(runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert compare_cli.cli([str(runs[0]), str(runs[1]), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 4 and data["failures"] == []
+    assert compare_cli.cli([str(runs[0]), str(tmp_path / "nope")]) == 2
+    assert "no cells.jsonl" in capsys.readouterr().err
+
+
+def test_bootstrap_interval_covers_the_true_ratio() -> None:
+    rng = np.random.default_rng(0)
+    a = 0.010 * (1 + 0.05 * rng.standard_normal(200))
+    b = 0.011 * (1 + 0.05 * rng.standard_normal(200))
+    ratio, lo, hi = bootstrap_ratio(a, b)
+    assert lo < 1 / 1.1 < hi and lo < ratio < hi
