@@ -145,9 +145,9 @@ def summary_markdown(records: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines += ["", "## Speedup against fp32 (same other settings)", "", "| cell | vs | speedup | guards |", "|---|---|---:|---|"]
     for s in speedups_vs_fp32(records):
         lines.append(f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} |")
-    emulated = sorted({r["precision"] for r in records if r.get("emulated")})
     notes = sorted({n for r in records if r.get("status") == "ok" and r.get("reason") for n in str(r["reason"]).split("; ")})
-    if emulated or notes:
+    notes += [f"`{r['cell_id']}`: {r[k]}" for r in records for k in ("mixed_precision_warning", "trace_warning", "profile_error") if r.get(k)]
+    if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     skipped = sorted({r.get("reason") for r in records if r.get("status") == "skipped"})
     if skipped:

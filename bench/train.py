@@ -26,6 +26,7 @@ import yaml
 
 from bench._cli import make_parser, run_cli
 from bench.plots import plot_learning_curves
+from bench.profiling import ProfilerHook, maybe_profile
 from trainer_core import checkpoint as ck
 from trainer_core.config import RunConfig, load_config
 from trainer_core.errors import ConfigError
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", metavar="auto|PATH",
                    help="resume from PATH, or with 'auto' from <out>/checkpoints/last_model.pt if it exists")
+    p.add_argument("--profile", action="store_true",
+                   help="trace steps 2-4 with torch.profiler into profiles/<run-dir-name>/train/ (see README: Open the traces)")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
                    help="stop after N optimizer steps in this process, saving last_model.pt (a planned pre-emption)")
     return p
@@ -119,8 +122,16 @@ def main(args: argparse.Namespace) -> int:
                  epoch=trainer.epoch, precision=trainer.policy.metadata(), data=run.data.meta, env=environment_info())
     for note in trainer.policy.notes + ([run.data.meta["pin_memory_note"]] if "pin_memory_note" in run.data.meta else []):
         print(f"note: {note}", file=sys.stderr)
+    hook = ProfilerHook()
+    if args.profile:
+        trainer.hooks.append(hook)
+    trace_dir = Path("profiles") / run_dir.name / "train"
     try:
-        result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=args.stop_after_steps)
+        # wait=1: the first step (allocations, lazy init) is not what a user wants to look at.
+        with maybe_profile(args.profile, trace_dir, run.device, wait=1, warmup=1, active=3, hook=hook):
+            result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=args.stop_after_steps)
+        if args.profile:
+            print(f"trace: {trace_dir} (python -m bench.trace {trace_dir})")
         if result.interrupted:
             print(f"stopped after step {trainer.global_step} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}); "
                   f"resume with --resume auto --out {run_dir}")

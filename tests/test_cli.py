@@ -145,3 +145,13 @@ def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_pat
         assert torch.equal(v, b[ck.KEY_MODEL][k]), k
     for k in ("final_train_loss", "final_val_loss", "test_accuracy"):
         assert json.loads((straight / "metrics.json").read_text())[k] == json.loads((split / "metrics.json").read_text())[k]
+
+
+def test_train_profile_leaves_a_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from bench.trace import breakdown, load_trace
+
+    monkeypatch.chdir(tmp_path)  # traces go to ./profiles/<run-dir-name>/train/
+    assert train_cli.cli(["--config", TABULAR, "--out", str(tmp_path / "run"), "--profile", *FAST]) == 0
+    (trace,) = list((tmp_path / "profiles" / "run" / "train").iterdir())
+    assert breakdown(load_trace(trace))["steps"] == 3
+    assert "trace: profiles/run/train" in capsys.readouterr().out

@@ -41,3 +41,10 @@ def test_csv_and_markdown_have_every_row_and_column(tmp_path: Path) -> None:
     assert rows[2]["guard_overfit"] == "fail" and rows[4]["reason"] == "CUDA not available"
     md = markdown_table(RECORDS)
     assert md.count("\n") == 6 and "ove:FAIL" in md
+
+
+def test_profile_warnings_reach_the_summary() -> None:
+    rec = _rec("f", "bf16", 64, 200.0) | {"mixed_precision_warning": "bf16 cell but only 0% of matmul/conv ops ran in reduced precision",
+                                          "trace_warning": "trace is 80 MB (> 50 MB): shorten profile.active or drop with_stack"}
+    summary = summary_markdown([rec], {"matrix_name": "t"})
+    assert "`f`: bf16 cell but only 0%" in summary and "`f`: trace is 80 MB" in summary
