@@ -19,7 +19,7 @@ import torch
 
 from bench.guards import FiniteWatch, guards_ok, run_guards
 from bench.matrix import GuardsConfig, MeasureConfig, ProfileConfig
-from bench.measure import StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes, run_steps
+from bench.measure import StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes, run_steps, synchronize
 from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, trace_files
 from bench.stats import cell_statistics, summarize
 from bench.trace import breakdown, load_trace
@@ -91,9 +91,21 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     run = build_run(config, hooks=[timer, watch, prof_hook] if profiling else [timer, watch])
     trainer = run.trainer
     x, y = next(iter(run.data.train_loader))
+    first_step_s = None
+    if config.train.compile != "off":
+        # torch.compile compiles at the first call: time that step on its own, apart from throughput.
+        synchronize(device)
+        t0 = time.perf_counter()
+        trainer.train_step(x, y)
+        synchronize(device)
+        first_step_s = time.perf_counter() - t0
+    # FLOPs from the eager module: FlopCounterMode cannot see inside a compiled graph.
+    compiled, trainer.step_model = trainer.step_model, trainer.model
     flops = flops_per_step(trainer, x, y)
+    trainer.step_model = compiled
     raw = measure(trainer, run.data.train_loader, timer, mcfg)
     stats = cell_statistics(raw["steps"], raw["repeat_of_step"], config.data.batch_size)
+    compile_s = None if first_step_s is None else max(0.0, first_step_s - stats["step_ms_median"] / 1e3)
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device)
         mem = {"peak_mem_mb": peak_mem / 2**20, "mem_kind": "cuda_max_allocated"}
@@ -121,6 +133,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         **stats,
         **mem,
         "flops_per_step": flops,
+        "compile_s": compile_s,
         "tflops": achieved / 1e12,
         "pct_of_peak": 100.0 * achieved / peak_flops if peak_flops else None,
         "warmup_steps": raw["warmup_steps"],

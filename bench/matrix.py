@@ -138,6 +138,20 @@ def cell_id_for(axes: dict[str, Any]) -> str:
     return "-".join(_short(k, v) for k, v in axes.items()) or "base"
 
 
+def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
+    """Performance levers this machine cannot apply: such cells are skipped, not failed."""
+    import shutil
+
+    if config.train.compile != "off" and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
+    if config.optim.fused:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        if device.type not in _get_fused_kernels_supported_devices():
+            return f"optim.fused is not supported on {device.type} by torch {torch.__version__}"
+    return None
+
+
 def static_skip_reason(config: RunConfig) -> str | None:
     """Why a cell cannot run on this machine, decided before launching it; None if it can."""
     dev = config.device
@@ -151,6 +165,9 @@ def static_skip_reason(config: RunConfig) -> str | None:
             return f"{dev} not present ({torch.cuda.device_count()} CUDA device(s))"
     elif config.data.pin_memory:
         return "pin_memory has no effect without an accelerator"
+    lever = lever_skip_reason(config, torch.device(dev))
+    if lever:
+        return lever
     try:
         supported, _, notes = check_support(config.precision, torch.device(dev))
     except PrecisionError as e:

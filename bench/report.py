@@ -16,7 +16,7 @@ from bench.matrix import GUARDS
 
 METRIC_COLUMNS = [
     "status", "reason", "samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "repeat_spread_pct",
-    "data_wait_pct", "h2d_ms_median", "peak_mem_mb", "tflops", "pct_of_peak", "emulated", "skipped_fp16_steps",
+    "data_wait_pct", "h2d_ms_median", "peak_mem_mb", "tflops", "pct_of_peak", "emulated", "skipped_fp16_steps", "compile_s",
     # from the cell's torch.profiler trace (blank when profiling is off)
     "prof_data_pct", "prof_h2d_pct", "prof_forward_pct", "prof_backward_pct", "prof_optimizer_pct", "prof_other_pct",
     "profiler_slowdown", "reduced_precision_pct", "trace_dir",
@@ -114,6 +114,26 @@ def speedups_vs_fp32(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def compile_break_even(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each compiled cell against the same cell uncompiled: steps until compile time pays for itself."""
+    ok = [r for r in records if r.get("status") == "ok" and "train.compile" in (r.get("axes") or {})]
+
+    def others(r: dict[str, Any]) -> tuple:
+        return tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k != "train.compile"))
+
+    eager = {others(r): r for r in ok if r["axes"]["train.compile"] == "off"}
+    out = []
+    for r in ok:
+        ref = eager.get(others(r))
+        if r["axes"]["train.compile"] == "off" or ref is None or r.get("compile_s") is None:
+            continue
+        saved_ms = ref["step_ms_median"] - r["step_ms_median"]  # per step, > 0 when compiled is faster
+        out.append({"cell_id": r["cell_id"], "vs": ref["cell_id"], "compile_s": r["compile_s"],
+                    "speedup": r["samples_per_s"] / ref["samples_per_s"],
+                    "break_even_steps": (1e3 * r["compile_s"] / saved_ms) if saved_ms > 0 else None})
+    return out
+
+
 def fastest_per_device(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The fastest cell per device among those whose guards all passed."""
     best: dict[str, dict[str, Any]] = {}
@@ -145,6 +165,13 @@ def summary_markdown(records: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines += ["", "## Speedup against fp32 (same other settings)", "", "| cell | vs | speedup | guards |", "|---|---|---:|---|"]
     for s in speedups_vs_fp32(records):
         lines.append(f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} |")
+    compiled = compile_break_even(records)
+    if compiled:
+        lines += ["", "## torch.compile (compile time is not part of samples/s)", "",
+                  "| cell | vs eager | compile s | speedup | break-even steps |", "|---|---|---:|---:|---:|"]
+        for c in compiled:
+            be = f"{c['break_even_steps']:,.0f}" if c["break_even_steps"] is not None else "never (not faster)"
+            lines.append(f"| {c['cell_id']} | {c['vs']} | {c['compile_s']:.1f} | {c['speedup']:.2f}x | {be} |")
     notes = sorted({n for r in records if r.get("status") == "ok" and r.get("reason") for n in str(r["reason"]).split("; ")})
     notes += [f"`{r['cell_id']}`: {r[k]}" for r in records for k in ("mixed_precision_warning", "trace_warning", "profile_error") if r.get(k)]
     if notes:

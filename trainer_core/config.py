@@ -83,6 +83,14 @@ class OptimConfig(_Section):
     gamma: float = Field(0.1, gt=0, le=1, description="step: multiplicative LR decay.")
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of steps spent warming up.")
+    foreach: bool | None = Field(None, description="Multi-tensor (foreach) optimizer kernels; None = torch's default for the device.")
+    fused: bool | None = Field(None, description="Fused optimizer kernel (one kernel for all parameters); None = torch's default.")
+
+    @model_validator(mode="after")
+    def _foreach_xor_fused(self) -> "OptimConfig":
+        if self.foreach and self.fused:
+            raise ValueError("foreach and fused cannot both be true (torch uses one implementation)")
+        return self
 
 
 class EarlyStoppingConfig(_Section):
@@ -97,6 +105,8 @@ class TrainLoopConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on validation loss.")
     deterministic: bool = Field(True, description="Use deterministic algorithms (warn-only) and disable cuDNN autotuning.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = torch default); recorded in metadata.")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field("off", description="torch.compile mode for the training forward/backward ('off' = eager).")
+    zero_grad_set_to_none: bool = Field(True, description="optimizer.zero_grad(set_to_none=...): free gradients instead of zero-filling them.")
 
 
 class CheckpointConfig(_Section):

@@ -119,10 +119,12 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
 
 def _build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     o = cfg.optim
+    # Only pass the implementation switches the user set: None keeps torch's per-device default.
+    impl = {k: v for k, v in (("foreach", o.foreach), ("fused", o.fused)) if v is not None}
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **impl)
     cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
 
 
 def _build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int | None) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -167,6 +169,12 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The module the training step calls: compiled when train.compile is on. Checkpoints and
+        # evaluation use self.model, so state_dict keys never get the compiler's '_orig_mod.' prefix.
+        self.step_model: nn.Module = self.model
+        if config.train.compile != "off":
+            mode = None if config.train.compile == "default" else config.train.compile
+            self.step_model = torch.compile(self.model, mode=mode)  # compiles lazily, at the first step
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _build_optimizer(config, self.params)
         self.scheduler = _build_scheduler(config, self.optimizer, steps_per_epoch)
@@ -225,9 +233,9 @@ class Trainer:
         with self._phase("forward"):
             # Autocast covers forward and loss only; backward runs in the dtypes autocast chose.
             with self.policy.autocast():
-                loss = self.loss_fn(self.model(x), y)
+                loss = self.loss_fn(self.step_model(x), y)
         with self._phase("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=self.config.train.zero_grad_set_to_none)
             scaler = self.policy.scaler
             (scaler.scale(loss) if scaler is not None else loss).backward()
         with self._phase("optimizer"):

@@ -1,0 +1,106 @@
+"""Each performance lever changes what it claims, and an unsupported one is skipped with a reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.matrix import static_skip_reason
+from bench.report import compile_break_even
+from conftest import tiny_overrides
+from trainer_core.config import load_config
+from trainer_core.errors import ConfigError
+from trainer_core.factory import build_run
+
+
+CNN = {"model.name": "SimpleCNN", "model.kwargs": {}, "data.name": "synthetic_images", "data.n_samples": 128}
+
+
+
+
+def test_channels_last_converts_parameters_and_inputs() -> None:
+    run = build_run(load_config(None, tiny_overrides(**CNN, **{"model.memory_format": "channels_last"})))
+    convs = [p for p in run.model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    # With one channel both layouts coincide; 3 channels tell them apart.
+    rgb = torch.randn(2, 3, 8, 8)
+    xd, _ = run.trainer.to_device(rgb, torch.zeros(2, dtype=torch.long))
+    assert xd.is_contiguous(memory_format=torch.channels_last) and not xd.is_contiguous()
+    x, y = next(iter(run.data.train_loader))
+    run.trainer.train_step(x, y)  # and it trains
+    eager = build_run(load_config(None, tiny_overrides(**CNN)))
+    assert eager.trainer.to_device(rgb, torch.zeros(2, dtype=torch.long))[0].is_contiguous()
+
+
+def test_compiled_module_is_really_used_and_checkpoints_stay_clean() -> None:
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run = build_run(load_config(None, tiny_overrides(**{"train.compile": "default"})))
+    assert isinstance(run.trainer.step_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert run.trainer.step_model._orig_mod is run.model
+    x, y = next(iter(run.data.train_loader))
+    run.trainer.train_step(x, y)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo captured the forward
+    assert not any(k.startswith("_orig_mod") for k in run.trainer.state_dict()["model"])
+
+
+def test_threads_lever_sets_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        build_run(load_config(None, tiny_overrides(**{"train.threads": 1})))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("key", "flag"), [("optim.fused", "fused"), ("optim.foreach", "foreach")])
+def test_optimizer_implementation_levers(key: str, flag: str) -> None:
+    run = build_run(load_config(None, tiny_overrides(**{key: True})))
+    assert run.trainer.optimizer.defaults[flag] is True
+    x, y = next(iter(run.data.train_loader))
+    run.trainer.train_step(x, y)
+    with pytest.raises(ConfigError, match="foreach and fused cannot both be true"):
+        load_config(None, {"optim.foreach": True, "optim.fused": True})
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_set_to_none_lever(set_to_none: bool) -> None:
+    run = build_run(load_config(None, tiny_overrides(**{"train.zero_grad_set_to_none": set_to_none})))
+    x, y = next(iter(run.data.train_loader))
+    run.trainer.train_step(x, y)
+    p = next(run.model.parameters())
+    grad = p.grad
+    run.trainer.train_step(x, y)
+    assert (p.grad is grad) is (not set_to_none)  # zero-filled in place vs freed and reallocated
+
+
+def test_persistent_workers_and_prefetch_factor_reach_the_loader() -> None:
+    run = build_run(load_config(None, tiny_overrides(**{"data.num_workers": 1, "data.persistent_workers": True, "data.prefetch_factor": 4})))
+    loader = run.data.train_loader
+    assert loader.persistent_workers and loader.prefetch_factor == 4
+
+
+def test_unsupported_levers_are_skipped_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch.utils._foreach_utils as fu
+
+    compiled = load_config(None, {"device": "cpu", "train.compile": "default"})
+    assert static_skip_reason(compiled) is None
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "needs a C++ compiler" in static_skip_reason(compiled)
+    monkeypatch.setattr(fu, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    assert "optim.fused is not supported on cpu" in static_skip_reason(load_config(None, {"device": "cpu", "optim.fused": True}))
+
+
+def test_compile_break_even_pairs_with_the_eager_cell() -> None:
+    def rec(cid: str, mode: str, ms: float, compile_s: float | None) -> dict:
+        return {"cell_id": cid, "status": "ok", "axes": {"train.compile": mode, "precision": "bf16"},
+                "step_ms_median": ms, "samples_per_s": 64 / (ms / 1e3), "compile_s": compile_s}
+
+    rows = compile_break_even([rec("eager", "off", 20.0, None), rec("comp", "default", 15.0, 10.0), rec("slow", "max-autotune", 25.0, 30.0)])
+    by = {r["cell_id"]: r for r in rows}
+    assert by["comp"]["break_even_steps"] == pytest.approx(2000)  # 10 s / 5 ms saved per step
+    assert by["slow"]["break_even_steps"] is None
