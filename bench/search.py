@@ -1,0 +1,106 @@
+"""Coordinate search for the fastest guard-passing configuration (pure logic: the measurement is injected).
+
+Start from the user's configuration; for each axis in turn, try every other value with the rest held
+at the current best; move when a guard-passing candidate is faster by more than ``min_gain``; repeat
+passes until one changes nothing or the time budget runs out. Larger batch sizes stop being tried once
+one of them exceeds the memory cap or fails (e.g. out of memory).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+Measure = Callable[[dict[str, Any]], Record]
+
+
+def values_key(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={values[k]}" for k in sorted(values))
+
+
+def usable(record: Record) -> bool:
+    """Measured, and every guard passed: only such a configuration may win."""
+    return record.get("status") == "ok" and bool(record.get("guards_ok")) and (record.get("samples_per_s") or 0) > 0
+
+
+@dataclass
+class SearchResult:
+    start: dict[str, Any]
+    winner: dict[str, Any]
+    start_record: Record
+    winner_record: Record
+    trials: list[tuple[dict[str, Any], Record]] = field(default_factory=list)
+    budget_exhausted: bool = False
+    passes: int = 0
+
+
+class Searcher:
+    """Measures each distinct configuration once (a cache keyed by its values), within a time budget."""
+
+    def __init__(self, measure: Measure, budget_s: float, clock: Callable[[], float] = time.monotonic,
+                 known: dict[str, Record] | None = None) -> None:
+        self.measure = measure
+        self.budget_s = budget_s
+        self.clock = clock
+        self.t0 = clock()
+        self.cache: dict[str, Record] = dict(known or {})
+        self.trials: list[tuple[dict[str, Any], Record]] = []
+
+    def out_of_time(self) -> bool:
+        return self.clock() - self.t0 > self.budget_s
+
+    def get(self, values: dict[str, Any]) -> Record:
+        key = values_key(values)
+        if key not in self.cache:
+            self.cache[key] = self.measure(dict(values))
+            self.trials.append((dict(values), self.cache[key]))
+        return self.cache[key]
+
+
+def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], searcher: Searcher, *,
+                      min_gain: float = 0.02, max_passes: int = 3, mem_cap_mb: float | None = None,
+                      batch_key: str = "data.batch_size") -> SearchResult:
+    current = dict(start)
+    start_record = best = searcher.get(current)
+    exhausted = False
+    passes = 0
+    changed = True
+    while changed and passes < max_passes and not exhausted:
+        changed = False
+        passes += 1
+        for axis, values in space.items():
+            ordered = sorted(values) if axis == batch_key else list(values)
+            for value in ordered:
+                if value == current.get(axis):
+                    continue
+                if searcher.out_of_time():
+                    exhausted = True
+                    break
+                candidate = {**current, axis: value}
+                record = searcher.get(candidate)
+                too_big = record.get("status") == "failed" or (
+                    mem_cap_mb is not None and (record.get("peak_mem_mb") or 0) > mem_cap_mb)
+                if axis == batch_key and too_big and value > current.get(axis, 0):
+                    break  # larger batches will not fit either
+                if usable(record) and (not usable(best) or record["samples_per_s"] > best["samples_per_s"] * (1 + min_gain)):
+                    current, best, changed = candidate, record, True
+            if exhausted:
+                break
+    return SearchResult(dict(start), current, start_record, best, list(searcher.trials), exhausted, passes)
+
+
+def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searcher) -> list[dict[str, Any]]:
+    """Each lever on its own: the start with only that axis set to the winner's value."""
+    base = searcher.get(start)
+    rows = []
+    for axis in winner:
+        if winner[axis] == start.get(axis) or searcher.out_of_time():
+            continue
+        record = searcher.get({**start, axis: winner[axis]})
+        rows.append({"axis": axis, "from": start.get(axis), "to": winner[axis], "status": record.get("status"),
+                     "guards_ok": record.get("guards_ok"),
+                     "speedup": (record["samples_per_s"] / base["samples_per_s"]) if usable(record) and usable(base) else None})
+    return rows

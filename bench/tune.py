@@ -1,0 +1,268 @@
+"""``python -m bench.tune --config FILE``: search for the fastest correct configuration on this machine.
+
+Every tried configuration is an ordinary matrix cell (own process, same measurement and guards,
+appended to ``results/<run-id>/cells.jsonl``), so a tune run can be compared with ``bench.compare``
+and continued with ``--resume``. After the coordinate search (:mod:`bench.search`) the start and the
+winner are re-measured side by side in alternating rounds, and the speedup gets a bootstrap 95%
+interval. Outputs: ``winner.yaml`` (a config ``bench.train`` runs as is), ``tune.md``, ``tune.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from bench._cli import make_parser, run_cli
+from bench.compare import bootstrap_ratio
+from bench.matrix import Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, static_skip_reason
+from bench.run import append_record, launch_cell, read_records, skipped_record
+from bench.search import Searcher, contributions, coordinate_search, usable, values_key
+from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml, validate_config
+from trainer_core.errors import ConfigError
+from trainer_core.factory import build_run
+from trainer_core.precision import check_support, resolve_device
+from trainer_core.provenance import environment_info
+
+# Order matters: cheap, large effects first; compilation (slow to try) last.
+AXIS_ORDER = ("data.pipeline", "precision", "model.memory_format", "data.batch_size", "data.num_workers", "train.compile")
+TUNE_MEASURE = MeasureConfig(warmup_steps=5, max_warmup_s=8, settle_window=3, min_steps=10, min_time_s=1.5,
+                             max_time_s=4, repeats=2, cell_timeout_s=600)
+TUNE_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
+
+
+def default_space(config: RunConfig, max_batch: int) -> dict[str, list[Any]]:
+    """Levers worth trying for this config on this machine (emulated precisions are left out)."""
+    device = resolve_device(config.device)
+    space: dict[str, list[Any]] = {}
+    images = config.data.name in ("synthetic_images", "mnist", "fashion_mnist")
+    if images:
+        space["data.pipeline"] = ["classic", "tensor"]
+    space["precision"] = [p for p in PRECISIONS if p == config.precision or
+                          (check_support(p, device)[0] and not check_support(p, device)[1])]
+    if images:
+        space["model.memory_format"] = ["contiguous", "channels_last"]
+    sizes, b = [], 32
+    while b <= max_batch:
+        sizes.append(b)
+        b *= 2
+    space["data.batch_size"] = sorted(set(sizes) | {config.data.batch_size})
+    space["data.num_workers"] = sorted({0, min(2, os.cpu_count() or 1), config.data.num_workers})
+    if device.type == "cuda" or any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        space["train.compile"] = ["off", "default"]
+    return space
+
+
+def parse_axes(items: list[str]) -> dict[str, list[Any]]:
+    """``--axes key=v1,v2`` -> {key: [v1, v2]}; each value is read as YAML, like --set."""
+    space: dict[str, list[Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--axes {item!r}: expected key=value1,value2")
+        key, raw = item.split("=", 1)
+        space[key.strip()] = [parse_override(f"{key}={v.strip()}")[1] for v in raw.split(",")]
+    return space
+
+
+def start_values(config: RunConfig, space: dict[str, list[Any]]) -> dict[str, Any]:
+    flat = config.to_dict()
+    out = {}
+    for key in space:
+        node: Any = flat
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+class CellMeasure:
+    """The search's measurement: one matrix cell per configuration, recorded in cells.jsonl."""
+
+    def __init__(self, base: dict[str, Any], run_dir: Path, start: dict[str, Any], threads: int, source: str) -> None:
+        self.base = base
+        self.run_dir = run_dir
+        self.start = start
+        self.threads = threads
+        self.source = source
+        self.count = len(read_records(run_dir / "cells.jsonl"))
+        self.spec = MatrixSpec(name="tune", base=base, axes={"precision": ["fp32"]}, measure=TUNE_MEASURE,
+                               guards=TUNE_GUARDS, profile=ProfileConfig(enabled=False))
+
+    def config(self, values: dict[str, Any]) -> RunConfig:
+        return validate_config(apply_overrides(self.base, values), source=self.source)
+
+    def __call__(self, values: dict[str, Any], label: str | None = None) -> dict[str, Any]:
+        config = self.config(values)
+        changed = {k: v for k, v in values.items() if v != self.start.get(k)}
+        self.count += 1
+        cell = Cell(f"t{self.count:02d}-{label or (cell_id_for(changed) if changed else 'start')}", dict(values), config,
+                    static_skip_reason(config))
+        record = skipped_record(cell) if cell.skip_reason else launch_cell(
+            cell, self.spec, self.run_dir, self.threads, {}, self.run_dir / "traces" / cell.cell_id)
+        record["role"] = label or "search"
+        append_record(self.run_dir / "cells.jsonl", record)
+        sps = f"{record['samples_per_s']:,.0f} samples/s" if record.get("samples_per_s") else (record.get("reason") or "")
+        guards = "" if record.get("status") != "ok" else ("guards ok" if record.get("guards_ok") else "GUARD FAILED")
+        print(f"[{self.count}] {cell.cell_id}: {record['status']} {sps} {guards}", flush=True)
+        return record
+
+
+def side_by_side(measure: CellMeasure, start: dict[str, Any], winner: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """Start and winner measured in alternating order; speedup (samples/s) with a bootstrap 95% CI."""
+    steps: dict[str, list[float]] = {"start": [], "winner": []}
+    for r in range(rounds):
+        order = [("start", start), ("winner", winner)]
+        for name, values in (order if r % 2 == 0 else order[::-1]):
+            rec = measure(values, label=f"final-{name}-r{r}")
+            if rec.get("status") != "ok":
+                raise ConfigError(f"final re-measurement of the {name} configuration failed: {rec.get('reason')}")
+            steps[name] += rec["step_s"]
+    bs_ratio = winner["data.batch_size"] / start["data.batch_size"] if "data.batch_size" in start else 1.0
+    ratio, lo, hi = bootstrap_ratio(steps["start"], steps["winner"])
+    return {"speedup": ratio * bs_ratio, "ci_low": lo * bs_ratio, "ci_high": hi * bs_ratio, "rounds": rounds,
+            "steps_start": len(steps["start"]), "steps_winner": len(steps["winner"])}
+
+
+def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
+    """Train for a fixed wall time (the batch loop's time), then validate: same-time accuracy."""
+    config = validate_config(apply_overrides(config.to_dict(), {
+        "train.epochs": 1_000_000, "train.max_steps": None, "train.early_stopping.patience": None,
+        "logging.tensorboard": False, "logging.jsonl": False, "logging.progress_bar": "off"}))
+    run = build_run(config)
+    while run.trainer.counters["train_seconds"] < seconds:
+        run.trainer.fit(run.data.train_loader, None, stop_after_steps=20)
+    loader = run.data.val_loader or run.data.test_loader
+    val = run.trainer.evaluate(loader)
+    return {"train_seconds": run.trainer.counters["train_seconds"], "steps": run.trainer.global_step,
+            "samples": int(run.trainer.counters["samples_seen"]), "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+
+
+def format_report(result: dict[str, Any]) -> str:
+    start, winner = result["start"], result["winner"]
+    lines = [f"# bench.tune: {result['config']}", "",
+             f"{len(result['trials'])} configurations tried in {result['search_seconds']:.0f} s"
+             + (" (time budget reached)" if result["budget_exhausted"] else "") + ".", "",
+             "| configuration (changes from start) | status | samples/s | guards |", "|---|---|---:|---|"]
+    for t in result["trials"]:
+        changes = ", ".join(f"{k}={v}" for k, v in t["values"].items() if v != start.get(k)) or "(start)"
+        sps = f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else ""
+        g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
+        lines.append(f"| {changes} | {t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''} | {sps} | {g} |")
+    changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in winner.items() if v != start.get(k)) or "none (the start is fastest)"
+    lines += ["", f"**Winner**: {changes}"]
+    f = result.get("final")
+    if f:
+        lines.append(f"**Speedup over the start, re-measured side by side** ({f['rounds']} alternating rounds): "
+                     f"{f['speedup']:.2f}x (95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f})")
+    if result["contributions"]:
+        lines += ["", "What each lever gives on its own (start + that one change):", "",
+                  "| lever | from | to | speedup | guards |", "|---|---|---|---:|---|"]
+        for c in result["contributions"]:
+            sp = f"{c['speedup']:.2f}x" if c["speedup"] is not None else c["status"]
+            lines.append(f"| {c['axis']} | {c['from']} | {c['to']} | {sp} | {'ok' if c['guards_ok'] else '-'} |")
+    if winner.get("data.batch_size") != start.get("data.batch_size"):
+        lines += ["", f"Note: the batch size changed ({start.get('data.batch_size')} -> {winner.get('data.batch_size')}). "
+                  "That changes the optimisation (fewer, larger steps per epoch; the learning rate may need scaling): "
+                  "check accuracy with --check-accuracy before adopting it."]
+    acc = result.get("accuracy")
+    if acc:
+        lines += ["", f"Same wall time ({acc['seconds']:.0f} s of training each), validation accuracy: "
+                  f"start {acc['start']['val_accuracy']:.4f} ({acc['start']['samples']:,} samples), "
+                  f"winner {acc['winner']['val_accuracy']:.4f} ({acc['winner']['samples']:,} samples)"]
+    lines += ["", f"Winning config: `{result['winner_yaml']}` (python -m bench.train --config {result['winner_yaml']})"]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("bench.tune", "Search for the fastest guard-passing configuration.")
+    p.add_argument("--config", required=True, help="starting training config (YAML)")
+    p.add_argument("--budget-s", type=float, default=360.0, help="time budget of the search phase (default 360 s)")
+    p.add_argument("--axes", action="append", default=[], metavar="KEY=V1,V2",
+                   help="search only these axes and values (repeatable), e.g. --axes precision=fp32,bf16")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the start config")
+    p.add_argument("--max-batch", type=int, default=512, help="largest batch size tried (powers of two)")
+    p.add_argument("--mem-cap-mb", type=float, help="do not try larger batches once peak memory exceeds this")
+    p.add_argument("--rounds", type=int, default=2, help="side-by-side rounds for the final comparison")
+    p.add_argument("--check-accuracy", action="store_true", help="train start and winner for the same wall time, report val accuracy")
+    p.add_argument("--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy")
+    p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a tune run: configurations already measured are reused")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    t_start = time.monotonic()
+    base = apply_overrides(read_yaml(args.config), dict(parse_override(o) for o in args.overrides))
+    config = validate_config(base, source=args.config)
+    space = parse_axes(args.axes) if args.axes else default_space(config, args.max_batch)
+    for key, values in space.items():  # every value must give a valid config before anything runs
+        for v in values:
+            validate_config(apply_overrides(base, {key: v}), source=f"--axes {key}={v}")
+    space = {k: space[k] for k in sorted(space, key=lambda k: AXIS_ORDER.index(k) if k in AXIS_ORDER else len(AXIS_ORDER))}
+    start = start_values(config, space)
+
+    if args.resume:
+        run_dir = Path(args.out) / args.resume
+        if not (run_dir / "cells.jsonl").exists():
+            raise ConfigError(f"--resume {args.resume}: no tune run at {run_dir}")
+    else:
+        run_dir = Path(args.out) / f"tune-{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        run_dir.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    env = {**environment_info(), "command": sys.argv, "config": args.config, "space": space, "threads": threads}
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    known = {values_key(r["axes"]): r for r in read_records(run_dir / "cells.jsonl") if r.get("role", "search") == "search"}
+    measure = CellMeasure(base, run_dir, start, threads, args.config)
+    mem_cap = args.mem_cap_mb
+    if mem_cap is None:
+        mem_cap = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20 * 0.5
+
+    searcher = Searcher(measure, args.budget_s, known=known)
+    result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap)
+    if not usable(result.start_record):
+        raise ConfigError(f"{args.config}: the starting configuration did not pass its guards or failed "
+                          f"({result.start_record.get('reason') or result.start_record.get('guards')}); nothing to compare against")
+    contrib = contributions(start, result.winner, searcher)
+    search_seconds = time.monotonic() - t_start
+    final = side_by_side(measure, start, result.winner, args.rounds) if result.winner != start else None
+
+    winner_config = measure.config(result.winner)
+    winner_yaml = run_dir / "winner.yaml"
+    winner_yaml.write_text(yaml.safe_dump(winner_config.to_dict(), sort_keys=False))
+    out: dict[str, Any] = {
+        "config": args.config, "space": space, "start": start, "winner": result.winner,
+        "trials": [{"values": v, **{k: r.get(k) for k in ("cell_id", "status", "reason", "samples_per_s", "guards_ok")}}
+                   for v, r in result.trials],
+        "budget_exhausted": result.budget_exhausted, "passes": result.passes, "search_seconds": search_seconds,
+        "contributions": contrib, "final": final, "winner_yaml": str(winner_yaml),
+    }
+    if args.check_accuracy:
+        out["accuracy"] = {"seconds": args.accuracy_seconds,
+                           "start": train_for_seconds(config, args.accuracy_seconds),
+                           "winner": train_for_seconds(winner_config, args.accuracy_seconds)}
+    out["total_seconds"] = time.monotonic() - t_start
+    (run_dir / "tune.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    text = format_report(out)
+    (run_dir / "tune.md").write_text(text)
+    print()
+    print(text)
+    print(f"total {out['total_seconds']:.0f} s")
+    print(f"results: {run_dir}")
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from bench.search import Searcher, contributions, coordinate_search, usable
+
+SPACE = {"precision": ["fp32", "bf16"], "model.memory_format": ["contiguous", "channels_last"],
+         "data.batch_size": [32, 64, 128, 256, 512], "data.num_workers": [0, 2], "train.compile": ["off", "default"]}
+START = {"precision": "fp32", "model.memory_format": "contiguous", "data.batch_size": 64, "data.num_workers": 2, "train.compile": "off"}
+
+
+def fake(values: dict[str, Any]) -> dict[str, Any]:
+    """A planted landscape: bf16 x1.5, channels_last x1.3, batch 128 best, no workers x1.2;
+    compile is fastest of all but fails its guards, so it must never win."""
+    sps = 1000.0
+    sps *= 1.5 if values["precision"] == "bf16" else 1.0
+    sps *= 1.3 if values["model.memory_format"] == "channels_last" else 1.0
+    sps *= {32: 0.7, 64: 0.9, 128: 1.0, 256: 0.85, 512: 0.6}[values["data.batch_size"]]
+    sps *= 1.2 if values["data.num_workers"] == 0 else 1.0
+    compiled = values["train.compile"] != "off"
+    return {"status": "ok", "samples_per_s": sps * (3.0 if compiled else 1.0), "guards_ok": not compiled,
+            "peak_mem_mb": values["data.batch_size"] * 2.0}
+
+
+def test_finds_the_planted_fastest_guard_passing_configuration() -> None:
+    calls: list[dict] = []
+
+    def measure(v: dict) -> dict:
+        calls.append(v)
+        return fake(v)
+
+    searcher = Searcher(measure, budget_s=1e9)
+    result = coordinate_search(START, SPACE, searcher)
+    best = max((dict(zip(SPACE, combo)) for combo in itertools.product(*SPACE.values())),
+               key=lambda v: fake(v)["samples_per_s"] if usable(fake(v)) else 0)
+    assert result.winner == best == {"precision": "bf16", "model.memory_format": "channels_last", "data.batch_size": 128,
+                                     "data.num_workers": 0, "train.compile": "off"}
+    assert result.winner_record["samples_per_s"] == pytest.approx(1000 * 1.5 * 1.3 * 1.2)
+    assert len(calls) == len({tuple(sorted(c.items())) for c in calls})  # each configuration measured once
+    assert not result.budget_exhausted
+
+
+def test_memory_cap_stops_larger_batches() -> None:
+    seen: list[int] = []
+
+    def measure(v: dict) -> dict:
+        seen.append(v["data.batch_size"])
+        return fake(v)
+
+    coordinate_search(START, {"data.batch_size": SPACE["data.batch_size"]}, Searcher(measure, 1e9), mem_cap_mb=300)
+    assert 256 in seen and 512 not in seen  # 256 -> 512 MB > cap: nothing larger is tried
+
+
+def test_budget_is_respected() -> None:
+    now = [0.0]
+
+    def measure(v: dict) -> dict:
+        now[0] += 10.0  # every measurement takes 10 "seconds"
+        return fake(v)
+
+    result = coordinate_search(START, SPACE, Searcher(measure, budget_s=35.0, clock=lambda: now[0]))
+    assert result.budget_exhausted and len(result.trials) <= 5
+
+
+def test_contributions_one_change_at_a_time() -> None:
+    searcher = Searcher(fake, 1e9)
+    winner = {**START, "precision": "bf16", "data.num_workers": 0}
+    rows = {r["axis"]: r for r in contributions(START, winner, searcher)}
+    assert set(rows) == {"precision", "data.num_workers"}
+    assert rows["precision"]["speedup"] == pytest.approx(1.5) and rows["data.num_workers"]["speedup"] == pytest.approx(1.2)

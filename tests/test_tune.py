@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import train as train_cli
+from bench import tune as tune_cli
+from bench.tune import default_space, parse_axes, train_for_seconds
+from conftest import REPO, tiny_overrides
+from trainer_core.config import load_config
+
+TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
+
+
+def test_parse_axes_and_default_space() -> None:
+    assert parse_axes(["precision=fp32,bf16", "data.batch_size=32,64"]) == {"precision": ["fp32", "bf16"], "data.batch_size": [32, 64]}
+    space = default_space(load_config(str(REPO / "configs" / "fashion_mnist_classic.yaml")), max_batch=256)
+    assert space["data.batch_size"] == [32, 64, 128, 256]
+    assert space["data.pipeline"] == ["classic", "tensor"] and "fp32" in space["precision"]
+    assert "model.memory_format" in space and space["data.num_workers"][0] == 0
+
+
+def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = tune_cli.cli(["--config", TABULAR, "--axes", "precision=fp32,bf16", "--axes", "data.batch_size=32,64",
+                       "--set", "data.n_samples=512", "--budget-s", "300", "--rounds", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert out[-1] == f"results: {run_dir}"
+    result = json.loads((run_dir / "tune.json").read_text())
+    assert result["start"] == {"precision": "fp32", "data.batch_size": 64}
+    assert len(result["trials"]) >= 3 and all(t["status"] == "ok" for t in result["trials"])
+    records = [json.loads(x) for x in (run_dir / "cells.jsonl").read_text().splitlines()]
+    assert all("guards" in r and "step_s" in r for r in records)  # every trial is a full cell
+    if result["winner"] != result["start"]:
+        assert result["final"]["ci_low"] <= result["final"]["speedup"] <= result["final"]["ci_high"]
+    assert "Winning config" in (run_dir / "tune.md").read_text()
+    assert train_cli.cli(["--config", str(run_dir / "winner.yaml"), "--out", str(tmp_path / "train"),
+                          "--set", "logging.progress_bar=off"]) == 0  # its own epochs (early stopping on)
+    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["test_accuracy"] > 0.9
+
+
+def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert tune_cli.cli(["--config", TABULAR, "--axes", "precision=fp8", "--out", str(tmp_path)]) == 2
+    assert "--axes precision=fp8: precision: unknown precision 'fp8'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_for_seconds_stops_on_time() -> None:
+    res = train_for_seconds(load_config(None, tiny_overrides()), seconds=0.3)
+    assert res["train_seconds"] >= 0.3 and res["steps"] > 0 and 0 <= res["val_accuracy"] <= 1
