@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -26,7 +27,7 @@ from bench._cli import make_parser, run_cli
 from bench.compare import bootstrap_ratio
 from bench.matrix import Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, static_skip_reason
 from bench.run import append_record, launch_cell, read_records, skipped_record
-from bench.search import Searcher, contributions, coordinate_search, usable, values_key
+from bench.search import Searcher, contributions, coordinate_search, finalists, usable, values_key
 from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml, validate_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
@@ -116,20 +117,37 @@ class CellMeasure:
         return record
 
 
-def side_by_side(measure: CellMeasure, start: dict[str, Any], winner: dict[str, Any], rounds: int) -> dict[str, Any]:
-    """Start and winner measured in alternating order; speedup (samples/s) with a bootstrap 95% CI."""
-    steps: dict[str, list[float]] = {"start": [], "winner": []}
+def side_by_side(measure: CellMeasure, start: dict[str, Any], candidates: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """Start and each finalist re-measured in rotating order for ``rounds`` rounds; the winner is the
+    finalist with the best pooled median step; its speedup over the start gets a bootstrap 95% CI."""
+    names = ["start"] + [f"f{i + 1}" for i in range(len(candidates))]
+    configs = dict(zip(names, [start, *candidates]))
+    steps: dict[str, list[float]] = {n: [] for n in names}
+    dropped: set[str] = set()  # a finalist that fails or breaks a guard on re-measurement is out
     for r in range(rounds):
-        order = [("start", start), ("winner", winner)]
-        for name, values in (order if r % 2 == 0 else order[::-1]):
-            rec = measure(values, label=f"final-{name}-r{r}")
-            if rec.get("status") != "ok":
-                raise ConfigError(f"final re-measurement of the {name} configuration failed: {rec.get('reason')}")
-            steps[name] += rec["step_s"]
-    bs_ratio = winner["data.batch_size"] / start["data.batch_size"] if "data.batch_size" in start else 1.0
-    ratio, lo, hi = bootstrap_ratio(steps["start"], steps["winner"])
-    return {"speedup": ratio * bs_ratio, "ci_low": lo * bs_ratio, "ci_high": hi * bs_ratio, "rounds": rounds,
-            "steps_start": len(steps["start"]), "steps_winner": len(steps["winner"])}
+        order = names[r % len(names):] + names[: r % len(names)]  # rotate so no one always goes first
+        for name in order:
+            if name in dropped:
+                continue
+            rec = measure(configs[name], label=f"final-{name}-r{r}")
+            if rec.get("status") == "ok" and rec.get("guards_ok"):
+                steps[name] += rec["step_s"]
+            elif name == "start":
+                raise ConfigError(f"final re-measurement of the start configuration failed: {rec.get('reason') or rec.get('guards')}")
+            else:
+                dropped.add(name)
+
+    def throughput(name: str) -> float:
+        if name in dropped or not steps[name]:
+            return 0.0
+        return configs[name].get("data.batch_size", 1) / float(np.median(steps[name]))
+
+    best = max(names[1:], key=throughput) if len(names) > 1 else "start"
+    winner = configs[best]
+    bs_ratio = winner.get("data.batch_size", 1) / start.get("data.batch_size", 1)
+    ratio, lo, hi = bootstrap_ratio(steps["start"], steps[best])
+    return {"winner": winner, "speedup": ratio * bs_ratio, "ci_low": lo * bs_ratio, "ci_high": hi * bs_ratio,
+            "rounds": rounds, "finalists": [{"values": configs[n], "samples_per_s": throughput(n)} for n in names]}
 
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
@@ -161,8 +179,13 @@ def format_report(result: dict[str, Any]) -> str:
     lines += ["", f"**Winner**: {changes}"]
     f = result.get("final")
     if f:
-        lines.append(f"**Speedup over the start, re-measured side by side** ({f['rounds']} alternating rounds): "
-                     f"{f['speedup']:.2f}x (95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f})")
+        lines += ["", f"Finalists re-measured side by side with the start ({f['rounds']} rounds, rotating order):", "",
+                  "| configuration | samples/s (pooled median) |", "|---|---:|"]
+        for fin in f["finalists"]:
+            ch = ", ".join(f"{k}={v}" for k, v in fin["values"].items() if v != start.get(k)) or "(start)"
+            lines.append(f"| {ch} | {fin['samples_per_s']:,.0f} |")
+        lines += ["", f"**Speedup of the winner over the start, side by side**: "
+                  f"{f['speedup']:.2f}x (95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f})"]
     if result["contributions"]:
         lines += ["", "What each lever gives on its own (start + that one change):", "",
                   "| lever | from | to | speedup | guards |", "|---|---|---|---:|---|"]
@@ -191,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the start config")
     p.add_argument("--max-batch", type=int, default=512, help="largest batch size tried (powers of two)")
     p.add_argument("--mem-cap-mb", type=float, help="do not try larger batches once peak memory exceeds this")
-    p.add_argument("--rounds", type=int, default=2, help="side-by-side rounds for the final comparison")
+    p.add_argument("--finalists", type=int, default=3, help="fastest search results re-measured side by side with the start")
+    p.add_argument("--rounds", type=int, default=3, help="side-by-side rounds for the final comparison")
     p.add_argument("--check-accuracy", action="store_true", help="train start and winner for the same wall time, report val accuracy")
     p.add_argument("--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy")
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
@@ -231,15 +255,19 @@ def main(args: argparse.Namespace) -> int:
     if not usable(result.start_record):
         raise ConfigError(f"{args.config}: the starting configuration did not pass its guards or failed "
                           f"({result.start_record.get('reason') or result.start_record.get('guards')}); nothing to compare against")
-    contrib = contributions(start, result.winner, searcher)
     search_seconds = time.monotonic() - t_start
-    final = side_by_side(measure, start, result.winner, args.rounds) if result.winner != start else None
+    candidates = finalists(result, k=args.finalists)
+    final = side_by_side(measure, start, candidates, args.rounds) if candidates else None
+    winner = final["winner"] if final else start
+    if final and final["ci_high"] < 1.0:  # every finalist is slower than the start when re-measured
+        winner = start
+    contrib = contributions(start, winner, searcher)
 
-    winner_config = measure.config(result.winner)
+    winner_config = measure.config(winner)
     winner_yaml = run_dir / "winner.yaml"
     winner_yaml.write_text(yaml.safe_dump(winner_config.to_dict(), sort_keys=False))
     out: dict[str, Any] = {
-        "config": args.config, "space": space, "start": start, "winner": result.winner,
+        "config": args.config, "space": space, "start": start, "winner": winner, "search_best": result.winner,
         "trials": [{"values": v, **{k: r.get(k) for k in ("cell_id", "status", "reason", "samples_per_s", "guards_ok")}}
                    for v, r in result.trials],
         "budget_exhausted": result.budget_exhausted, "passes": result.passes, "search_seconds": search_seconds,

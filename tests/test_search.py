@@ -71,3 +71,23 @@ def test_contributions_one_change_at_a_time() -> None:
     rows = {r["axis"]: r for r in contributions(START, winner, searcher)}
     assert set(rows) == {"precision", "data.num_workers"}
     assert rows["precision"]["speedup"] == pytest.approx(1.5) and rows["data.num_workers"]["speedup"] == pytest.approx(1.2)
+
+
+def test_finalists_are_the_fastest_distinct_usable_trials() -> None:
+    from bench.search import finalists
+
+    result = coordinate_search(START, SPACE, Searcher(fake, 1e9))
+    top = finalists(result, k=3)
+    assert len(top) == 3 and START not in top
+    assert top[0] == result.winner
+    assert all(v["train.compile"] == "off" for v in top)  # the guard-failing compiled configs never qualify
+    speeds = [fake(v)["samples_per_s"] for v in top]
+    assert speeds == sorted(speeds, reverse=True)
+
+
+def test_contributions_are_complete_even_after_the_budget() -> None:
+    now = [0.0]
+    searcher = Searcher(fake, budget_s=1.0, clock=lambda: now[0])
+    now[0] = 100.0  # budget long spent
+    winner = {**START, "precision": "bf16", "data.batch_size": 128}
+    assert {r["axis"] for r in contributions(START, winner, searcher)} == {"precision", "data.batch_size"}

@@ -78,3 +78,18 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert len(err) == 3 and "not a readable trace" in err[0] and "no ProfilerStep" in err[1] and "no trace files" in err[2]
     with pytest.raises(TraceError):
         load_trace(bad)
+
+
+def test_kernel_busy_and_idle_time_on_accelerator_traces() -> None:
+    """GPU traces carry 'kernel' events on their own stream; overlapping kernels count once."""
+    doc = {"traceEvents": [
+        _ev("ProfilerStep#1", 0, 1000, cat="user_annotation"),
+        _ev("forward", 0, 600, cat="user_annotation"),
+        _ev("gemm_a", 100, 300, cat="kernel", tid=7),
+        _ev("gemm_b", 300, 200, cat="kernel", tid=8),  # overlaps gemm_a: busy 100-500
+        _ev("memcpy", 900, 200, cat="gpu_memcpy", tid=7),  # runs past the step end: only 900-1000 counts
+    ]}
+    b = breakdown(doc)
+    row = b["per_step"][0]
+    assert b["has_device_kernels"]
+    assert row["kernel_ms"] == pytest.approx(0.5) and row["idle_ms"] == pytest.approx(0.5)
