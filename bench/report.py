@@ -96,36 +96,30 @@ def markdown_table(records: list[dict[str, Any]], compact: bool = False) -> str:
     return "\n".join(lines)
 
 
-def speedups_vs_fp32(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each measured cell against the fp32 cell with the same other axis values."""
-    ok = [r for r in records if r.get("status") == "ok" and "precision" in (r.get("axes") or {})]
+def pair_with_reference(records: list[dict[str, Any]], axis: str, reference: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(cell, reference cell) for each measured cell whose ``axis`` is not ``reference``, matched with
+    the measured cell that has ``axis == reference`` and the same value on every other axis."""
+    ok = [r for r in records if r.get("status") == "ok" and axis in (r.get("axes") or {})]
 
     def others(r: dict[str, Any]) -> tuple:
-        return tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k != "precision"))
+        return tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k != axis))
 
-    fp32 = {others(r): r for r in ok if r["axes"]["precision"] == "fp32"}
-    out = []
-    for r in ok:
-        ref = fp32.get(others(r))
-        if ref is None or r is ref:
-            continue
-        out.append({"cell_id": r["cell_id"], "vs": ref["cell_id"], "precision": r["axes"]["precision"],
-                    "speedup": r["samples_per_s"] / ref["samples_per_s"], "guards_ok": r.get("guards_ok")})
-    return out
+    refs = {others(r): r for r in ok if r["axes"][axis] == reference}
+    return [(r, refs[others(r)]) for r in ok if r["axes"][axis] != reference and others(r) in refs]
+
+
+def speedups_vs_fp32(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each measured cell against the fp32 cell with the same other axis values."""
+    return [{"cell_id": r["cell_id"], "vs": ref["cell_id"], "precision": r["axes"]["precision"],
+             "speedup": r["samples_per_s"] / ref["samples_per_s"], "guards_ok": r.get("guards_ok")}
+            for r, ref in pair_with_reference(records, "precision", "fp32")]
 
 
 def compile_break_even(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each compiled cell against the same cell uncompiled: steps until compile time pays for itself."""
-    ok = [r for r in records if r.get("status") == "ok" and "train.compile" in (r.get("axes") or {})]
-
-    def others(r: dict[str, Any]) -> tuple:
-        return tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k != "train.compile"))
-
-    eager = {others(r): r for r in ok if r["axes"]["train.compile"] == "off"}
     out = []
-    for r in ok:
-        ref = eager.get(others(r))
-        if r["axes"]["train.compile"] == "off" or ref is None or r.get("compile_s") is None:
+    for r, ref in pair_with_reference(records, "train.compile", "off"):
+        if r.get("compile_s") is None:
             continue
         saved_ms = ref["step_ms_median"] - r["step_ms_median"]  # per step, > 0 when compiled is faster
         out.append({"cell_id": r["cell_id"], "vs": ref["cell_id"], "compile_s": r["compile_s"],
