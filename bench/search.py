@@ -48,14 +48,19 @@ class Searcher:
         self.t0 = clock()
         self.cache: dict[str, Record] = dict(known or {})
         self.trials: list[tuple[dict[str, Any], Record]] = []
+        self._visited: set[str] = set()
 
     def out_of_time(self) -> bool:
         return self.clock() - self.t0 > self.budget_s
 
     def get(self, values: dict[str, Any]) -> Record:
+        """Measure ``values`` unless already known; either way it counts as a trial of this search
+        (a resumed search reuses earlier measurements but must still rank and report them)."""
         key = values_key(values)
         if key not in self.cache:
             self.cache[key] = self.measure(dict(values))
+        if key not in self._visited:
+            self._visited.add(key)
             self.trials.append((dict(values), self.cache[key]))
         return self.cache[key]
 

@@ -51,3 +51,18 @@ def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytes
 def test_train_for_seconds_stops_on_time() -> None:
     res = train_for_seconds(load_config(None, tiny_overrides()), seconds=0.3)
     assert res["train_seconds"] >= 0.3 and res["steps"] > 0 and 0 <= res["val_accuracy"] <= 1
+
+
+def test_resume_reuses_measured_configurations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--config", TABULAR, "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512",
+            "--rounds", "1", "--finalists", "1", "--out", str(tmp_path)]
+    assert tune_cli.cli(argv) == 0
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    first = [json.loads(x) for x in (run_dir / "cells.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    assert tune_cli.cli([*argv, "--resume", run_dir.name]) == 0
+    launched = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    records = [json.loads(x) for x in (run_dir / "cells.jsonl").read_text().splitlines()]
+    assert records[: len(first)] == first
+    # the search's configurations come from cells.jsonl; only the side-by-side finals are measured again
+    assert launched and all("-final-" in ln for ln in launched)
