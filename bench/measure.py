@@ -93,8 +93,16 @@ class StepTimer(BaseHook):
 
 
 def run_steps(trainer: Trainer, loader: DataLoader, n: int) -> None:
-    """n optimizer steps through the Trainer's own loop (epoch boundaries handled by fit)."""
+    """n optimizer steps through the Trainer's own loop (epoch boundaries handled by fit).
+
+    Fewer steps would silently shrink a timed repeat, so a run that ends early (train.epochs or
+    train.max_steps reached) is an error, not a shorter measurement.
+    """
+    before = trainer.global_step
     trainer.fit(loader, None, stop_after_steps=n)
+    if trainer.global_step - before != n:
+        raise RuntimeError(f"asked for {n} steps, the run ended after {trainer.global_step - before} "
+                           "(train.epochs / train.max_steps reached): raise them for measurement")
 
 
 def measure(trainer: Trainer, loader: DataLoader, timer: StepTimer, cfg: MeasureConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def test_step_timer_times_every_phase_and_the_whole_step() -> None:
 
 def test_measure_warms_up_then_repeats() -> None:
     timer = StepTimer(CPU)
-    run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512})), hooks=[timer])
+    run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512, "train.epochs": 1000})), hooks=[timer])
     cfg = MeasureConfig(warmup_steps=2, settle_window=2, min_steps=4, min_time_s=0.0, repeats=3)
     raw = measure(run.trainer, run.data.train_loader, timer, cfg)
     assert raw["warmup_steps"] >= 4
@@ -60,3 +60,11 @@ def test_matmul_peak_and_memory_figures_are_real() -> None:
     peak = matmul_peak_flops(CPU, torch.float32, min_time_s=0.05)
     assert peak["flops_per_s"] > 1e8 and peak["n"] >= 64
     assert peak_rss_bytes() > 50 * 2**20
+
+
+def test_a_run_that_ends_early_is_an_error_not_a_short_measurement() -> None:
+    from bench.measure import run_steps
+
+    run = build_run(load_config(None, tiny_overrides(**{"train.max_steps": 3})))
+    with pytest.raises(RuntimeError, match="asked for 5 steps, the run ended after 3"):
+        run_steps(run.trainer, run.data.train_loader, 5)
