@@ -28,17 +28,18 @@ from trainer_core.config import apply_overrides, validate_config
 from trainer_core.factory import build_run
 from trainer_core.precision import resolve_device
 
-# A cell measures steps, not epochs of training: no early stopping, no validation-driven stop,
-# no logging files; the grad norm is tracked for the finite guard.
-_CELL_OVERRIDES = {
+# Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
+# stop, no logging files.
+STEP_DRIVEN_OVERRIDES = {
     "train.epochs": 1_000_000,
     "train.max_steps": None,
     "train.early_stopping.patience": None,
     "logging.tensorboard": False,
     "logging.jsonl": False,
     "logging.progress_bar": "off",
-    "logging.track_grad_norm": True,
 }
+# A cell also tracks the grad norm, for the finite guard.
+_CELL_OVERRIDES = {**STEP_DRIVEN_OVERRIDES, "logging.track_grad_norm": True}
 
 
 def profile_cell(trainer: Trainer, loader: Any, timer: StepTimer, hook: ProfilerHook, cfg: ProfileConfig,

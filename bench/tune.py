@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from bench._cli import make_parser, run_cli
+from bench.cell import STEP_DRIVEN_OVERRIDES
 from bench.compare import bootstrap_ratio
 from bench.matrix import Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, static_skip_reason
 from bench.run import append_record, launch_cell, read_records, skipped_record
@@ -48,8 +49,11 @@ def default_space(config: RunConfig, max_batch: int) -> dict[str, list[Any]]:
     images = config.data.name in ("synthetic_images", "mnist", "fashion_mnist")
     if images:
         space["data.pipeline"] = ["classic", "tensor"]
-    space["precision"] = [p for p in PRECISIONS if p == config.precision or
-                          (check_support(p, device)[0] and not check_support(p, device)[1])]
+    space["precision"] = []
+    for p in PRECISIONS:
+        supported, emulated, _ = check_support(p, device)
+        if p == config.precision or (supported and not emulated):
+            space["precision"].append(p)
     if images:
         space["model.memory_format"] = ["contiguous", "channels_last"]
     sizes, b = [], 32
@@ -152,9 +156,7 @@ def side_by_side(measure: CellMeasure, start: dict[str, Any], candidates: list[d
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
     """Train for a fixed wall time (the batch loop's time), then validate: same-time accuracy."""
-    config = validate_config(apply_overrides(config.to_dict(), {
-        "train.epochs": 1_000_000, "train.max_steps": None, "train.early_stopping.patience": None,
-        "logging.tensorboard": False, "logging.jsonl": False, "logging.progress_bar": "off"}))
+    config = validate_config(apply_overrides(config.to_dict(), STEP_DRIVEN_OVERRIDES))
     run = build_run(config)
     while run.trainer.counters["train_seconds"] < seconds:
         run.trainer.fit(run.data.train_loader, None, stop_after_steps=20)
