@@ -68,7 +68,7 @@ def profile_cell(trainer: Trainer, loader: Any, timer: StepTimer, hook: Profiler
     if size_mb > cfg.max_trace_mb:
         out["trace_warning"] = f"trace is {size_mb:.0f} MB (> {cfg.max_trace_mb:.0f} MB): shorten profile.active or drop with_stack"
     share = b["reduced_precision_share"]
-    if precision in ("bf16", "fp16") and share is not None and share < 0.05:
+    if precision != "fp32" and share is not None and share < 0.05:
         out["mixed_precision_warning"] = f"{precision} cell but only {100 * share:.0f}% of matmul/conv ops ran in reduced precision"
     return out
 

@@ -63,6 +63,28 @@ def bootstrap_ratio(a_steps: Sequence[float], b_steps: Sequence[float], n: int =
     return float(np.median(a) / np.median(b)), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
 
 
+def bootstrap_ratio_rounds(a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequence[float]], n: int = 2000,
+                           seed: int = 0) -> tuple[float, float, float]:
+    """Like :func:`bootstrap_ratio` for A and B measured in paired rounds (round i of A next to round i
+    of B): a two-level bootstrap that resamples whole rounds (jointly for A and B), then steps within
+    each. The interval then includes the machine's drift from one round to the next, which resampling
+    pooled steps cannot see (on a shared machine, that drift is most of the uncertainty).
+    """
+    if len(a_rounds) != len(b_rounds) or not a_rounds:
+        raise ValueError("need the same, non-zero number of rounds for A and B")
+    a = [np.asarray(r, dtype=float) for r in a_rounds]
+    b = [np.asarray(r, dtype=float) for r in b_rounds]
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n)
+    for i in range(n):
+        picked = rng.integers(0, len(a), size=len(a))
+        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in picked])
+        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in picked])
+        ratios[i] = np.median(ra) / np.median(rb)
+    point = float(np.median(np.concatenate(a)) / np.median(np.concatenate(b)))
+    return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
 def compare_cell(a: dict[str, Any], b: dict[str, Any], min_threshold_pct: float) -> dict[str, Any]:
     out: dict[str, Any] = {"cell_id": b.get("cell_id") or a.get("cell_id"), "status_a": a.get("status"), "status_b": b.get("status")}
     guards = [g for g in GUARDS if (a.get("guards") or {}).get(g, {}).get("status") == "pass"

@@ -57,7 +57,7 @@ class GuardsConfig(_Section):
     enabled: list[Literal["overfit", "finite", "determinism", "resume"]] = Field(default_factory=lambda: list(GUARDS), description="Guards run on every cell.")
     overfit_samples: int = Field(16, ge=1, description="Size of the tiny batch to memorise (capped at the cell's batch size).")
     overfit_steps: int = Field(100, ge=1, description="Steps allowed to memorise it.")
-    overfit_ratio: dict[str, float] = Field(default_factory=lambda: {"fp32": 0.1, "bf16": 0.15, "fp16": 0.15},
+    overfit_ratio: dict[str, float] = Field(default_factory=lambda: {"fp32": 0.1, "bf16": 0.15, "bf16-true": 0.15, "fp16": 0.15},
                                             description="Pass when the final loss is below this share of the initial loss, per precision.")
     short_run_steps: int = Field(4, ge=1, description="Steps per short run of the determinism and resume guards.")
 

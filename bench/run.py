@@ -28,7 +28,7 @@ from trainer_core.errors import ConfigError
 from trainer_core.provenance import environment_info, utc_timestamp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,27 +38,44 @@ class SearchResult:
 
 
 class Searcher:
-    """Measures each distinct configuration once (a cache keyed by its values), within a time budget."""
+    """Measures each distinct configuration once (a cache keyed by its values), within a time budget.
+
+    ``reserve_s(searcher)`` is time the search must leave for work that follows it (the caller's
+    side-by-side re-measurements); it is asked before each trial, so it can scale with the measured
+    cost of a trial (``trial_seconds``).
+    """
 
     def __init__(self, measure: Measure, budget_s: float, clock: Callable[[], float] = time.monotonic,
-                 known: dict[str, Record] | None = None) -> None:
+                 known: dict[str, Record] | None = None,
+                 reserve_s: Callable[["Searcher"], float] = lambda searcher: 0.0) -> None:
         self.measure = measure
         self.budget_s = budget_s
         self.clock = clock
+        self.reserve_s = reserve_s
         self.t0 = clock()
         self.cache: dict[str, Record] = dict(known or {})
         self.trials: list[tuple[dict[str, Any], Record]] = []
         self._visited: set[str] = set()
+        self._measured_s = 0.0
+        self._measured_n = 0
+
+    @property
+    def trial_seconds(self) -> float | None:
+        """Mean wall time of one measurement made by this searcher (None before the first)."""
+        return self._measured_s / self._measured_n if self._measured_n else None
 
     def out_of_time(self) -> bool:
-        return self.clock() - self.t0 > self.budget_s
+        return self.clock() - self.t0 > self.budget_s - self.reserve_s(self)
 
     def get(self, values: dict[str, Any]) -> Record:
         """Measure ``values`` unless already known; either way it counts as a trial of this search
         (a resumed search reuses earlier measurements but must still rank and report them)."""
         key = values_key(values)
         if key not in self.cache:
+            t0 = self.clock()
             self.cache[key] = self.measure(dict(values))
+            self._measured_s += self.clock() - t0
+            self._measured_n += 1
         if key not in self._visited:
             self._visited.add(key)
             self.trials.append((dict(values), self.cache[key]))

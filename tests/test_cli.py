@@ -121,7 +121,7 @@ def test_real_process_exit_code_and_stderr() -> None:
     proc = _subprocess("bench.train", "--config", TABULAR, "--set", "precision=fp8")
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("bench.train: error: " + TABULAR
-                                   + ": precision (from --set): unknown precision 'fp8'; expected one of fp32, fp16, bf16")
+                                   + ": precision (from --set): unknown precision 'fp8'; expected one of fp32, fp16, bf16, bf16-true")
 
 
 def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def test_a_healthy_model_passes_every_guard() -> None:
     assert _guards() == {"overfit": PASS, "finite": PASS, "determinism": PASS, "resume": PASS, "_ok": True}
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "bf16-true", "fp16"])
 def test_healthy_model_passes_in_reduced_precision(precision: str) -> None:
     assert _guards(precision=precision)["_ok"]
 

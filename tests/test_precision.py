@@ -33,6 +33,30 @@ def test_bf16_loss_close_to_fp32_on_same_batch() -> None:
     assert losses["bf16"] != losses["fp32"]  # it really ran in reduced precision
 
 
+def test_bf16_true_casts_model_and_float_inputs_without_autocast() -> None:
+    policy = resolve_precision("bf16-true", CPU)
+    assert policy.autocast_dtype is None and policy.scaler is None and policy.param_dtype == torch.bfloat16
+    assert "no fp32 master weights" in policy.notes[-1]
+    model = policy.cast_model(nn.Linear(8, 4))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert policy.cast_input(torch.randn(2, 8)).dtype == torch.bfloat16
+    assert policy.cast_input(torch.arange(3)).dtype == torch.int64  # indices stay integers
+    assert policy.metadata()["param_dtype"] == "bfloat16" and resolve_precision("bf16", CPU).metadata()["param_dtype"] == "float32"
+
+
+def test_bf16_true_trainer_keeps_bf16_weights_and_optimizer_state_and_an_fp32_loss() -> None:
+    from trainer_core.config import load_config
+    from trainer_core.trainer import Trainer
+    from conftest import tiny_overrides
+
+    trainer = Trainer(load_config(None, tiny_overrides(precision="bf16-true")), nn.Linear(8, 4), "cpu")
+    result = trainer.train_step(torch.randn(16, 8), torch.arange(16) % 4)
+    assert result.loss.dtype == torch.float32
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    state = trainer.optimizer.state[next(trainer.model.parameters())]
+    assert all(v.dtype == torch.bfloat16 for k, v in state.items() if k != "step")
+
+
 def test_fp16_on_cpu_is_flagged_when_emulated() -> None:
     policy = resolve_precision("fp16", CPU)
     native = bool({"avx512_fp16", "amx_fp16"} & cpu_flags())

@@ -65,6 +65,20 @@ def test_budget_is_respected() -> None:
     assert result.budget_exhausted and len(result.trials) <= 5
 
 
+def test_reserve_leaves_time_for_what_follows_the_search() -> None:
+    now = [0.0]
+
+    def measure(v: dict) -> dict:
+        now[0] += 10.0
+        return fake(v)
+
+    # 100 s in all, of which 5 trials' worth (measured: 10 s each) is kept for the final rounds
+    searcher = Searcher(measure, budget_s=100.0, clock=lambda: now[0], reserve_s=lambda s: 5 * (s.trial_seconds or 0))
+    result = coordinate_search(START, SPACE, searcher)
+    assert result.budget_exhausted and searcher.trial_seconds == 10.0
+    assert len(result.trials) == 6 and now[0] == 60.0  # the last trial started at 50 s = 100 - 5 x 10
+
+
 def test_contributions_one_change_at_a_time() -> None:
     searcher = Searcher(fake, 1e9)
     winner = {**START, "precision": "bf16", "data.num_workers": 0}

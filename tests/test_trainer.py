@@ -22,7 +22,7 @@ def _overfit_setup(precision: str) -> tuple[Trainer, torch.Tensor, torch.Tensor]
     return Trainer(cfg, model, "cpu"), x, y
 
 
-@pytest.mark.parametrize(("precision", "steps"), [("fp32", 300), ("bf16", 300), ("fp16", 150)])
+@pytest.mark.parametrize(("precision", "steps"), [("fp32", 300), ("bf16", 300), ("bf16-true", 300), ("fp16", 150)])
 def test_overfit_tiny_batch(precision: str, steps: int) -> None:
     trainer, x, y = _overfit_setup(precision)
     losses = trainer.train_on_batch(x, y, num_steps=steps)

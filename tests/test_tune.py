@@ -20,6 +20,21 @@ def test_parse_axes_and_default_space() -> None:
     assert space["data.batch_size"] == [32, 64, 128, 256]
     assert space["data.pipeline"] == ["classic", "tensor"] and "fp32" in space["precision"]
     assert "model.memory_format" in space and space["data.num_workers"][0] == 0
+    assert space["optim.fused"] == [None, True]  # torch's default is the start; fused runs on CPU in torch >= 2.4
+
+
+def test_default_space_leaves_out_levers_the_device_or_config_cannot_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch.utils._foreach_utils as fu
+
+    classic = str(REPO / "configs" / "fashion_mnist_classic.yaml")
+    monkeypatch.setattr(fu, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no C++ compiler: inductor cannot build for CPU
+    space = default_space(load_config(classic, {"device": "cpu"}), max_batch=64)
+    assert "optim.fused" not in space and "train.compile" not in space
+    monkeypatch.undo()
+    assert "optim.fused" not in default_space(load_config(classic, {"optim.foreach": True}), max_batch=64)
 
 
 def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -34,6 +49,8 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     assert len(result["trials"]) >= 3 and all(t["status"] == "ok" for t in result["trials"])
     records = [json.loads(x) for x in (run_dir / "cells.jsonl").read_text().splitlines()]
     assert all("guards" in r and "step_s" in r for r in records)  # every trial is a full cell
+    numbers = [r["cell_id"].split("-")[0] for r in records]
+    assert numbers == [f"t{i + 1:02d}" for i in range(len(records))]  # search, finals, contributions: one sequence
     if result["winner"] != result["start"]:
         assert result["final"]["ci_low"] <= result["final"]["speedup"] <= result["final"]["ci_high"]
     assert "Winning config" in (run_dir / "tune.md").read_text()

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainer_core.errors import ConfigError
 
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+# fp16/bf16: autocast (fp32 weights, matmuls/convs in the low dtype); bf16-true: the whole model,
+# its inputs, gradients and optimizer state in bf16 (Lightning's "bf16-true", TorchBench's "bf16").
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "bf16-true")
 DATASETS: tuple[str, ...] = ("synthetic_blobs", "synthetic_images", "mnist", "fashion_mnist")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 

@@ -1,7 +1,8 @@
 """Precision policy: the one place that maps (precision, device) to (autocast context, GradScaler).
 
-The train step calls ``policy.autocast()`` around forward + loss and uses ``policy.scaler`` when it is
-not None; it never branches on the precision name itself.
+The train step calls ``policy.autocast()`` around forward + loss, ``policy.cast_input()`` on each batch
+and uses ``policy.scaler`` when it is not None; the Trainer casts the model with ``policy.cast_model()``.
+Nothing else branches on the precision name.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 from trainer_core.config import PRECISIONS
 from trainer_core.errors import DeviceError, PrecisionError
 
-_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                                   "bf16-true": torch.bfloat16}
+_TRUE = {"bf16-true"}  # parameters themselves in the low dtype, no autocast
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,6 +58,16 @@ class PrecisionPolicy:
     scaler: torch.amp.GradScaler | None
     emulated: bool = False
     notes: list[str] = field(default_factory=list)
+    param_dtype: torch.dtype | None = None  # set for "-true" precisions: model and float inputs cast to it
+
+    def cast_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model if self.param_dtype is None else model.to(self.param_dtype)
+
+    def cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Floating inputs follow the parameters' dtype; integer inputs (indices) are left alone."""
+        if self.param_dtype is None or not x.is_floating_point():
+            return x
+        return x.to(self.param_dtype)
 
     def autocast(self) -> ContextManager[Any]:
         """A fresh context for forward + loss; a no-op for fp32."""
@@ -68,6 +81,7 @@ class PrecisionPolicy:
             "precision": self.name,
             "device_type": self.device_type,
             "autocast_dtype": str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else None,
+            "param_dtype": str(self.param_dtype).replace("torch.", "") if self.param_dtype else "float32",
             "grad_scaler": self.scaler is not None,
             "emulated": self.emulated,
             "notes": list(self.notes),
@@ -85,7 +99,7 @@ def check_support(precision: str, device: torch.device) -> tuple[bool, bool, lis
     if precision == "fp32":
         return True, False, notes
     if device.type == "cuda":
-        if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        if precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
             name = torch.cuda.get_device_name(device)
             return False, False, [f"bf16 not supported on this GPU ({name})"]
         return True, False, notes
@@ -110,9 +124,15 @@ def resolve_precision(precision: str, device: torch.device) -> PrecisionPolicy:
     supported, emulated, notes = check_support(precision, device)
     if not supported:
         raise PrecisionError(f"precision={precision}: " + "; ".join(notes))
-    dtype = None if precision == "fp32" else _DTYPES[precision]
     # Only fp16 needs loss scaling: its 5-bit exponent underflows small gradients; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if precision in _TRUE:
+        # No fp32 master weights: an update smaller than ~1/256 of a weight rounds away (bf16 keeps 8
+        # significant bits), so late, small-learning-rate training can stall. Faster: no per-step casts.
+        notes.append(f"{precision}: parameters, gradients and optimizer state in {precision.split('-')[0]} "
+                     "(no fp32 master weights): small updates can round away; check accuracy")
+        return PrecisionPolicy(precision, device.type, None, scaler, emulated, notes, param_dtype=_DTYPES[precision])
+    dtype = None if precision == "fp32" else _DTYPES[precision]
     return PrecisionPolicy(precision, device.type, dtype, scaler, emulated, notes)
 
 

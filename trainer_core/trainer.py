@@ -166,7 +166,7 @@ class Trainer:
         self.device = torch.device(device)
         self.policy = resolve_precision(config.precision, self.device)
         self.channels_last = config.model.memory_format == "channels_last"
-        self.model = model.to(self.device)
+        self.model = self.policy.cast_model(model.to(self.device))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The module the training step calls: compiled when train.compile is on. Checkpoints and
@@ -222,6 +222,7 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         if self.input_transform is not None:
             x = self.input_transform(x)
+        x = self.policy.cast_input(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -233,7 +234,9 @@ class Trainer:
         with self._phase("forward"):
             # Autocast covers forward and loss only; backward runs in the dtypes autocast chose.
             with self.policy.autocast():
-                loss = self.loss_fn(self.step_model(x), y)
+                # The loss in fp32 whatever the logits' dtype (autocast already does this for
+                # cross-entropy; bf16-true logits would otherwise give a bf16 log-softmax).
+                loss = self.loss_fn(self.step_model(x).float(), y)
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=self.config.train.zero_grad_set_to_none)
             scaler = self.policy.scaler
