@@ -207,7 +207,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines += ["", f"**Speedup of the winner over the start, side by side**: "
                   f"{f['speedup']:.2f}x (95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f}, bootstrap over rounds and steps)"]
         if f.get("speedup_per_round"):
-            lines.append("Round by round: " + ", ".join(f"{x:.2f}x" for x in f["speedup_per_round"]))
+            lines += ["", "Round by round: " + ", ".join(f"{x:.2f}x" for x in f["speedup_per_round"])]
         if f.get("note"):
             lines += ["", f["note"]]
     if result["contributions"]:
@@ -232,15 +232,15 @@ def format_report(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("bench.tune", "Search for the fastest guard-passing configuration.")
     p.add_argument("--config", required=True, help="starting training config (YAML)")
-    p.add_argument("--budget-s", type=float, default=500.0,
+    p.add_argument("--budget-s", type=float, default=540.0,
                    help="time budget of the whole run: the search stops early enough to leave time for the "
-                        "side-by-side rounds and the per-lever table (default 500 s; --check-accuracy comes on top)")
+                        "side-by-side rounds and the per-lever table (default 540 s; --check-accuracy comes on top)")
     p.add_argument("--axes", action="append", default=[], metavar="KEY=V1,V2",
                    help="search only these axes and values (repeatable), e.g. --axes precision=fp32,bf16")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the start config")
     p.add_argument("--max-batch", type=int, default=512, help="largest batch size tried (powers of two)")
     p.add_argument("--mem-cap-mb", type=float, help="do not try larger batches once peak memory exceeds this")
-    p.add_argument("--finalists", type=int, default=3, help="fastest search results re-measured side by side with the start")
+    p.add_argument("--finalists", type=int, default=2, help="fastest search results re-measured side by side with the start")
     p.add_argument("--rounds", type=int, default=4, help="side-by-side rounds for the final comparison")
     p.add_argument("--check-accuracy", action="store_true", help="train start and winner for the same wall time, report val accuracy")
     p.add_argument("--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy")
@@ -280,8 +280,9 @@ def main(args: argparse.Namespace) -> int:
 
     def reserve_s(searcher: Searcher) -> float:
         # The budget covers the whole run: leave time for the side-by-side rounds (longer cells) and
-        # one contribution cell per axis, estimated from what a trial has cost so far.
-        return (searcher.trial_seconds or 0.0) * (final_cells * FINAL_COST + len(space))
+        # one contribution cell per axis but the first (the search's first sweep already measured
+        # those), estimated from what a trial has cost so far.
+        return (searcher.trial_seconds or 0.0) * (final_cells * FINAL_COST + max(0, len(space) - 1))
 
     searcher = Searcher(measure, args.budget_s - (time.monotonic() - t_start), known=known, reserve_s=reserve_s)
     result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap)
