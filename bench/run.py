@@ -25,10 +25,10 @@ from bench.matrix import Cell, MatrixSpec, expand, load_matrix, parse_filter, se
 from bench.plots import plot_data_wait, plot_phase_breakdown, plot_throughput
 from bench.report import markdown_table, summary_markdown, write_csv
 from trainer_core.errors import ConfigError
+from trainer_core.precision import COMPUTE_DTYPES
 from trainer_core.provenance import environment_info, utc_timestamp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-true": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def measure_peaks(cells: list[Cell]) -> dict[str, dict[str, Any]]:
                      for c in cells if c.skip_reason is None})
     peaks: dict[str, dict[str, Any]] = {}
     for dev, precision in wanted:
-        peaks.setdefault(dev, {})[precision] = matmul_peak_flops(torch.device(dev), _DTYPES[precision])
+        peaks.setdefault(dev, {})[precision] = matmul_peak_flops(torch.device(dev), COMPUTE_DTYPES[precision])
     return peaks
 
 

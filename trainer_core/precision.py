@@ -18,8 +18,9 @@ import torch
 from trainer_core.config import PRECISIONS
 from trainer_core.errors import DeviceError, PrecisionError
 
-_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                                   "bf16-true": torch.bfloat16}
+# The dtype each precision computes matmuls/convs in.
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                                          "bf16-true": torch.bfloat16}
 _TRUE = {"bf16-true"}  # parameters themselves in the low dtype, no autocast
 
 
@@ -131,8 +132,8 @@ def resolve_precision(precision: str, device: torch.device) -> PrecisionPolicy:
         # significant bits), so late, small-learning-rate training can stall. Faster: no per-step casts.
         notes.append(f"{precision}: parameters, gradients and optimizer state in {precision.split('-')[0]} "
                      "(no fp32 master weights): small updates can round away; check accuracy")
-        return PrecisionPolicy(precision, device.type, None, scaler, emulated, notes, param_dtype=_DTYPES[precision])
-    dtype = None if precision == "fp32" else _DTYPES[precision]
+        return PrecisionPolicy(precision, device.type, None, scaler, emulated, notes, param_dtype=COMPUTE_DTYPES[precision])
+    dtype = None if precision == "fp32" else COMPUTE_DTYPES[precision]
     return PrecisionPolicy(precision, device.type, dtype, scaler, emulated, notes)
 
 
