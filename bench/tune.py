@@ -69,10 +69,12 @@ def default_space(config: RunConfig, max_batch: int) -> dict[str, list[Any]]:
     # One kernel for the whole optimizer step instead of a Python loop over parameters: measured 2.2 ->
     # 1.1 ms per Adam step for SimpleCNN here. None (torch's default) stays the start value; a config
     # that asks for foreach keeps it (the two are exclusive).
-    if config.optim.fused is not True and config.optim.foreach is not True and lever_skip_reason(
-            validate_config(apply_overrides(config.to_dict(), {"optim.fused": True})), device) is None:
+    def applies(key: str, value: Any) -> bool:  # the matrix's own check, so tune and run skip alike
+        return lever_skip_reason(validate_config(apply_overrides(config.to_dict(), {key: value})), device) is None
+
+    if config.optim.fused is not True and config.optim.foreach is not True and applies("optim.fused", True):
         space["optim.fused"] = [config.optim.fused, True]
-    if lever_skip_reason(validate_config(apply_overrides(config.to_dict(), {"train.compile": "default"})), device) is None:
+    if applies("train.compile", "default"):
         space["train.compile"] = ["off", "default"]
     return space
 
