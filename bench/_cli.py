@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from trainer_core.errors import TrainbenchError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM (a CI timeout, ``kill``), so it unwinds like Ctrl-C:
+    ``subprocess.run`` kills the running cell process on the way out instead of leaving it orphaned,
+    and ``finally`` blocks run. Records already appended to cells.jsonl stay as they are."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (main thread only: signal handlers live there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,12 +56,16 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     """Parse, run ``main``, and turn :class:`TrainbenchError` into one stderr line and exit code 2."""
     args = parser.parse_args(argv)
     try:
-        return main(args)
+        with sigterm_unwinds():
+            return main(args)
     except TrainbenchError as e:
         if args.debug:
             raise
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print(f"{parser.prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -4,17 +4,26 @@ Start from the user's configuration; for each axis in turn, try every other valu
 at the current best; move when a guard-passing candidate is faster by more than ``min_gain``; repeat
 passes until one changes nothing or the time budget runs out. Larger batch sizes stop being tried once
 one of them exceeds the memory cap or fails (e.g. out of memory).
+
+Close calls are measured again. On a shared machine one reading of a configuration can be 15-20% off
+the next one (measured here: 3,580 to 4,976 samples/s for one configuration in six cells), so a
+single reading cannot tell a 10% lever from noise. When a candidate and the current best are within
+``recheck_band`` of each other, both get a second reading, and the decision (and the finalists'
+ranking) uses the geometric mean of each configuration's readings.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 Record = dict[str, Any]
-Measure = Callable[[dict[str, Any]], Record]
+# measure(values) for a first reading; measure(values, "recheck") for another reading of known values
+Measure = Callable[..., Record]
+RECHECK = "recheck"
 
 
 def values_key(values: dict[str, Any]) -> str:
@@ -35,26 +44,44 @@ class SearchResult:
     trials: list[tuple[dict[str, Any], Record]] = field(default_factory=list)
     budget_exhausted: bool = False
     passes: int = 0
+    # values_key -> samples/s of every guard-passing reading (two for a close call), and their pooled
+    # value (0 when any reading failed or broke a guard)
+    readings: dict[str, list[float]] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    rechecks: list[tuple[dict[str, Any], Record]] = field(default_factory=list)
+
+    def score(self, values: dict[str, Any]) -> float:
+        return self.scores.get(values_key(values), 0.0)
+
+
+def pooled(readings: list[float]) -> float:
+    """Geometric mean of a configuration's samples/s readings (0 when it has none that passed)."""
+    return math.exp(sum(math.log(r) for r in readings) / len(readings)) if readings else 0.0
 
 
 class Searcher:
-    """Measures each distinct configuration once (a cache keyed by its values), within a time budget.
+    """Measures each distinct configuration once (a cache keyed by its values), within a time budget;
+    :meth:`recheck` adds a second reading of a configuration.
 
     ``reserve_s(searcher)`` is time the search must leave for work that follows it (the caller's
     side-by-side re-measurements); it is asked before each trial, so it can scale with the measured
-    cost of a trial (``trial_seconds``).
+    cost of a trial (``trial_seconds``). ``known``/``known_rechecks``: records of an earlier run
+    (``--resume``), used instead of measuring again.
     """
 
     def __init__(self, measure: Measure, budget_s: float, clock: Callable[[], float] = time.monotonic,
                  known: dict[str, Record] | None = None,
-                 reserve_s: Callable[["Searcher"], float] = lambda searcher: 0.0) -> None:
+                 reserve_s: Callable[["Searcher"], float] = lambda searcher: 0.0,
+                 known_rechecks: dict[str, Record] | None = None) -> None:
         self.measure = measure
         self.budget_s = budget_s
         self.clock = clock
         self.reserve_s = reserve_s
         self.t0 = clock()
         self.cache: dict[str, Record] = dict(known or {})
+        self.recheck_cache: dict[str, Record] = dict(known_rechecks or {})
         self.trials: list[tuple[dict[str, Any], Record]] = []
+        self.rechecks: list[tuple[dict[str, Any], Record]] = []
         self._visited: set[str] = set()
         self._measured_s = 0.0
         self._measured_n = 0
@@ -64,38 +91,92 @@ class Searcher:
         """Mean wall time of one measurement made by this searcher (None before the first)."""
         return self._measured_s / self._measured_n if self._measured_n else None
 
+    def time_left(self) -> float:
+        """Seconds of the budget left for measuring, after the reserve."""
+        return self.budget_s - self.reserve_s(self) - (self.clock() - self.t0)
+
     def out_of_time(self) -> bool:
-        return self.clock() - self.t0 > self.budget_s - self.reserve_s(self)
+        return self.time_left() < 0
+
+    def can_afford(self, n: int) -> bool:
+        """Time for ``n`` more measurements at the cost measured so far?"""
+        return self.time_left() >= n * (self.trial_seconds or 0.0)
 
     def get(self, values: dict[str, Any]) -> Record:
         """Measure ``values`` unless already known; either way it counts as a trial of this search
         (a resumed search reuses earlier measurements but must still rank and report them)."""
         key = values_key(values)
         if key not in self.cache:
-            t0 = self.clock()
-            self.cache[key] = self.measure(dict(values))
-            self._measured_s += self.clock() - t0
-            self._measured_n += 1
+            self.cache[key] = self._timed(values)
         if key not in self._visited:
             self._visited.add(key)
             self.trials.append((dict(values), self.cache[key]))
         return self.cache[key]
 
+    def recheck(self, values: dict[str, Any]) -> Record:
+        """A second reading of ``values`` (once per configuration; later calls return it)."""
+        key = values_key(values)
+        if key not in self.recheck_cache:
+            self.recheck_cache[key] = self._timed(values, RECHECK)
+        record = self.recheck_cache[key]
+        if all(v != values for v, _ in self.rechecks):
+            self.rechecks.append((dict(values), record))
+        return record
+
+    def readings(self, values: dict[str, Any]) -> list[float]:
+        """samples/s of this configuration's guard-passing readings so far."""
+        key = values_key(values)
+        records = [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
+        return [r["samples_per_s"] for r in records if usable(r)]
+
+    def score(self, values: dict[str, Any]) -> float:
+        """Pooled samples/s; 0 if any reading failed or broke a guard (a flaky guard disqualifies)."""
+        key = values_key(values)
+        records = [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
+        return pooled(self.readings(values)) if records and all(usable(r) for r in records) else 0.0
+
+    def _timed(self, values: dict[str, Any], *label: str) -> Record:
+        t0 = self.clock()
+        record = self.measure(dict(values), *label)
+        self._measured_s += self.clock() - t0
+        self._measured_n += 1
+        return record
+
 
 def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], searcher: Searcher, *,
                       min_gain: float = 0.02, max_passes: int = 3, mem_cap_mb: float | None = None,
-                      batch_key: str = "data.batch_size") -> SearchResult:
+                      batch_key: str = "data.batch_size", recheck_band: float = 0.0) -> SearchResult:
+    """``recheck_band``: candidates within this share of the current best (either side) get a second
+    reading of both before the decision (0: never; bench.tune uses 0.15). In the first pass a recheck
+    is only taken while the budget still covers every value not yet tried once: every lever gets a
+    reading before any close call gets a second one."""
     current = dict(start)
     start_record = best = searcher.get(current)
+    axes = list(space)
+
+    def better(candidate: dict[str, Any], untried: int) -> bool:
+        new, old = searcher.score(candidate), searcher.score(current)
+        if new == 0.0 or old == 0.0:
+            return new > 0.0
+        if abs(math.log(new / old)) < math.log1p(recheck_band) and searcher.can_afford(2 + untried):
+            # Current first: its reading is the older one, so the second readings pair up in time.
+            for values in (current, candidate):
+                searcher.recheck(values)
+            new, old = searcher.score(candidate), searcher.score(current)
+            if new == 0.0 or old == 0.0:
+                return new > 0.0
+        return new > old * (1 + min_gain)
+
     exhausted = False
     passes = 0
     changed = True
     while changed and passes < max_passes and not exhausted:
         changed = False
         passes += 1
-        for axis, values in space.items():
+        for i, (axis, values) in enumerate(space.items()):
             ordered = sorted(values) if axis == batch_key else list(values)
-            for value in ordered:
+            later = sum(len(space[a]) - 1 for a in axes[i + 1:]) if passes == 1 else 0
+            for j, value in enumerate(ordered):
                 if value == current.get(axis):
                     continue
                 if searcher.out_of_time():
@@ -107,20 +188,26 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
                     mem_cap_mb is not None and (record.get("peak_mem_mb") or 0) > mem_cap_mb)
                 if axis == batch_key and too_big and value > current.get(axis, 0):
                     break  # larger batches will not fit either
-                if usable(record) and (not usable(best) or record["samples_per_s"] > best["samples_per_s"] * (1 + min_gain)):
+                if better(candidate, untried=later + (len(ordered) - 1 - j if passes == 1 else 0)):
                     current, best, changed = candidate, record, True
             if exhausted:
                 break
-    return SearchResult(dict(start), current, start_record, best, list(searcher.trials), exhausted, passes)
+    readings = {values_key(v): searcher.readings(v) for v, _ in searcher.trials}
+    scores = {values_key(v): searcher.score(v) for v, _ in searcher.trials}
+    return SearchResult(dict(start), current, start_record, best, list(searcher.trials), exhausted, passes,
+                        readings, scores, list(searcher.rechecks))
 
 
-def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searcher) -> list[dict[str, Any]]:
-    """Each lever on its own: the start with only that axis set to the winner's value.
+def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searcher,
+                  start_sps: float | None = None) -> list[dict[str, Any]]:
+    """Each lever on its own: the start with only that axis set to the winner's value, against the
+    start's samples/s (``start_sps``: e.g. pooled over every reading of it; default: the search's).
 
     Not bounded by the search budget: at most one measurement per axis, and a table with rows
     silently missing would misreport what the winner is made of.
     """
     base = searcher.get(start)
+    base_sps = start_sps or searcher.score(start)
     rows = []
     for axis in winner:
         if winner[axis] == start.get(axis):
@@ -128,18 +215,19 @@ def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searc
         record = searcher.get({**start, axis: winner[axis]})
         rows.append({"axis": axis, "from": start.get(axis), "to": winner[axis], "status": record.get("status"),
                      "guards_ok": record.get("guards_ok"),
-                     "speedup": (record["samples_per_s"] / base["samples_per_s"]) if usable(record) and usable(base) else None})
+                     "speedup": (record["samples_per_s"] / base_sps) if usable(record) and usable(base) and base_sps else None})
     return rows
 
 
 def finalists(result: SearchResult, k: int = 3) -> list[dict[str, Any]]:
-    """The k fastest distinct guard-passing configurations the search measured (the start excluded).
+    """The k fastest distinct guard-passing configurations the search measured (the start excluded),
+    ranked by their pooled readings.
 
-    One measurement per candidate is noisy on a shared machine, so the final choice is made by
-    re-measuring these side by side, not by the search's single readings.
+    The search's readings are few and noisy on a shared machine, so the final choice is made by
+    re-measuring these side by side, not by the search's readings.
     """
-    ranked = sorted(((v, r) for v, r in result.trials if usable(r) and v != result.start),
-                    key=lambda vr: vr[1]["samples_per_s"], reverse=True)
+    ranked = sorted(((v, r) for v, r in result.trials if result.score(v) > 0 and v != result.start),
+                    key=lambda vr: result.score(vr[0]), reverse=True)
     out: list[dict[str, Any]] = []
     for values, _ in ranked:
         if values not in out:

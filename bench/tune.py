@@ -28,7 +28,7 @@ from bench.compare import bootstrap_ratio_rounds
 from bench.matrix import (Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, lever_skip_reason,
                           static_skip_reason)
 from bench.run import append_record, launch_cell, read_records, skipped_record
-from bench.search import Searcher, contributions, coordinate_search, finalists, usable, values_key
+from bench.search import RECHECK, Searcher, contributions, coordinate_search, finalists, pooled, usable, values_key
 from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml, validate_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
@@ -40,10 +40,14 @@ AXIS_ORDER = ("data.pipeline", "precision", "model.memory_format", "data.batch_s
               "train.compile")
 TUNE_MEASURE = MeasureConfig(warmup_steps=5, max_warmup_s=8, settle_window=3, min_steps=10, min_time_s=1.5,
                              max_time_s=4, repeats=2, cell_timeout_s=600)
-# The side-by-side rounds decide the winner and its speedup: twice the timed steps of a search trial.
-FINAL_MEASURE = TUNE_MEASURE.model_copy(update={"min_time_s": 3.0, "max_time_s": 8.0})
-FINAL_COST = 1.3  # wall time of a final cell relative to a search trial (measured here: 13 s vs 10-11 s)
+# The side-by-side rounds decide the winner and its speedup. A little longer than a search trial; not
+# much: two cells of one configuration a minute apart differ far more (up to ~20%) than a longer timed
+# stretch would fix, so time goes to rounds (pairs close in time) rather than to longer cells.
+FINAL_MEASURE = TUNE_MEASURE.model_copy(update={"min_time_s": 2.0, "max_time_s": 5.0})
+FINAL_COST = 1.2  # wall time of a final cell relative to a search trial (3 s / 8 s cells measured 1.45x here)
 TUNE_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
+# Two readings of one configuration differ by up to ~15% here (see bench.search): closer calls get a second reading.
+RECHECK_BAND = 0.15
 
 
 def default_space(config: RunConfig, max_batch: int) -> dict[str, list[Any]]:
@@ -123,8 +127,9 @@ class CellMeasure:
         # Numbered from the file, not a counter: the search and the final rounds measure through
         # separate instances (different measurement settings) into one cells.jsonl.
         number = len(read_records(self.run_dir / "cells.jsonl")) + 1
-        cell = Cell(f"t{number:02d}-{label or (cell_id_for(changed) if changed else 'start')}", dict(values), config,
-                    static_skip_reason(config))
+        what = cell_id_for(changed) if changed else "start"
+        name = f"{RECHECK}-{what}" if label == RECHECK else (label or what)
+        cell = Cell(f"t{number:02d}-{name}", dict(values), config, static_skip_reason(config))
         record = skipped_record(cell) if cell.skip_reason else launch_cell(
             cell, self.spec, self.run_dir, self.threads, {}, self.run_dir / "traces" / cell.cell_id)
         record["role"] = label or "search"
@@ -162,16 +167,18 @@ def side_by_side(measure: CellMeasure, start: dict[str, Any], candidates: list[d
         return configs[name].get("data.batch_size", 1) / float(np.median(np.concatenate(steps[name])))
 
     finals = [{"values": configs[n], "samples_per_s": throughput(n)} for n in names]
+    start_rounds = [start.get("data.batch_size", 1) / float(np.median(s)) for s in steps["start"]]
     best = max(names[1:], key=throughput) if len(names) > 1 else "start"
     if best == "start" or best in dropped:
         return {"winner": start, "speedup": 1.0, "ci_low": 1.0, "ci_high": 1.0, "rounds": rounds, "speedup_per_round": [],
-                "finalists": finals, "note": "every finalist failed or broke a guard when re-measured: the start stands"}
+                "finalists": finals, "start_samples_per_s_per_round": start_rounds,
+                "note": "every finalist failed or broke a guard when re-measured: the start stands"}
     winner = configs[best]
     bs_ratio = winner.get("data.batch_size", 1) / start.get("data.batch_size", 1)
     ratio, lo, hi = bootstrap_ratio_rounds(steps["start"], steps[best])
     per_round = [float(np.median(a) / np.median(b)) * bs_ratio for a, b in zip(steps["start"], steps[best])]
     return {"winner": winner, "speedup": ratio * bs_ratio, "ci_low": lo * bs_ratio, "ci_high": hi * bs_ratio,
-            "rounds": rounds, "speedup_per_round": per_round, "finalists": finals}
+            "rounds": rounds, "speedup_per_round": per_round, "finalists": finals, "start_samples_per_s_per_round": start_rounds}
 
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
@@ -186,17 +193,29 @@ def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
             "samples": int(run.trainer.counters["samples_seen"]), "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
 
 
+def brief(values: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """What tune.json keeps of one measured cell (the full record is in cells.jsonl)."""
+    return {"values": values, **{k: record.get(k) for k in ("cell_id", "status", "reason", "samples_per_s", "guards_ok")}}
+
+
 def format_report(result: dict[str, Any]) -> str:
     start, winner = result["start"], result["winner"]
+    rechecked = result.get("rechecks") or []
     lines = [f"# bench.tune: {result['config']}", "",
              f"{len(result['trials'])} configurations tried in {result['search_seconds']:.0f} s"
-             + (" (time budget reached)" if result["budget_exhausted"] else "") + ".", "",
-             "| configuration (changes from start) | status | samples/s | guards |", "|---|---|---:|---|"]
+             + (" (time budget reached)" if result["budget_exhausted"] else "")
+             + (f"; {len(rechecked)} readings taken again for close calls (within {result['recheck_band']:.0%}), "
+                "where samples/s is the geometric mean of the two readings" if rechecked else "") + ".", "",
+             "| configuration (changes from start) | status | samples/s | readings | guards |", "|---|---|---:|---|---|"]
     for t in result["trials"]:
         changes = ", ".join(f"{k}={v}" for k, v in t["values"].items() if v != start.get(k)) or "(start)"
-        sps = f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else ""
+        readings = t.get("readings") or []
+        sps = f"{t['score']:,.0f}" if t.get("score") else (f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else "")
+        both = " / ".join(f"{x:,.0f}" for x in readings) if len(readings) > 1 else ""
         g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
-        lines.append(f"| {changes} | {t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''} | {sps} | {g} |")
+        if any(r["values"] == t["values"] and not (r["status"] == "ok" and r.get("guards_ok")) for r in rechecked):
+            g += " (second reading FAILED)"
+        lines.append(f"| {changes} | {t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''} | {sps} | {both} | {g} |")
     changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in winner.items() if v != start.get(k)) or "none (the start is fastest)"
     lines += ["", f"**Winner**: {changes}"]
     f = result.get("final")
@@ -213,7 +232,8 @@ def format_report(result: dict[str, Any]) -> str:
         if f.get("note"):
             lines += ["", f["note"]]
     if result["contributions"]:
-        lines += ["", "What each lever gives on its own (start + that one change):", "",
+        lines += ["", "What each lever gives on its own (start + that one change; one reading each, against the start's "
+                  f"samples/s pooled over its {result.get('start_readings', 1)} readings):", "",
                   "| lever | from | to | speedup | guards |", "|---|---|---|---:|---|"]
         for c in result["contributions"]:
             sp = f"{c['speedup']:.2f}x" if c["speedup"] is not None else c["status"]
@@ -272,7 +292,9 @@ def main(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     env = {**environment_info(), "command": sys.argv, "config": args.config, "space": space, "threads": threads}
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
-    known = {values_key(r["axes"]): r for r in read_records(run_dir / "cells.jsonl") if r.get("role", "search") == "search"}
+    records = read_records(run_dir / "cells.jsonl")
+    known = {values_key(r["axes"]): r for r in records if r.get("role", "search") == "search"}
+    known_rechecks = {values_key(r["axes"]): r for r in records if r.get("role") == RECHECK}
     measure = CellMeasure(base, run_dir, start, threads, args.config)
     mem_cap = args.mem_cap_mb
     if mem_cap is None:
@@ -286,8 +308,9 @@ def main(args: argparse.Namespace) -> int:
         # those), estimated from what a trial has cost so far.
         return (searcher.trial_seconds or 0.0) * (final_cells * FINAL_COST + max(0, len(space) - 1))
 
-    searcher = Searcher(measure, args.budget_s - (time.monotonic() - t_start), known=known, reserve_s=reserve_s)
-    result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap)
+    searcher = Searcher(measure, args.budget_s - (time.monotonic() - t_start), known=known, reserve_s=reserve_s,
+                        known_rechecks=known_rechecks)
+    result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap, recheck_band=RECHECK_BAND)
     if not usable(result.start_record):
         raise ConfigError(f"{args.config}: the starting configuration did not pass its guards or failed "
                           f"({result.start_record.get('reason') or result.start_record.get('guards')}); nothing to compare against")
@@ -298,17 +321,22 @@ def main(args: argparse.Namespace) -> int:
     winner = final["winner"] if final else start
     if final and final["ci_high"] < 1.0:  # every finalist is slower than the start when re-measured
         winner = start
-    contrib = contributions(start, winner, searcher)
+    # Against every reading of the start (search and final rounds), not its first one: the contribution
+    # cells are measured last, minutes after the search's start reading.
+    start_sps = pooled(searcher.readings(start) + (final["start_samples_per_s_per_round"] if final else []))
+    contrib = contributions(start, winner, searcher, start_sps=start_sps)
 
     winner_config = measure.config(winner)
     winner_yaml = run_dir / "winner.yaml"
     winner_yaml.write_text(yaml.safe_dump(winner_config.to_dict(), sort_keys=False))
     out: dict[str, Any] = {
         "config": args.config, "space": space, "start": start, "winner": winner, "search_best": result.winner,
-        "trials": [{"values": v, **{k: r.get(k) for k in ("cell_id", "status", "reason", "samples_per_s", "guards_ok")}}
+        "trials": [{**brief(v, r), "readings": result.readings.get(values_key(v), []), "score": result.score(v)}
                    for v, r in result.trials],
+        "recheck_band": RECHECK_BAND, "rechecks": [brief(v, r) for v, r in result.rechecks],
         "budget_exhausted": result.budget_exhausted, "passes": result.passes, "search_seconds": search_seconds,
-        "contributions": contrib, "final": final, "winner_yaml": str(winner_yaml),
+        "contributions": contrib, "final": final, "winner_yaml": str(winner_yaml), "start_samples_per_s": start_sps,
+        "start_readings": len(searcher.readings(start)) + len(final["start_samples_per_s_per_round"] if final else []),
     }
     if args.check_accuracy:
         out["accuracy"] = {"seconds": args.accuracy_seconds,

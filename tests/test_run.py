@@ -157,3 +157,55 @@ def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> 
     assert len(progress) == 3 - len(first)  # only the missing cells were launched
     assert not any(f"] {c}:" in ln for ln in progress for c in done)
     assert resumed.stdout.strip().splitlines()[-1] == f"results: {d}"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first, then ppid); None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _live_cell_children(parent: int) -> list[int]:
+    """Pids of running ``bench.cell`` processes whose parent is ``parent``."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _proc_stat(int(entry.name))
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended while we looked
+        if fields and int(fields[1]) == parent and fields[0] != "Z" and b"bench.cell" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> None:
+    # A CI timeout or `kill` sends SIGTERM to the runner only: its cell process must not live on,
+    # still burning the CPU that the next job measures on.
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--profiles", str(tmp_path / "p"), "--filter", "device=cpu"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        children: list[int] = []
+        while not children and time.time() < deadline and proc.poll() is None:
+            children = _live_cell_children(proc.pid)
+            time.sleep(0.05)
+        assert children, "no cell process appeared"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "bench.run: terminated (SIGTERM)"
+    still_running = [pid for pid in children if (_proc_stat(pid) or ["Z"])[0] != "Z"]
+    assert not still_running
+    cells = _run_dir(out) / "cells.jsonl"
+    for line in cells.read_text().splitlines() if cells.exists() else []:
+        json.loads(line)  # what was recorded before the signal is intact

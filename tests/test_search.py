@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from bench.search import Searcher, contributions, coordinate_search, usable
+from bench.search import Searcher, contributions, coordinate_search, finalists, usable, values_key
 
 SPACE = {"precision": ["fp32", "bf16"], "model.memory_format": ["contiguous", "channels_last"],
          "data.batch_size": [32, 64, 128, 256, 512], "data.num_workers": [0, 2], "train.compile": ["off", "default"]}
@@ -85,6 +85,9 @@ def test_contributions_one_change_at_a_time() -> None:
     rows = {r["axis"]: r for r in contributions(START, winner, searcher)}
     assert set(rows) == {"precision", "data.num_workers"}
     assert rows["precision"]["speedup"] == pytest.approx(1.5) and rows["data.num_workers"]["speedup"] == pytest.approx(1.2)
+    # against the start's pooled samples/s when given (the start read 900 here, the pool says 1,000)
+    rows = {r["axis"]: r for r in contributions(START, winner, searcher, start_sps=1000.0)}
+    assert rows["precision"]["speedup"] == pytest.approx(1.5 * 0.9)
 
 
 def test_finalists_are_the_fastest_distinct_usable_trials() -> None:
@@ -105,3 +108,96 @@ def test_contributions_are_complete_even_after_the_budget() -> None:
     now[0] = 100.0  # budget long spent
     winner = {**START, "precision": "bf16", "data.batch_size": 128}
     assert {r["axis"] for r in contributions(START, winner, searcher)} == {"precision", "data.batch_size"}
+
+
+def _noisy(first_reading: dict[str, float], recheck_guard_fails: set[str] = frozenset()) -> tuple[Any, list[tuple[str, str | None]]]:
+    """The planted landscape read through noise: a configuration's first reading is scaled by
+    ``first_reading[key]`` (default 1), its second reading is the true value."""
+    calls: list[tuple[str, str | None]] = []
+
+    def measure(values: dict[str, Any], label: str | None = None) -> dict[str, Any]:
+        key = values_key(values)
+        calls.append((key, label))
+        rec = fake(values)
+        if label is None:
+            rec["samples_per_s"] *= first_reading.get(key, 1.0)
+        elif key in recheck_guard_fails:
+            rec["guards_ok"] = False
+        return rec
+
+    return measure, calls
+
+
+CL = {**START, "model.memory_format": "channels_last"}
+CL_SPACE = {"model.memory_format": ["contiguous", "channels_last"]}
+
+
+def test_a_close_call_gets_a_second_reading_of_both_sides() -> None:
+    # channels_last is truly 1.3x the start, but its first reading came out at 0.75 of its true
+    # value, 0.975x the start: within 15%, so too close to call on one reading each.
+    measure, calls = _noisy({values_key(CL): 0.75})
+    plain = coordinate_search(START, CL_SPACE, Searcher(measure, 1e9))
+    assert plain.winner == START  # one unlucky reading loses a real 1.3x lever
+
+    measure, calls = _noisy({values_key(CL): 0.75})
+    result = coordinate_search(START, CL_SPACE, Searcher(measure, 1e9), recheck_band=0.15)
+    assert result.winner == CL
+    assert calls == [(values_key(START), None), (values_key(CL), None), (values_key(START), "recheck"), (values_key(CL), "recheck")]
+    true_cl = fake(CL)["samples_per_s"]
+    assert result.readings[values_key(CL)] == pytest.approx([0.75 * true_cl, true_cl])
+    assert result.score(CL) == pytest.approx((0.75 * true_cl * true_cl) ** 0.5)
+    assert [v for v, _ in result.rechecks] == [START, CL]
+
+
+def test_clear_differences_are_not_measured_twice() -> None:
+    measure, calls = _noisy({})
+    result = coordinate_search(START, SPACE, Searcher(measure, 1e9), recheck_band=0.05)
+    # every step of the planted landscape is more than 5% (and then 2% min_gain) apart
+    assert all(label is None for _, label in calls) and not result.rechecks
+    assert result.winner["model.memory_format"] == "channels_last"
+
+
+def test_a_guard_that_fails_on_the_second_reading_disqualifies() -> None:
+    measure, _ = _noisy({values_key(CL): 0.75}, recheck_guard_fails={values_key(CL)})
+    result = coordinate_search(START, CL_SPACE, Searcher(measure, 1e9), recheck_band=0.15)
+    assert result.winner == START and result.score(CL) == 0.0
+    assert finalists(result, k=3) == []  # never a finalist either
+
+
+def test_finalists_are_ranked_by_pooled_readings() -> None:
+    from bench.search import SearchResult
+
+    a, b = {**START, "precision": "bf16"}, CL
+    ok = {"status": "ok", "guards_ok": True}
+    # a: one reading of 1,100; b: first reading 1,000, second 1,400 (pooled 1,183): b ranks first
+    result = SearchResult(START, b, {**ok, "samples_per_s": 900.0}, {**ok, "samples_per_s": 1000.0},
+                          trials=[(START, {**ok, "samples_per_s": 900.0}), (a, {**ok, "samples_per_s": 1100.0}),
+                                  (b, {**ok, "samples_per_s": 1000.0})],
+                          scores={values_key(START): 900.0, values_key(a): 1100.0, values_key(b): (1000.0 * 1400.0) ** 0.5})
+    assert finalists(result, k=2) == [b, a]
+
+
+def test_rechecks_of_an_earlier_run_are_reused() -> None:
+    measure, _ = _noisy({values_key(CL): 0.75})
+    first = Searcher(measure, 1e9)
+    coordinate_search(START, CL_SPACE, first, recheck_band=0.15)
+    again, calls = _noisy({})
+    result = coordinate_search(START, CL_SPACE, Searcher(again, 1e9, known=first.cache, known_rechecks=first.recheck_cache),
+                               recheck_band=0.15)
+    assert calls == [] and result.winner == CL
+
+
+def test_every_lever_gets_a_reading_before_a_close_call_gets_a_second() -> None:
+    space = {**CL_SPACE, "data.num_workers": [2, 0], "train.compile": ["off", "default"]}
+    for budget, rechecked in ((45.0, False), (1e9, True)):
+        now = [0.0]
+        measure, calls = _noisy({values_key(CL): 0.75})
+
+        def timed(values: dict[str, Any], *label: str) -> dict[str, Any]:
+            now[0] += 10.0  # each measurement: 10 "seconds"
+            return measure(values, *label)
+
+        result = coordinate_search(START, space, Searcher(timed, budget, clock=lambda: now[0]), recheck_band=0.15)
+        tried = {k for v, _ in result.trials for k in space if v[k] != START[k]}
+        assert tried == set(space)  # all three levers read at least once
+        assert bool(result.rechecks) is rechecked  # at 45 s the close call had to wait: 2 rechecks + 2 untried > budget
