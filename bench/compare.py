@@ -1,7 +1,10 @@
 """``python -m bench.compare RESULTS_A RESULTS_B``: did B get slower than A?
 
 Cells are matched by their axis values. For each pair, the throughput ratio B/A (from median step
-times) gets a 95% bootstrap confidence interval from the per-step samples in ``cells.jsonl``. A change
+times) gets a 95% bootstrap confidence interval from the per-step samples in ``cells.jsonl``. A
+configuration measured more than once in a run (``bench.tune``: search reading, second reading, final
+rounds) is compared on all its readings: pooled steps for the ratio, and a bootstrap that resamples
+whole readings before steps, so the drift between readings widens the interval. A change
 is significant when the interval excludes 1 *and* the change is larger than the noise threshold: the
 larger of ``--min-threshold`` and half the between-repeat spread measured in either run. With
 ``--fail-threshold PCT``, a significant slowdown of more than PCT% exits with code 1; so does a guard
@@ -39,14 +42,37 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, 
         raise CompareError(f"{path}: no cells.jsonl (expected a results/<run-id> directory)")
     env_path = cells.parent / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    records: dict[str, dict[str, Any]] = {}
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for line in cells.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a killed run
-        records[axis_key(r.get("axes") or {})] = r
-    return env, records
+        grouped.setdefault(axis_key(r.get("axes") or {}), []).append(r)
+    return env, {k: rs[0] if len(rs) == 1 else merge_readings(rs) for k, rs in grouped.items()}
+
+
+_GUARD_RANK = {"pass": 0, "nondeterministic": 1, "fail": 2, "error": 3}
+
+
+def merge_readings(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for several readings of one configuration: measured readings pooled (their step
+    times kept apart in ``readings_step_s``), each guard at its worst status over all readings."""
+    ok = [r for r in records if r.get("status") == "ok" and r.get("step_s")]
+    merged = dict(ok[0] if ok else records[-1])
+    guards: dict[str, dict[str, Any]] = {}
+    for r in records:
+        for name, g in (r.get("guards") or {}).items():
+            if _GUARD_RANK.get(g.get("status"), 0) >= _GUARD_RANK.get(guards.get(name, {}).get("status"), 0):
+                guards[name] = g
+    merged["guards"] = guards
+    if ok:
+        merged["readings_step_s"] = [r["step_s"] for r in ok]
+        merged["step_s"] = [x for r in ok for x in r["step_s"]]
+        merged["samples_per_s"] = float(np.exp(np.mean(np.log([r["samples_per_s"] for r in ok]))))
+        merged["repeat_spread_pct"] = max(r.get("repeat_spread_pct") or 0.0 for r in ok)
+    merged["readings"] = len(ok)
+    return merged
 
 
 def axis_key(axes: dict[str, Any]) -> str:
@@ -72,14 +98,29 @@ def bootstrap_ratio_rounds(a_rounds: Sequence[Sequence[float]], b_rounds: Sequen
     """
     if len(a_rounds) != len(b_rounds) or not a_rounds:
         raise ValueError("need the same, non-zero number of rounds for A and B")
-    a = [np.asarray(r, dtype=float) for r in a_rounds]
-    b = [np.asarray(r, dtype=float) for r in b_rounds]
+    return _two_level_bootstrap(a_rounds, b_rounds, n, seed, paired=True)
+
+
+def bootstrap_ratio_readings(a_readings: Sequence[Sequence[float]], b_readings: Sequence[Sequence[float]], n: int = 2000,
+                             seed: int = 0) -> tuple[float, float, float]:
+    """:func:`bootstrap_ratio_rounds` for readings that are not paired (two runs, each with one or more
+    readings of a configuration): A's and B's readings are resampled independently."""
+    if not a_readings or not b_readings:
+        raise ValueError("need at least one reading of A and of B")
+    return _two_level_bootstrap(a_readings, b_readings, n, seed, paired=False)
+
+
+def _two_level_bootstrap(a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]], n: int, seed: int,
+                         paired: bool) -> tuple[float, float, float]:
+    a = [np.asarray(r, dtype=float) for r in a_groups]
+    b = [np.asarray(r, dtype=float) for r in b_groups]
     rng = np.random.default_rng(seed)
     ratios = np.empty(n)
     for i in range(n):
-        picked = rng.integers(0, len(a), size=len(a))
-        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in picked])
-        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in picked])
+        pick_a = rng.integers(0, len(a), size=len(a))
+        pick_b = pick_a if paired else rng.integers(0, len(b), size=len(b))
+        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in pick_a])
+        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in pick_b])
         ratios[i] = np.median(ra) / np.median(rb)
     point = float(np.median(np.concatenate(a)) / np.median(np.concatenate(b)))
     return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
@@ -93,7 +134,10 @@ def compare_cell(a: dict[str, Any], b: dict[str, Any], min_threshold_pct: float)
     if a.get("status") != "ok" or b.get("status") != "ok" or not a.get("step_s") or not b.get("step_s"):
         out["verdict"] = "not compared"
         return out
-    ratio, lo, hi = bootstrap_ratio(a["step_s"], b["step_s"])
+    if "readings_step_s" in a or "readings_step_s" in b:
+        ratio, lo, hi = bootstrap_ratio_readings(a.get("readings_step_s") or [a["step_s"]], b.get("readings_step_s") or [b["step_s"]])
+    else:
+        ratio, lo, hi = bootstrap_ratio(a["step_s"], b["step_s"])
     noise = max(min_threshold_pct, 0.5 * (a.get("repeat_spread_pct") or 0.0), 0.5 * (b.get("repeat_spread_pct") or 0.0))
     change_pct = 100.0 * (ratio - 1.0)
     if hi < 1.0 and -change_pct > noise:
@@ -102,7 +146,8 @@ def compare_cell(a: dict[str, Any], b: dict[str, Any], min_threshold_pct: float)
         verdict = FASTER
     else:
         verdict = SAME
-    out.update(samples_per_s_a=a.get("samples_per_s"), samples_per_s_b=b.get("samples_per_s"), ratio=ratio,
+    out.update(samples_per_s_a=a.get("samples_per_s"), samples_per_s_b=b.get("samples_per_s"),
+               readings_a=a.get("readings", 1), readings_b=b.get("readings", 1), ratio=ratio,
                ci_low=lo, ci_high=hi, change_pct=change_pct, noise_threshold_pct=noise, verdict=verdict)
     return out
 
@@ -136,7 +181,9 @@ def format_table(result: dict[str, Any], markdown: bool = False) -> str:
     body = []
     for r in result["rows"]:
         if "ratio" in r:
-            body.append([r["cell_id"], f"{r['samples_per_s_a']:,.0f}", f"{r['samples_per_s_b']:,.0f}", f"{r['ratio']:.3f}",
+            n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
+            body.append([r["cell_id"], f"{r['samples_per_s_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
+                         f"{r['samples_per_s_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""), f"{r['ratio']:.3f}",
                          f"{r['ci_low']:.3f}-{r['ci_high']:.3f}", f"±{r['noise_threshold_pct']:.1f}%", r["verdict"],
                          ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "ok"])
         else:

@@ -110,3 +110,38 @@ def test_round_bootstrap_sees_drift_between_rounds_that_pooled_steps_hide() -> N
     assert one[1] <= one[0] <= one[2]
     with pytest.raises(ValueError):
         bootstrap_ratio_rounds(a_rounds, b_rounds[:2])
+
+
+def _write_readings(d: Path, seed: int, drifts: list[float], step: float, guard_status: list[str] | None = None) -> Path:
+    """One configuration read len(drifts) times (as bench.tune does), each reading at its own machine speed."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True)
+    axes = {"precision": "bf16", "data.batch_size": 128}
+    lines = []
+    for i, drift in enumerate(drifts):
+        steps = (step * drift * (1 + 0.01 * rng.standard_normal(60))).tolist()
+        guards = {**PASS, "overfit": {"name": "overfit", "status": (guard_status or ["pass"] * len(drifts))[i], "detail": ""}}
+        lines.append(json.dumps({"cell_id": f"t{i + 1:02d}-x", "axes": axes, "status": "ok", "step_s": steps,
+                                 "samples_per_s": 128 / float(np.median(steps)), "repeat_spread_pct": 1.0, "guards": guards}))
+    (d / "cells.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def test_repeated_readings_are_pooled_and_their_drift_widens_the_interval(tmp_path: Path) -> None:
+    from bench.compare import load_results
+
+    a = _write_readings(tmp_path / "a", 1, [1.0, 1.15, 0.9, 1.05], step=0.030)
+    b = _write_readings(tmp_path / "b", 2, [1.1, 0.95, 1.0, 0.85], step=0.030, guard_status=["pass", "fail", "pass", "pass"])
+    _, cells = load_results(b)
+    (rec,) = cells.values()
+    assert rec["readings"] == 4 and len(rec["readings_step_s"]) == 4 and len(rec["step_s"]) == 240
+    assert rec["guards"]["overfit"]["status"] == "fail"  # one failing reading is a failing configuration
+    row = compare(a, b)["rows"][0]
+    assert row["readings_a"] == row["readings_b"] == 4 and row["guard_regressions"] == ["overfit"]
+    # the same steps pooled as if each run had one reading: a much tighter, over-confident interval
+    def all_steps(d: Path) -> list[float]:
+        return [x for line in (d / "cells.jsonl").read_text().splitlines() for x in json.loads(line)["step_s"]]
+
+    _, lo, hi = bootstrap_ratio(all_steps(a), all_steps(b))
+    assert row["ci_high"] - row["ci_low"] > 2 * (hi - lo)
+    assert row["verdict"] == SAME  # same true speed, drift only
