@@ -7,7 +7,7 @@ import pytest
 
 from bench import train as train_cli
 from bench import tune as tune_cli
-from bench.tune import default_space, parse_axes, train_for_seconds
+from bench.tune import default_space, ordered, parse_axes, train_for_seconds
 from conftest import REPO, tiny_overrides
 from trainer_core.config import load_config
 
@@ -21,6 +21,10 @@ def test_parse_axes_and_default_space() -> None:
     assert space["data.pipeline"] == ["classic", "tensor"] and "fp32" in space["precision"]
     assert "model.memory_format" in space and space["data.num_workers"][0] == 0
     assert space["optim.fused"] == [None, True]  # torch's default is the start; fused runs on CPU in torch >= 2.4
+    # the input pipeline is judged once compute is fast (see AXIS_ORDER); compilation last; unknown axes after all
+    order = list(ordered({**space, "train.threads": [1, 2]}))
+    assert order.index("data.pipeline") > max(order.index(k) for k in ("precision", "model.memory_format", "data.batch_size"))
+    assert order[-2:] == ["train.compile", "train.threads"]
 
 
 def test_default_space_leaves_out_levers_the_device_or_config_cannot_take(monkeypatch: pytest.MonkeyPatch) -> None:
