@@ -83,13 +83,16 @@ class Searcher:
         self.trials: list[tuple[dict[str, Any], Record]] = []
         self.rechecks: list[tuple[dict[str, Any], Record]] = []
         self._visited: set[str] = set()
-        self._measured_s = 0.0
-        self._measured_n = 0
+        self._durations: list[float] = []  # wall time of each measurement this searcher made
 
     @property
     def trial_seconds(self) -> float | None:
-        """Mean wall time of one measurement made by this searcher (None before the first)."""
-        return self._measured_s / self._measured_n if self._measured_n else None
+        """Mean wall time of one measurement made by this searcher, the first left out; None before
+        the second. The first pays for cold caches (torch's libraries read from disk after an install
+        or another venv evicted them: 34 s against ~14 s for the next cells here); counted, it made the
+        reserve for the final rounds exceed the whole budget and the search stopped after the start."""
+        later = self._durations[1:]
+        return sum(later) / len(later) if later else None
 
     def time_left(self) -> float:
         """Seconds of the budget left for measuring, after the reserve."""
@@ -123,23 +126,23 @@ class Searcher:
             self.rechecks.append((dict(values), record))
         return record
 
+    def _records(self, values: dict[str, Any]) -> list[Record]:
+        key = values_key(values)
+        return [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
+
     def readings(self, values: dict[str, Any]) -> list[float]:
         """samples/s of this configuration's guard-passing readings so far."""
-        key = values_key(values)
-        records = [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
-        return [r["samples_per_s"] for r in records if usable(r)]
+        return [r["samples_per_s"] for r in self._records(values) if usable(r)]
 
     def score(self, values: dict[str, Any]) -> float:
         """Pooled samples/s; 0 if any reading failed or broke a guard (a flaky guard disqualifies)."""
-        key = values_key(values)
-        records = [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
+        records = self._records(values)
         return pooled(self.readings(values)) if records and all(usable(r) for r in records) else 0.0
 
     def _timed(self, values: dict[str, Any], *label: str) -> Record:
         t0 = self.clock()
         record = self.measure(dict(values), *label)
-        self._measured_s += self.clock() - t0
-        self._measured_n += 1
+        self._durations.append(self.clock() - t0)
         return record
 
 
@@ -156,15 +159,14 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
 
     def better(candidate: dict[str, Any], untried: int) -> bool:
         new, old = searcher.score(candidate), searcher.score(current)
-        if new == 0.0 or old == 0.0:
-            return new > 0.0
-        if abs(math.log(new / old)) < math.log1p(recheck_band) and searcher.can_afford(2 + untried):
+        close = new > 0.0 and old > 0.0 and abs(math.log(new / old)) < math.log1p(recheck_band)
+        if close and searcher.can_afford(2 + untried):
             # Current first: its reading is the older one, so the second readings pair up in time.
             for values in (current, candidate):
                 searcher.recheck(values)
             new, old = searcher.score(candidate), searcher.score(current)
-            if new == 0.0 or old == 0.0:
-                return new > 0.0
+        if new == 0.0 or old == 0.0:
+            return new > 0.0
         return new > old * (1 + min_gain)
 
     exhausted = False

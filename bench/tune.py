@@ -48,7 +48,7 @@ TUNE_MEASURE = MeasureConfig(warmup_steps=5, max_warmup_s=8, settle_window=3, mi
 # much: two cells of one configuration a minute apart differ far more (up to ~20%) than a longer timed
 # stretch would fix, so time goes to rounds (pairs close in time) rather than to longer cells.
 FINAL_MEASURE = TUNE_MEASURE.model_copy(update={"min_time_s": 2.0, "max_time_s": 5.0})
-FINAL_COST = 1.2  # wall time of a final cell relative to a search trial (3 s / 8 s cells measured 1.45x here)
+FINAL_COST = 1.2  # wall time of a final cell relative to a search trial (measured here: ~17 s vs ~14 s)
 TUNE_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
 # Two readings of one configuration differ by up to ~15% here (see bench.search): closer calls get a second reading.
 RECHECK_BAND = 0.15
@@ -225,7 +225,10 @@ def format_report(result: dict[str, Any]) -> str:
         if any(r["values"] == t["values"] and not (r["status"] == "ok" and r.get("guards_ok")) for r in rechecked):
             g += " (second reading FAILED)"
         lines.append(f"| {changes} | {t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''} | {sps} | {both} | {g} |")
-    changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in winner.items() if v != start.get(k)) or "none (the start is fastest)"
+    unmeasured = len(result["trials"]) < 2
+    changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in winner.items() if v != start.get(k)) or (
+        "none: the budget ran out before any other configuration was measured (raise --budget-s)" if unmeasured
+        else "none (the start is fastest)")
     lines += ["", f"**Winner**: {changes}"]
     f = result.get("final")
     if f:
@@ -332,7 +335,8 @@ def main(args: argparse.Namespace) -> int:
         winner = start
     # Against every reading of the start (search and final rounds), not its first one: the contribution
     # cells are measured last, minutes after the search's start reading.
-    start_sps = pooled(searcher.readings(start) + (final["start_samples_per_s_per_round"] if final else []))
+    start_samples = searcher.readings(start) + (final["start_samples_per_s_per_round"] if final else [])
+    start_sps = pooled(start_samples)
     contrib = contributions(start, winner, searcher, start_sps=start_sps)
 
     winner_config = measure.config(winner)
@@ -345,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
         "recheck_band": RECHECK_BAND, "rechecks": [brief(v, r) for v, r in result.rechecks],
         "budget_exhausted": result.budget_exhausted, "passes": result.passes, "search_seconds": search_seconds,
         "contributions": contrib, "final": final, "winner_yaml": str(winner_yaml), "start_samples_per_s": start_sps,
-        "start_readings": len(searcher.readings(start)) + len(final["start_samples_per_s_per_round"] if final else []),
+        "start_readings": len(start_samples),
     }
     if args.check_accuracy:
         out["accuracy"] = {"seconds": args.accuracy_seconds,

@@ -201,3 +201,20 @@ def test_every_lever_gets_a_reading_before_a_close_call_gets_a_second() -> None:
         tried = {k for v, _ in result.trials for k in space if v[k] != START[k]}
         assert tried == set(space)  # all three levers read at least once
         assert bool(result.rechecks) is rechecked  # at 45 s the close call had to wait: 2 rechecks + 2 untried > budget
+
+
+def test_a_slow_first_cell_does_not_spend_the_budget_estimate() -> None:
+    # The first cell of a run pays for cold caches (34 s here, then ~14 s per cell): costed at 34 s,
+    # a reserve of 20 cells (680 s) exceeded the whole budget and the search stopped after the start.
+    now = [0.0]
+
+    def measure(v: dict) -> dict:
+        now[0] += 34.0 if not now[0] else 14.0
+        return fake(v)
+
+    searcher = Searcher(measure, budget_s=540.0, clock=lambda: now[0], reserve_s=lambda s: 20 * (s.trial_seconds or 0))
+    result = coordinate_search(START, SPACE, searcher)
+    assert searcher.trial_seconds == 14.0
+    # trials may start until 540 - 20 x 14 = 260 s: the whole search (34 + 14 x 14 = 230 s) fits
+    assert not result.budget_exhausted and len(result.trials) == 15
+    assert result.winner == coordinate_search(START, SPACE, Searcher(fake, 1e9)).winner

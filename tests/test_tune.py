@@ -63,6 +63,15 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["test_accuracy"] > 0.9
 
 
+def test_a_budget_spent_on_the_start_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = tune_cli.cli(["--config", TABULAR, "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512",
+                       "--budget-s", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    report = capsys.readouterr().out
+    assert "none: the budget ran out before any other configuration was measured (raise --budget-s)" in report
+    assert "the start is fastest" not in report  # it was never compared with anything
+
+
 def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert tune_cli.cli(["--config", TABULAR, "--axes", "precision=fp8", "--out", str(tmp_path)]) == 2
     assert "--axes precision=fp8: precision: unknown precision 'fp8'" in capsys.readouterr().err
