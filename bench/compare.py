@@ -24,6 +24,7 @@ import numpy as np
 
 from bench._cli import make_parser, run_cli
 from bench.matrix import GUARDS
+from bench.search import pooled
 from trainer_core.errors import TrainbenchError
 
 ENV_KEYS = ("torch", "cuda", "cudnn", "cpu", "gpus", "torch_threads", "threads")
@@ -69,7 +70,7 @@ def merge_readings(records: list[dict[str, Any]]) -> dict[str, Any]:
     if ok:
         merged["readings_step_s"] = [r["step_s"] for r in ok]
         merged["step_s"] = [x for r in ok for x in r["step_s"]]
-        merged["samples_per_s"] = float(np.exp(np.mean(np.log([r["samples_per_s"] for r in ok]))))
+        merged["samples_per_s"] = pooled([r["samples_per_s"] for r in ok])
         merged["repeat_spread_pct"] = max(r.get("repeat_spread_pct") or 0.0 for r in ok)
     merged["readings"] = len(ok)
     return merged

@@ -222,7 +222,7 @@ def format_report(result: dict[str, Any]) -> str:
         sps = f"{t['score']:,.0f}" if t.get("score") else (f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else "")
         both = " / ".join(f"{x:,.0f}" for x in readings) if len(readings) > 1 else ""
         g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
-        if any(r["values"] == t["values"] and not (r["status"] == "ok" and r.get("guards_ok")) for r in rechecked):
+        if g == "ok" and not t.get("score"):  # a passing first reading scores 0 only when its second one failed
             g += " (second reading FAILED)"
         lines.append(f"| {changes} | {t['status']}{': ' + t['reason'] if t.get('reason') and t['status'] != 'ok' else ''} | {sps} | {both} | {g} |")
     unmeasured = len(result["trials"]) < 2
