@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,7 @@ class Searcher:
         self.rechecks: list[tuple[dict[str, Any], Record]] = []
         self._visited: set[str] = set()
         self._durations: list[float] = []  # wall time of each measurement this searcher made
+        self._seconds: dict[str, list[float]] = {}  # the same, by configuration, the first one left out
 
     @property
     def trial_seconds(self) -> float | None:
@@ -94,6 +95,17 @@ class Searcher:
         later = self._durations[1:]
         return sum(later) / len(later) if later else None
 
+    def measured(self, values: dict[str, Any]) -> bool:
+        """Has ``values`` a reading (this run's, or an earlier run's given as ``known``)?"""
+        return values_key(values) in self.cache
+
+    def cost(self, values: dict[str, Any]) -> float:
+        """What measuring ``values`` again should take: its own readings' mean wall time when this
+        searcher timed any (a compiled or classic-pipeline cell costs up to twice an average one),
+        else the average trial (0 before two measurements)."""
+        own = self._seconds.get(values_key(values))
+        return sum(own) / len(own) if own else (self.trial_seconds or 0.0)
+
     def time_left(self) -> float:
         """Seconds of the budget left for measuring, after the reserve."""
         return self.budget_s - self.reserve_s(self) - (self.clock() - self.t0)
@@ -101,7 +113,7 @@ class Searcher:
     def out_of_time(self) -> bool:
         return self.time_left() < 0
 
-    def can_afford(self, n: int) -> bool:
+    def can_afford(self, n: float) -> bool:
         """Time for ``n`` more measurements at the cost measured so far?"""
         return self.time_left() >= n * (self.trial_seconds or 0.0)
 
@@ -142,22 +154,45 @@ class Searcher:
     def _timed(self, values: dict[str, Any], *label: str) -> Record:
         t0 = self.clock()
         record = self.measure(dict(values), *label)
-        self._durations.append(self.clock() - t0)
+        seconds = self.clock() - t0
+        if self._durations:  # not the first: that one pays for cold caches (see trial_seconds)
+            self._seconds.setdefault(values_key(values), []).append(seconds)
+        self._durations.append(seconds)
         return record
+
+
+class _BudgetSpent(Exception):
+    """Raised inside the search when no further trial fits the time budget."""
 
 
 def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], searcher: Searcher, *,
                       min_gain: float = 0.02, max_passes: int = 3, mem_cap_mb: float | None = None,
-                      batch_key: str = "data.batch_size", recheck_band: float = 0.0) -> SearchResult:
-    """``recheck_band``: candidates within this share of the current best (either side) get a second
+                      batch_key: str = "data.batch_size", recheck_band: float = 0.0,
+                      late_axes: Collection[str] = (), late_trial_cost: float = 1.0) -> SearchResult:
+    """Coordinate search over ``space`` from ``start``.
+
+    ``recheck_band``: candidates within this share of the current best (either side) get a second
     reading of both before the decision (0: never; bench.tune uses 0.15). In the first pass a recheck
     is only taken while the budget still covers every value not yet tried once: every lever gets a
-    reading before any close call gets a second one."""
+    reading before any close call gets a second one.
+
+    Levers interact: behind a bottleneck (a slow input pipeline) a compute lever reads as nothing, and
+    the batch size that wins depends on both. So passes repeat while one changes something; a
+    configuration already measured is not measured again, so a later pass only pays for axes judged
+    before the last move. From the second pass on, the batch axis tries only the sizes next to the
+    current one, moving on outward while that wins (it has many values and a single best).
+
+    ``late_axes`` (e.g. compilation: slow to try, and every later trial would pay for it) are judged
+    once, after the other axes have settled; later passes stop early enough to leave time for them,
+    costing each of their trials ``late_trial_cost`` ordinary trials.
+    """
     current = dict(start)
     start_record = best = searcher.get(current)
-    axes = list(space)
+    early = [a for a in space if a not in late_axes]
+    late = [a for a in space if a in late_axes]
+    late_units = late_trial_cost * sum(len(space[a]) - 1 for a in late)
 
-    def better(candidate: dict[str, Any], untried: int) -> bool:
+    def better(candidate: dict[str, Any], untried: float) -> bool:
         new, old = searcher.score(candidate), searcher.score(current)
         close = new > 0.0 and old > 0.0 and abs(math.log(new / old)) < math.log1p(recheck_band)
         if close and searcher.can_afford(2 + untried):
@@ -169,31 +204,72 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
             return new > 0.0
         return new > old * (1 + min_gain)
 
-    exhausted = False
-    passes = 0
-    changed = True
-    while changed and passes < max_passes and not exhausted:
-        changed = False
-        passes += 1
-        for i, (axis, values) in enumerate(space.items()):
-            ordered = sorted(values) if axis == batch_key else list(values)
-            later = sum(len(space[a]) - 1 for a in axes[i + 1:]) if passes == 1 else 0
-            for j, value in enumerate(ordered):
-                if value == current.get(axis):
-                    continue
-                if searcher.out_of_time():
-                    exhausted = True
-                    break
-                candidate = {**current, axis: value}
-                record = searcher.get(candidate)
-                too_big = record.get("status") == "failed" or (
-                    mem_cap_mb is not None and (record.get("peak_mem_mb") or 0) > mem_cap_mb)
-                if axis == batch_key and too_big and value > current.get(axis, 0):
-                    break  # larger batches will not fit either
-                if better(candidate, untried=later + (len(ordered) - 1 - j if passes == 1 else 0)):
-                    current, best, changed = candidate, record, True
-            if exhausted:
+    def attempt(axis: str, value: Any, untried: int, reserve_units: float = 0.0) -> str:
+        """Measure the current best with ``axis`` set to ``value``; "moved", "kept" or "too_big"."""
+        nonlocal current, best
+        if searcher.out_of_time() or not searcher.can_afford(reserve_units):
+            raise _BudgetSpent
+        candidate = {**current, axis: value}
+        record = searcher.get(candidate)
+        if axis == batch_key and value > current.get(axis, 0) and (record.get("status") == "failed" or (
+                mem_cap_mb is not None and (record.get("peak_mem_mb") or 0) > mem_cap_mb)):
+            return "too_big"  # larger batches will not fit either
+        if better(candidate, untried + reserve_units):
+            current, best = candidate, record
+            return "moved"
+        return "kept"
+
+    def sweep(axis: str, untried_after: int | None, reserve_units: float = 0.0) -> bool:
+        """Every other value of ``axis``. ``untried_after``: values of later axes not yet read (first
+        pass only, for the recheck coverage rule); None in later passes."""
+        values = sorted(space[axis]) if axis == batch_key else list(space[axis])
+        moved = False
+        for j, value in enumerate(values):
+            if value == current.get(axis):
+                continue
+            untried = 0 if untried_after is None else untried_after + len(values) - 1 - j
+            outcome = attempt(axis, value, untried, reserve_units)
+            if outcome == "too_big":
                 break
+            moved |= outcome == "moved"
+        return moved
+
+    def walk(axis: str, reserve_units: float) -> bool:
+        """The batch sizes next to the current one; on outward while each step wins."""
+        sizes = sorted(space[axis])
+        for step in (1, -1):
+            i, moved = sizes.index(current[axis]) + step, False
+            while 0 <= i < len(sizes) and attempt(axis, sizes[i], 0, reserve_units) == "moved":
+                moved, i = True, i + step
+            if moved:
+                return True
+        return False
+
+    exhausted, passes, changed = False, 0, True
+    try:
+        while changed and passes < max_passes:
+            changed = False
+            passes += 1
+            for i, axis in enumerate(early):
+                if passes == 1:
+                    changed |= sweep(axis, sum(len(space[a]) - 1 for a in early[i + 1:] + late))
+                    continue
+                # Later passes are optional: they stop where the late axes' trials would no longer fit.
+                reserve = late_units + 1
+                try:
+                    if axis == batch_key and current.get(axis) in space[axis]:
+                        changed |= walk(axis, reserve)
+                    else:
+                        changed |= sweep(axis, None, reserve)
+                except _BudgetSpent:
+                    if searcher.out_of_time():
+                        raise
+                    changed = False
+                    break
+        for i, axis in enumerate(late):
+            sweep(axis, sum(len(space[a]) - 1 for a in late[i + 1:]))
+    except _BudgetSpent:
+        exhausted = True
     readings = {values_key(v): searcher.readings(v) for v, _ in searcher.trials}
     scores = {values_key(v): searcher.score(v) for v, _ in searcher.trials}
     return SearchResult(dict(start), current, start_record, best, list(searcher.trials), exhausted, passes,
@@ -221,6 +297,19 @@ def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searc
     return rows
 
 
+def ranked(trials: list[tuple[dict[str, Any], Record]], score: Callable[[dict[str, Any]], float],
+           exclude: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """The k best-scoring distinct configurations among ``trials`` with a score above 0, ``exclude`` left out."""
+    order = sorted((v for v, _ in trials if score(v) > 0 and v != exclude), key=score, reverse=True)
+    out: list[dict[str, Any]] = []
+    for values in order:
+        if values not in out:
+            out.append(values)
+        if len(out) == k:
+            break
+    return out
+
+
 def finalists(result: SearchResult, k: int = 3) -> list[dict[str, Any]]:
     """The k fastest distinct guard-passing configurations the search measured (the start excluded),
     ranked by their pooled readings.
@@ -228,12 +317,4 @@ def finalists(result: SearchResult, k: int = 3) -> list[dict[str, Any]]:
     The search's readings are few and noisy on a shared machine, so the final choice is made by
     re-measuring these side by side, not by the search's readings.
     """
-    ranked = sorted(((v, r) for v, r in result.trials if result.score(v) > 0 and v != result.start),
-                    key=lambda vr: result.score(vr[0]), reverse=True)
-    out: list[dict[str, Any]] = []
-    for values, _ in ranked:
-        if values not in out:
-            out.append(values)
-        if len(out) == k:
-            break
-    return out
+    return ranked(result.trials, result.score, result.start, k)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +28,37 @@ from bench.compare import bootstrap_ratio_rounds
 from bench.matrix import (Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, lever_skip_reason,
                           static_skip_reason)
 from bench.run import append_record, launch_cell, read_records, skipped_record
-from bench.search import RECHECK, Searcher, contributions, coordinate_search, finalists, pooled, usable, values_key
+from bench.search import (RECHECK, Searcher, contributions, coordinate_search, finalists, pooled, ranked, usable,
+                          values_key)
 from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml, validate_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
 from trainer_core.precision import check_support, resolve_device
 from trainer_core.provenance import environment_info
 
-# Order matters: the search makes one pass within the default budget, each lever judged with the
-# levers before it already set. Compute levers first; the input pipeline once compute is fast, because
-# only then does it show: from the fp32 start the tensor pipeline read 0.93-1.06x of the classic one
-# (a coin flip that, lost, left every later cell data-bound: a 1.91x winner), after bf16-true,
-# channels_last and batch 128 about 1.4x. Compilation (slow to try) last.
+# Order matters: each lever is judged with the levers before it already set, and the budget may end
+# the search in its second pass. Compute levers first; the input pipeline once compute is fast,
+# because only then does it show: from the fp32 start the tensor pipeline read 0.93-1.06x of the
+# classic one (a coin flip that, lost, left every later cell data-bound: a 1.91x winner), after
+# bf16 it read 1.4x. Behind the classic pipeline channels_last and batch size read as noise (bf16
+# channels_last 2,011 vs bf16 2,079 samples/s; batch 512 "best"), while behind the tensor pipeline
+# channels_last gave ~1.2x and batch 128-256 beat 512 (in-process probe): the second pass judges
+# them again there.
 AXIS_ORDER = ("precision", "model.memory_format", "data.batch_size", "data.pipeline", "data.num_workers", "optim.fused",
               "train.compile")
+# Judged once, on the configuration the other axes settled on (bench.search: a later pass would try
+# every other lever compiled). A compiled cell cost about two search trials here with a cold inductor
+# cache (27 s vs 13 s); ~1.3 once its on-disk cache was warm (13 s vs 10 s).
+LATE_AXES = ("train.compile",)
+LATE_TRIAL_COST = 2.0
 TUNE_MEASURE = MeasureConfig(warmup_steps=5, max_warmup_s=8, settle_window=3, min_steps=10, min_time_s=1.5,
                              max_time_s=4, repeats=2, cell_timeout_s=600)
 # The side-by-side rounds decide the winner and its speedup. A little longer than a search trial; not
 # much: two cells of one configuration a minute apart differ far more (up to ~20%) than a longer timed
 # stretch would fix, so time goes to rounds (pairs close in time) rather than to longer cells.
 FINAL_MEASURE = TUNE_MEASURE.model_copy(update={"min_time_s": 2.0, "max_time_s": 5.0})
-FINAL_COST = 1.2  # wall time of a final cell relative to a search trial (measured here: ~17 s vs ~14 s)
+FINAL_COST = 1.1  # wall time of a final cell relative to a search reading of it (measured here: ~11 s vs ~10 s)
+MIN_ROUNDS = 2  # fewer side-by-side rounds than asked when the budget is short, never fewer than this
 TUNE_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
 # Two readings of one configuration differ by up to ~15% here (see bench.search): closer calls get a second reading.
 RECHECK_BAND = 0.15
@@ -190,6 +200,15 @@ def side_by_side(measure: CellMeasure, start: dict[str, Any], candidates: list[d
             "rounds": rounds, "speedup_per_round": per_round, "finalists": finals, "start_samples_per_s_per_round": start_rounds}
 
 
+def rounds_that_fit(asked: int, spent_s: float, budget_s: float, cost_s: Callable[[int], float]) -> int:
+    """The most side-by-side rounds, up to ``asked``, whose cost (with what follows them) still fits
+    the budget; never fewer than MIN_ROUNDS (a speedup needs pairs to have an interval)."""
+    rounds = asked
+    while rounds > MIN_ROUNDS and spent_s + cost_s(rounds) > budget_s:
+        rounds -= 1
+    return rounds
+
+
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
     """Train for a fixed wall time (the batch loop's time), then validate: same-time accuracy."""
     config = validate_config(apply_overrides(config.to_dict(), STEP_DRIVEN_OVERRIDES))
@@ -232,7 +251,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines += ["", f"**Winner**: {changes}"]
     f = result.get("final")
     if f:
-        lines += ["", f"Finalists re-measured side by side with the start ({f['rounds']} rounds, rotating order):", "",
+        short = (f"; {f['rounds']} of the {f['rounds_asked']} asked for: no time left in the budget for more"
+                 if f.get("rounds_asked", f["rounds"]) > f["rounds"] else "")
+        lines += ["", f"Finalists re-measured side by side with the start ({f['rounds']} rounds, rotating order{short}):", "",
                   "| configuration | samples/s (pooled median) |", "|---|---:|"]
         for fin in f["finalists"]:
             ch = ", ".join(f"{k}={v}" for k, v in fin["values"].items() if v != start.get(k)) or "(start)"
@@ -275,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=512, help="largest batch size tried (powers of two)")
     p.add_argument("--mem-cap-mb", type=float, help="do not try larger batches once peak memory exceeds this")
     p.add_argument("--finalists", type=int, default=2, help="fastest search results re-measured side by side with the start")
-    p.add_argument("--rounds", type=int, default=4, help="side-by-side rounds for the final comparison")
+    p.add_argument("--rounds", type=int, default=4,
+                   help=f"side-by-side rounds for the final comparison (fewer, down to {MIN_ROUNDS}, when the budget is short)")
     p.add_argument("--check-accuracy", action="store_true", help="train start and winner for the same wall time, report val accuracy")
     p.add_argument("--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy")
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
@@ -312,24 +334,39 @@ def main(args: argparse.Namespace) -> int:
     if mem_cap is None:
         mem_cap = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**20 * 0.5
 
-    final_cells = (args.finalists + 1) * args.rounds
+    def round_s(searcher: Searcher, candidates: list[dict[str, Any]]) -> float:
+        # One side-by-side round: the start and each finalist at what their own cells cost so far
+        # (a compiled finalist costs about twice an eager one), an average trial for one not yet known.
+        missing = max(0, args.finalists - len(candidates))
+        return FINAL_COST * (searcher.cost(start) + sum(searcher.cost(c) for c in candidates)
+                             + missing * (searcher.trial_seconds or 0.0))
 
-    def reserve_s(searcher: Searcher) -> float:
-        # The budget covers the whole run: leave time for the side-by-side rounds (longer cells) and
-        # one contribution cell per axis but the first (the search's first sweep already measured
-        # those), estimated from what a trial has cost so far.
-        return (searcher.trial_seconds or 0.0) * (final_cells * FINAL_COST + max(0, len(space) - 1))
+    def after_search_s(searcher: Searcher, rounds: int) -> float:
+        # The budget covers the whole run: the side-by-side rounds, and the per-lever table's cells
+        # (start + one of the best configuration's changes) that the search has not measured.
+        top = ranked(searcher.trials, searcher.score, start, args.finalists)
+        if top:
+            levers = sum(1 for a in space if top[0][a] != start[a] and not searcher.measured({**start, a: top[0][a]}))
+        else:
+            levers = max(0, len(space) - 1)
+        return rounds * round_s(searcher, top) + (searcher.trial_seconds or 0.0) * levers
 
-    searcher = Searcher(measure, args.budget_s - (time.monotonic() - t_start), known=known, reserve_s=reserve_s,
-                        known_rechecks=known_rechecks)
-    result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap, recheck_band=RECHECK_BAND)
+    searcher = Searcher(measure, args.budget_s - (time.monotonic() - t_start), known=known,
+                        reserve_s=lambda s: after_search_s(s, args.rounds), known_rechecks=known_rechecks)
+    result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap, recheck_band=RECHECK_BAND,
+                               late_axes=LATE_AXES, late_trial_cost=LATE_TRIAL_COST)
     if not usable(result.start_record):
         raise ConfigError(f"{args.config}: the starting configuration did not pass its guards or failed "
                           f"({result.start_record.get('reason') or result.start_record.get('guards')}); nothing to compare against")
     search_seconds = time.monotonic() - t_start
     candidates = finalists(result, k=args.finalists)
+    # Estimates run short (a cell's cost drifts with the machine's load): rather than overrun the
+    # budget, take fewer rounds, down to MIN_ROUNDS.
+    rounds = rounds_that_fit(args.rounds, time.monotonic() - t_start, args.budget_s, lambda n: after_search_s(searcher, n))
     final_measure = CellMeasure(base, run_dir, start, threads, args.config, measure=FINAL_MEASURE)
-    final = side_by_side(final_measure, start, candidates, args.rounds) if candidates else None
+    final = side_by_side(final_measure, start, candidates, rounds) if candidates else None
+    if final:
+        final["rounds_asked"] = args.rounds
     winner = final["winner"] if final else start
     if final and final["ci_high"] < 1.0:  # every finalist is slower than the start when re-measured
         winner = start

@@ -33,6 +33,22 @@ def test_idx_round_trip(tmp_path: Path, gz: bool) -> None:
     assert out.flags.writeable
 
 
+def test_idx_reads_are_cached_but_independent_and_follow_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer_core.data as data_mod
+
+    p = tmp_path / "a.idx.gz"
+    write_idx(p, np.arange(12, dtype=np.uint8).reshape(3, 4))
+    decodes: list[Path] = []
+    real = data_mod._decode_idx
+    monkeypatch.setattr(data_mod, "_decode_idx", lambda path: decodes.append(path) or real(path))
+    first = read_idx(p)
+    first[0, 0] = 99  # a caller's in-place change must not reach the next reader
+    second = read_idx(p)
+    assert len(decodes) == 1 and second[0, 0] == 0 and second.flags.writeable
+    write_idx(p, np.ones((2, 2), dtype=np.uint8))  # rewritten on disk: read again
+    assert np.array_equal(read_idx(p), np.ones((2, 2))) and len(decodes) == 2
+
+
 def test_corrupt_idx_is_a_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "bad"
     p.write_bytes(b"\x01\x02\x03\x04")

@@ -7,7 +7,7 @@ import pytest
 
 from bench import train as train_cli
 from bench import tune as tune_cli
-from bench.tune import default_space, ordered, parse_axes, train_for_seconds
+from bench.tune import default_space, format_report, ordered, parse_axes, rounds_that_fit, train_for_seconds
 from conftest import REPO, tiny_overrides
 from trainer_core.config import load_config
 
@@ -96,3 +96,21 @@ def test_resume_reuses_measured_configurations(tmp_path: Path, capsys: pytest.Ca
     assert records[: len(first)] == first
     # the search's configurations come from cells.jsonl; only the side-by-side finals are measured again
     assert launched and all("-final-" in ln for ln in launched)
+
+
+def test_final_rounds_shrink_to_fit_the_budget_but_not_below_two() -> None:
+    per_round = lambda n: 50.0 * n + 30.0  # noqa: E731  (rounds, then 30 s of contribution cells)
+    assert rounds_that_fit(4, spent_s=300.0, budget_s=540.0, cost_s=per_round) == 4  # 300 + 230 fits
+    assert rounds_that_fit(4, spent_s=400.0, budget_s=540.0, cost_s=per_round) == 2  # 400 + 130 fits, 400 + 180 not
+    assert rounds_that_fit(4, spent_s=600.0, budget_s=540.0, cost_s=per_round) == 2  # never fewer than two
+
+
+def test_report_says_when_rounds_were_cut() -> None:
+    start, winner = {"data.batch_size": 64}, {"data.batch_size": 128}
+    final = {"rounds": 2, "rounds_asked": 4, "speedup": 1.5, "ci_low": 1.4, "ci_high": 1.6, "speedup_per_round": [1.4, 1.6],
+             "finalists": [{"values": start, "samples_per_s": 100.0}, {"values": winner, "samples_per_s": 150.0}]}
+    result = {"config": "c.yaml", "trials": [], "search_seconds": 10.0, "budget_exhausted": True, "start": start,
+              "winner": winner, "final": final, "contributions": [], "winner_yaml": "w.yaml"}
+    text = format_report(result)
+    assert "(2 rounds, rotating order; 2 of the 4 asked for: no time left in the budget for more)" in text
+    assert "of the 4 asked" not in format_report({**result, "final": {**final, "rounds": 4}})
