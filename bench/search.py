@@ -204,7 +204,7 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
             return new > 0.0
         return new > old * (1 + min_gain)
 
-    def attempt(axis: str, value: Any, untried: int, reserve_units: float = 0.0) -> str:
+    def attempt(axis: str, value: Any, untried: float, reserve_units: float = 0.0) -> str:
         """Measure the current best with ``axis`` set to ``value``; "moved", "kept" or "too_big"."""
         nonlocal current, best
         if searcher.out_of_time() or not searcher.can_afford(reserve_units):
