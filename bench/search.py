@@ -83,8 +83,8 @@ class Searcher:
         self.trials: list[tuple[dict[str, Any], Record]] = []
         self.rechecks: list[tuple[dict[str, Any], Record]] = []
         self._visited: set[str] = set()
-        self._durations: list[float] = []  # wall time of each measurement this searcher made
-        self._seconds: dict[str, list[float]] = {}  # the same, by configuration, the first one left out
+        self._cold_done = False  # the first measurement is made (and left out of the timings below)
+        self._seconds: dict[str, list[float]] = {}  # wall time of each later measurement, by configuration
 
     @property
     def trial_seconds(self) -> float | None:
@@ -92,7 +92,7 @@ class Searcher:
         the second. The first pays for cold caches (torch's libraries read from disk after an install
         or another venv evicted them: 34 s against ~14 s for the next cells here); counted, it made the
         reserve for the final rounds exceed the whole budget and the search stopped after the start."""
-        later = self._durations[1:]
+        later = [t for times in self._seconds.values() for t in times]
         return sum(later) / len(later) if later else None
 
     def measured(self, values: dict[str, Any]) -> bool:
@@ -154,10 +154,9 @@ class Searcher:
     def _timed(self, values: dict[str, Any], *label: str) -> Record:
         t0 = self.clock()
         record = self.measure(dict(values), *label)
-        seconds = self.clock() - t0
-        if self._durations:  # not the first: that one pays for cold caches (see trial_seconds)
-            self._seconds.setdefault(values_key(values), []).append(seconds)
-        self._durations.append(seconds)
+        if self._cold_done:  # not the first: that one pays for cold caches (see trial_seconds)
+            self._seconds.setdefault(values_key(values), []).append(self.clock() - t0)
+        self._cold_done = True
         return record
 
 
@@ -190,7 +189,11 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
     start_record = best = searcher.get(current)
     early = [a for a in space if a not in late_axes]
     late = [a for a in space if a in late_axes]
-    late_units = late_trial_cost * sum(len(space[a]) - 1 for a in late)
+
+    def others(axes: list[str]) -> int:  # values of these axes other than one each (the current)
+        return sum(len(space[a]) - 1 for a in axes)
+
+    late_units = late_trial_cost * others(late)
 
     def better(candidate: dict[str, Any], untried: float) -> bool:
         new, old = searcher.score(candidate), searcher.score(current)
@@ -252,7 +255,7 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
             passes += 1
             for i, axis in enumerate(early):
                 if passes == 1:
-                    changed |= sweep(axis, sum(len(space[a]) - 1 for a in early[i + 1:] + late))
+                    changed |= sweep(axis, others(early[i + 1:] + late))
                     continue
                 # Later passes are optional: they stop where the late axes' trials would no longer fit.
                 reserve = late_units + 1
@@ -267,7 +270,7 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
                     changed = False
                     break
         for i, axis in enumerate(late):
-            sweep(axis, sum(len(space[a]) - 1 for a in late[i + 1:]))
+            sweep(axis, others(late[i + 1:]))
     except _BudgetSpent:
         exhausted = True
     readings = {values_key(v): searcher.readings(v) for v, _ in searcher.trials}
