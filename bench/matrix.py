@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from trainer_core.config import RunConfig, format_validation_error, apply_overrides, read_yaml, validate_config
 from trainer_core.errors import ConfigError, PrecisionError
+from trainer_core.host_memory import malloc_unsupported_reason
 from trainer_core.precision import check_support
 
 GUARDS: tuple[str, ...] = ("overfit", "finite", "determinism", "resume")
@@ -144,6 +145,9 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
 
     if config.train.compile != "off" and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
+    reason = malloc_unsupported_reason(config.train.malloc)
+    if reason:
+        return reason
     if config.optim.fused:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 

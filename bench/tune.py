@@ -43,9 +43,10 @@ from trainer_core.provenance import environment_info
 # bf16 it read 1.4x. Behind the classic pipeline channels_last and batch size read as noise (bf16
 # channels_last 2,011 vs bf16 2,079 samples/s; batch 512 "best"), while behind the tensor pipeline
 # channels_last gave ~1.2x and batch 128-256 beat 512 (in-process probe): the second pass judges
-# them again there.
-AXIS_ORDER = ("precision", "model.memory_format", "data.batch_size", "data.pipeline", "data.num_workers", "optim.fused",
-              "train.compile")
+# them again there. The malloc policy right after the pipeline: it speeds up the step (see
+# trainer_core.host_memory), which shows once the step is the bottleneck.
+AXIS_ORDER = ("precision", "model.memory_format", "data.batch_size", "data.pipeline", "train.malloc", "data.num_workers",
+              "optim.fused", "train.compile")
 # Judged once, on the configuration the other axes settled on (bench.search: a later pass would try
 # every other lever compiled). A compiled cell cost about two search trials here with a cold inductor
 # cache (27 s vs 13 s); ~1.3 once its on-disk cache was warm (13 s vs 10 s).
@@ -92,6 +93,8 @@ def default_space(config: RunConfig, max_batch: int) -> dict[str, list[Any]]:
 
     if config.optim.fused is not True and config.optim.foreach is not True and applies("optim.fused", True):
         space["optim.fused"] = [config.optim.fused, True]
+    if config.train.malloc == "default" and applies("train.malloc", "retain"):
+        space["train.malloc"] = ["default", "retain"]
     if applies("train.compile", "default"):
         space["train.compile"] = ["off", "default"]
     return space

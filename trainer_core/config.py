@@ -109,6 +109,7 @@ class TrainLoopConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = torch default); recorded in metadata.")
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field("off", description="torch.compile mode for the training forward/backward ('off' = eager).")
     zero_grad_set_to_none: bool = Field(True, description="optimizer.zero_grad(set_to_none=...): free gradients instead of zero-filling them.")
+    malloc: Literal["default", "retain"] = Field("default", description="Host malloc policy, process-wide: 'retain' keeps freed buffers in the heap so each step reuses pages instead of faulting fresh ones in (glibc only).")
 
 
 class CheckpointConfig(_Section):

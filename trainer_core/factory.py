@@ -11,6 +11,8 @@ from torch import nn
 
 from trainer_core.config import RunConfig
 from trainer_core.data import DataBundle, build_data
+from trainer_core.errors import ConfigError
+from trainer_core.host_memory import apply_malloc_policy
 from trainer_core.models import build_model
 from trainer_core.precision import resolve_device
 from trainer_core.reproducibility import configure_determinism, seed_everything
@@ -28,9 +30,14 @@ class Run:
 
 
 def apply_runtime_settings(config: RunConfig) -> None:
-    """Threads and determinism switches; process-wide, so set once before building anything."""
+    """Threads, malloc policy and determinism switches; process-wide, so set once before building
+    anything (the malloc policy before the first large allocation, and before loader workers fork)."""
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
+    try:
+        apply_malloc_policy(config.train.malloc)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
     configure_determinism(config.train.deterministic)
 
 
