@@ -37,15 +37,15 @@ from trainer_core.precision import check_support, resolve_device
 from trainer_core.provenance import environment_info
 
 # Order matters: each lever is judged with the levers before it already set, and the budget may end
-# the search in its second pass. Compute levers first; the input pipeline once compute is fast,
-# because only then does it show: from the fp32 start the tensor pipeline read 0.93-1.06x of the
-# classic one (a coin flip that, lost, left every later cell data-bound: a 1.91x winner), after
-# bf16 it read 1.4x. Behind the classic pipeline channels_last and batch size read as noise (bf16
-# channels_last 2,011 vs bf16 2,079 samples/s; batch 512 "best"), while behind the tensor pipeline
-# channels_last gave ~1.2x and batch 128-256 beat 512 (in-process probe): the second pass judges
-# them again there. The malloc policy right after the pipeline: it speeds up the step (see
-# trainer_core.host_memory), which shows once the step is the bottleneck.
-AXIS_ORDER = ("precision", "model.memory_format", "data.batch_size", "data.pipeline", "train.malloc", "data.num_workers",
+# the search before its second pass. Precision first; then the input pipeline, once compute is fast
+# enough for it to show: from the fp32 start the tensor pipeline read 0.93-1.06x of the classic one
+# (a coin flip that, lost, left every later cell data-bound: a 1.91x winner), after bf16 it read
+# 1.4x. Memory format and batch size behind the faster pipeline: behind the classic one they read as
+# noise (bf16 channels_last 1,877 vs bf16 1,915 samples/s; batch 512 "best"; a run whose budget left
+# no second pass kept contiguous and won 2.40x), behind the tensor pipeline channels_last gave ~1.2x
+# and batch 128-256 beat 512 (in-process probe). The malloc policy after the batch size: its gain
+# grows with the buffers (see trainer_core.host_memory).
+AXIS_ORDER = ("precision", "data.pipeline", "model.memory_format", "data.batch_size", "train.malloc", "data.num_workers",
               "optim.fused", "train.compile")
 # Judged once, on the configuration the other axes settled on (bench.search: a later pass would try
 # every other lever compiled). A compiled cell cost about two search trials here with a cold inductor
