@@ -131,7 +131,7 @@ def resolve_precision(precision: str, device: torch.device) -> PrecisionPolicy:
         # No fp32 master weights: an update smaller than ~1/256 of a weight rounds away (bf16 keeps 8
         # significant bits), so late, small-learning-rate training can stall. Faster: no per-step casts.
         notes.append(f"{precision}: parameters, gradients and optimizer state in {precision.split('-')[0]} "
-                     "(no fp32 master weights): small updates can round away; check accuracy")
+                     "(no fp32 master weights): small updates can round away, so check accuracy")
         return PrecisionPolicy(precision, device.type, None, scaler, emulated, notes, param_dtype=COMPUTE_DTYPES[precision])
     dtype = None if precision == "fp32" else COMPUTE_DTYPES[precision]
     return PrecisionPolicy(precision, device.type, dtype, scaler, emulated, notes)
