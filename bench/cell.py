@@ -125,7 +125,8 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "cell_id": spec["cell_id"],
         "axes": spec["axes"],
         "status": "ok",
-        "reason": "; ".join(trainer.policy.notes) or None,
+        "reason": "; ".join(trainer.policy.notes) or None,  # one line for the tables
+        "notes": list(trainer.policy.notes),  # each note whole, for summary.md's list
         "precision": config.precision,
         "device": str(device),
         "batch_size": config.data.batch_size,

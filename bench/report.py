@@ -166,7 +166,9 @@ def summary_markdown(records: list[dict[str, Any]], env: dict[str, Any]) -> str:
         for c in compiled:
             be = f"{c['break_even_steps']:,.0f}" if c["break_even_steps"] is not None else "never (not faster)"
             lines.append(f"| {c['cell_id']} | {c['vs']} | {c['compile_s']:.1f} | {c['speedup']:.2f}x | {be} |")
-    notes = sorted({n for r in records if r.get("status") == "ok" and r.get("reason") for n in str(r["reason"]).split("; ")})
+    # Records written before cells kept their notes as a list have only the joined line.
+    notes = sorted({n for r in records if r.get("status") == "ok"
+                    for n in r.get("notes", [r["reason"]] if r.get("reason") else [])})
     notes += [f"`{r['cell_id']}`: {r[k]}" for r in records for k in ("mixed_precision_warning", "trace_warning", "profile_error") if r.get(k)]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

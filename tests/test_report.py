@@ -48,3 +48,13 @@ def test_profile_warnings_reach_the_summary() -> None:
                                           "trace_warning": "trace is 80 MB (> 50 MB): shorten profile.active or drop with_stack"}
     summary = summary_markdown([rec], {"matrix_name": "t"})
     assert "`f`: bf16 cell but only 0%" in summary and "`f`: trace is 80 MB" in summary
+
+
+def test_policy_notes_are_listed_whole_once() -> None:
+    # A note may itself contain "; " (the separator of the one-line reason in the tables).
+    note = "bf16-true: no fp32 master weights; check accuracy"
+    recs = [_rec(c, "bf16-true", 64, 200.0) | {"reason": note, "notes": [note]} for c in ("g", "h")]
+    old = _rec("i", "fp16", 64, 10.0) | {"reason": "fp16 emulated on this CPU"}  # written before "notes" existed
+    summary = summary_markdown(recs + [old], {"matrix_name": "t"})
+    assert summary.count(f"- {note}\n") == 1 and "- check accuracy" not in summary
+    assert "- fp16 emulated on this CPU\n" in summary

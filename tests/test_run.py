@@ -47,6 +47,7 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert r["pct_of_peak"] is not None and r["pct_of_peak"] > 0
         assert len(r["samples_per_s_repeats"]) == 2
         assert r["guards_ok"], r["guards"]
+        assert ("; ".join(r["notes"]) or None) == r["reason"]  # the policy's notes, whole, and the one-line form
         # profile: on in the smoke matrix: one trace per cell folder, its breakdown merged into the row
         trace_dir = tmp_path / "profiles" / d.name / r["cell_id"]
         assert r["trace_dir"] == str(trace_dir) and len(list(trace_dir.iterdir())) == 1
