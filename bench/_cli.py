@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from trainer_core.errors import TrainbenchError
 
+EXIT_FAILED = 1  # the command ran but its result is a failure (no cell measured, a regression)
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 EXIT_TERMINATED = 143  # 128 + SIGTERM
@@ -54,6 +55,10 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse, run ``main``, and turn :class:`TrainbenchError` into one stderr line and exit code 2."""
+    # Off a terminal Python buffers stdout in blocks: a CI log, `| tee` or `nohup` would see a long
+    # command's lines only when it ends. Every line goes out as it is printed instead.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     args = parser.parse_args(argv)
     try:
         with sigterm_unwinds():

@@ -19,7 +19,7 @@ import torch
 
 from bench.guards import FiniteWatch, guards_ok, run_guards
 from bench.matrix import GuardsConfig, MeasureConfig, ProfileConfig
-from bench.measure import StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes, run_steps, synchronize
+from bench.measure import CELL_OVERRIDES, StepTimer, current_rss_bytes, flops_per_step, measure, peak_rss_bytes, run_steps, synchronize
 from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, trace_files
 from bench.stats import cell_statistics, summarize
 from bench.trace import breakdown, load_trace
@@ -28,18 +28,6 @@ from trainer_core.config import apply_overrides, validate_config
 from trainer_core.factory import build_run
 from trainer_core.precision import resolve_device
 
-# Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
-# stop, no logging files.
-STEP_DRIVEN_OVERRIDES = {
-    "train.epochs": 1_000_000,
-    "train.max_steps": None,
-    "train.early_stopping.patience": None,
-    "logging.tensorboard": False,
-    "logging.jsonl": False,
-    "logging.progress_bar": "off",
-}
-# A cell also tracks the grad norm, for the finite guard.
-_CELL_OVERRIDES = {**STEP_DRIVEN_OVERRIDES, "logging.track_grad_norm": True}
 
 
 def profile_cell(trainer: Trainer, loader: Any, timer: StepTimer, hook: ProfilerHook, cfg: ProfileConfig,
@@ -78,7 +66,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     t_start = time.perf_counter()
     torch.set_num_threads(int(spec["threads"]))
     rss_start = current_rss_bytes()
-    config = validate_config(apply_overrides(spec["config"], {**_CELL_OVERRIDES, "train.threads": int(spec["threads"])}),
+    config = validate_config(apply_overrides(spec["config"], {**CELL_OVERRIDES, "train.threads": int(spec["threads"])}),
                              source=f"cell {spec['cell_id']}")
     mcfg = MeasureConfig.model_validate(spec["measure"])
     gcfg = GuardsConfig.model_validate(spec["guards"])

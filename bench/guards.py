@@ -1,10 +1,20 @@
 """Correctness guards run on every matrix cell, in the cell's own precision, device and batch size.
 
-- overfit:     a tiny batch is memorised (final loss below a precision-aware share of the initial loss);
+What each guard checks, and what it holds fixed so that its verdict does not depend on where an LR
+schedule starts (a one-cycle schedule begins at lr/25: a guard trained there asks about the
+schedule, not about the model):
+
+- overfit:     a tiny batch is memorised (final loss below a precision-aware share of the initial
+               loss). The LR is held constant at the optimizer's configured rate (``optim.lr``: the
+               peak of onecycle, the start of cosine and step); model, precision, optimizer, its
+               betas/momentum/weight decay and gradient clipping are the cell's own.
 - finite:      every loss and gradient norm seen while measuring is finite (fp16 steps that the
-               GradScaler skipped are counted, not failed: skipping them is how fp16 training works);
-- determinism: two short runs from one seed are bit-identical;
-- resume:      k steps, save, restore into fresh objects, k more steps == 2k steps straight.
+               GradScaler skipped are counted, not failed: skipping them is how fp16 training works).
+               It sees the measured steps exactly as the cell ran them, schedule included.
+- determinism: two short runs from one seed are bit-identical. Both runs share every setting,
+               schedule included, so its start cannot change the verdict.
+- resume:      k steps, save, restore into fresh objects, k more steps == 2k steps straight; the
+               scheduler's state is part of what is saved and compared, as in any resumed run.
 
 Each returns a :class:`GuardResult`; a failing guard never raises.
 """
@@ -20,11 +30,14 @@ from typing import Any
 import torch
 
 from bench.matrix import GuardsConfig
-from trainer_core.config import RunConfig
+from bench.measure import CELL_OVERRIDES
+from trainer_core.config import RunConfig, apply_overrides, validate_config
 from trainer_core.factory import Run, build_run
 from trainer_core.trainer import BaseHook, StepResult, Trainer
 
 PASS, FAIL, NONDETERMINISTIC, ERROR = "pass", "fail", "nondeterministic", "error"
+# Short guards (8 samples memorised in 60 steps, 2-step runs): what bench.tune and the shipped matrices use.
+QUICK_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
 
 
 @dataclass
@@ -68,8 +81,15 @@ def guard_finite(trainer: Trainer, watch: FiniteWatch) -> GuardResult:
     return GuardResult("finite", PASS, detail)
 
 
+def constant_lr(config: RunConfig) -> RunConfig:
+    """``config`` with its LR schedule held at ``optim.lr`` (every schedule here peaks or starts there)."""
+    if config.optim.scheduler == "none":
+        return config
+    return config.model_copy(update={"optim": config.optim.model_copy(update={"scheduler": "none"})})
+
+
 def guard_overfit(config: RunConfig, cfg: GuardsConfig) -> GuardResult:
-    run = build_run(config)
+    run = build_run(constant_lr(config))
     x, y = next(iter(run.data.train_loader))
     n = min(len(y), cfg.overfit_samples)
     losses = run.trainer.train_on_batch(x[:n], y[:n], num_steps=cfg.overfit_steps)
@@ -77,7 +97,9 @@ def guard_overfit(config: RunConfig, cfg: GuardsConfig) -> GuardResult:
     final = sum(losses[-5:]) / len(losses[-5:])
     limit = cfg.overfit_ratio.get(config.precision, 0.1)
     ratio = final / initial if initial > 0 else math.inf
-    detail = f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps on {n} samples"
+    held = f", {config.optim.scheduler} schedule held at that lr" if config.optim.scheduler != "none" else ""
+    detail = (f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps "
+              f"on {n} samples at constant lr {config.optim.lr:g}{held}")
     ok = math.isfinite(final) and ratio < limit
     return GuardResult("overfit", PASS if ok else FAIL, detail)
 
@@ -156,3 +178,13 @@ def run_guards(config: RunConfig, cfg: GuardsConfig, device: torch.device, train
 def guards_ok(results: list[GuardResult]) -> bool:
     """A cell may be recommended only if no guard failed or errored."""
     return all(r.status in (PASS, NONDETERMINISTIC) for r in results)
+
+
+def check_guards(config: RunConfig, cfg: GuardsConfig, steps: int = 5) -> list[GuardResult]:
+    """The guards of a matrix cell on ``config``, without its timing: the config set up as a cell runs
+    it, ``steps`` steps through the Trainer's loop (what the finite guard reads), then every enabled guard."""
+    config = validate_config(apply_overrides(config.to_dict(), CELL_OVERRIDES), source="check_guards")
+    watch = FiniteWatch()
+    run = build_run(config, hooks=[watch])
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=steps)
+    return run_guards(config, cfg, run.device, run.trainer, watch)

@@ -236,6 +236,30 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
     return cells
 
 
+def preflight_config(config: RunConfig, source: str, where: str = "") -> None:
+    """The run's own pre-flight (model factory and arguments, data files; no training), as a one-line
+    :class:`ConfigError` naming ``source`` (and ``where``: the cell)."""
+    from trainer_core.errors import TrainbenchError
+    from trainer_core.factory import preflight
+
+    try:
+        preflight(config)
+    except TrainbenchError as e:
+        raise ConfigError(f"{source}: {e}{where}") from None
+
+
+def preflight_cells(cells: list[Cell], source: str) -> None:
+    """Before any cell starts: each distinct model and dataset the cells will use, resolved once, so a
+    matrix that cannot run stops with one line instead of failing in every cell."""
+    seen: set[str] = set()
+    for cell in cells:
+        c = cell.config
+        key = repr((c.model.name, sorted(c.model.kwargs.items()), c.data.name, c.data.root, c.data.download))
+        if key not in seen:
+            seen.add(key)
+            preflight_config(c, source, f" (cell {cell.cell_id})" if len(cells) > 1 else "")
+
+
 def parse_filter(items: list[str]) -> dict[str, Any]:
     """``--filter key=value`` -> {key: typed value} (values read as YAML, like --set)."""
     from trainer_core.config import parse_override

@@ -7,7 +7,6 @@ Only raw samples are produced here; :mod:`bench.stats` turns them into figures.
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import statistics
 import time
@@ -20,6 +19,20 @@ from torch.utils.data import DataLoader
 from bench.matrix import MeasureConfig
 from bench.stats import settled
 from trainer_core.trainer import BaseHook, StepResult, Trainer
+
+
+# Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
+# stop, no logging files.
+STEP_DRIVEN_OVERRIDES: dict[str, Any] = {
+    "train.epochs": 1_000_000,
+    "train.max_steps": None,
+    "train.early_stopping.patience": None,
+    "logging.tensorboard": False,
+    "logging.jsonl": False,
+    "logging.progress_bar": "off",
+}
+# A cell also tracks the grad norm, for the finite guard.
+CELL_OVERRIDES: dict[str, Any] = {**STEP_DRIVEN_OVERRIDES, "logging.track_grad_norm": True}
 
 
 def synchronize(device: torch.device) -> None:

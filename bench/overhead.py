@@ -97,6 +97,8 @@ def compare(precisions: list[str], batch_sizes: list[int], rounds: int, measure:
                          ("runner", lambda: runner_samples_per_s(precision, bs, measure, threads))]
                 for name, fn in (sides if i % 2 == 0 else sides[::-1]):
                     (bare if name == "bare" else runner).append(fn()["samples_per_s"])
+                print(f"{precision} bs{bs} round {i + 1}/{rounds}: bare {bare[-1]:,.0f}, runner {runner[-1]:,.0f} samples/s "
+                      f"({runner[-1] / bare[-1]:.3f})", flush=True)
             ratios = [r / b for b, r in zip(bare, runner)]
             ratio = statistics.median(ratios)
             rows.append({"precision": precision, "batch_size": bs, "bare_samples_per_s": statistics.median(bare),

@@ -31,15 +31,18 @@ from trainer_core.trainer import BaseHook, Trainer
 class TestEvalHook(BaseHook):
     """After each epoch's validation, evaluate the test split (untimed) and record the clock."""
 
-    def __init__(self, test_loader: Any, stop_at: float | None) -> None:
+    def __init__(self, test_loader: Any, stop_at: float | None, name: str = "") -> None:
         self.test_loader = test_loader
         self.stop_at = stop_at
+        self.name = name
         self.points: list[dict[str, float]] = []
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         test = trainer.evaluate(self.test_loader)
         self.points.append({"epoch": record["epoch"], "train_seconds": trainer.counters["train_seconds"],
                             "test_accuracy": test["accuracy"], "val_accuracy": record["val_accuracy"]})
+        print(f"{self.name}: epoch {record['epoch']}  train {trainer.counters['train_seconds']:.1f} s  "
+              f"test acc {test['accuracy']:.4f}", flush=True)
         if self.stop_at is not None and test["accuracy"] >= self.stop_at:
             trainer.should_stop = True
 
@@ -55,7 +58,7 @@ def race_one(config_path: str, overrides: list[str], target: float, stop_at_targ
     config = load_config(config_path, overrides + ["logging.tensorboard=false", "logging.jsonl=false",
                                                    "logging.progress_bar=off"])
     run = build_run(config)
-    hook = TestEvalHook(run.data.test_loader, target if stop_at_target else None)
+    hook = TestEvalHook(run.data.test_loader, target if stop_at_target else None, name=config.name)
     run.trainer.hooks.append(hook)
     wall0 = time.perf_counter()
     run.trainer.fit(run.data.train_loader, run.data.val_loader)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from bench._cli import make_parser, run_cli
-from bench.matrix import Cell, MatrixSpec, expand, load_matrix, parse_filter, select
+from bench._cli import EXIT_FAILED, make_parser, run_cli
+from bench.matrix import Cell, MatrixSpec, expand, load_matrix, parse_filter, preflight_cells, select
 from bench.plots import plot_data_wait, plot_phase_breakdown, plot_throughput
 from bench.report import markdown_table, summary_markdown, write_csv
 from trainer_core.errors import ConfigError
@@ -168,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
         cells = select(cells, parse_filter(args.filter))
         if not cells:
             raise ConfigError(f"--filter {' '.join(args.filter)}: matches no cell of {args.matrix}")
+    preflight_cells(cells, args.matrix)
     if args.dry_run:
         print_cells(cells)
         return 0
@@ -195,6 +196,9 @@ def main(args: argparse.Namespace) -> int:
         env["peaks"] = measure_peaks(cells)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
 
+    n_skip = sum(1 for c in todo if c.skip_reason)
+    print(f"{run_dir}: {len(todo) - n_skip} cells to measure, {n_skip} skipped"
+          + (f", {len(done)} done before" if done else ""), flush=True)
     scalars_root = Path(args.profiles) / run_dir.name / "scalars"
     bar = _progress(len(todo))
     # ETA from measured cells only: skipped cells take no time and would make it far too optimistic.
@@ -235,8 +239,14 @@ def main(args: argparse.Namespace) -> int:
     print()
     for p in paths:
         print(f"  {p}")
+    ok = sum(1 for r in records if r.get("status") == "ok")
+    failed = sum(1 for r in records if r.get("status") == "failed")
+    if failed:
+        print(f"{failed} of {ok + failed} measured cells failed (reasons in summary.md)")
+    if not ok:
+        print("no cell was measured successfully: exit code 1")
     print(f"results: {run_dir}")
-    return 0
+    return 0 if ok else EXIT_FAILED
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

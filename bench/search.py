@@ -187,6 +187,8 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
     """
     current = dict(start)
     start_record = best = searcher.get(current)
+    if not usable(start_record):  # nothing can be judged against a start that failed or broke a guard
+        return SearchResult(dict(start), current, start_record, best, list(searcher.trials))
     early = [a for a in space if a not in late_axes]
     late = [a for a in space if a in late_axes]
 

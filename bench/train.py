@@ -2,13 +2,17 @@
 
 Run dir layout (``--out``, default ``runs/<name>-<UTC time>``)::
 
-    config.yaml                 resolved config (after --set / flags)
+    config.yaml                 resolved config (after --set / flags); config.resume-N.yaml if a resume changed it
     checkpoints/best_model.pt   best validation loss
-    checkpoints/last_model.pt   latest position (resume point)
-    metrics.json                final figures
+    checkpoints/last_model.pt   latest position (resume point; records why training ended)
+    metrics.json                final figures (an extended run keeps earlier ones as metrics.step<N>.json)
     learning_curves.png         train/val loss and val accuracy per epoch
-    log.jsonl                   JSON-lines log (same scalars as TensorBoard)
+    log.jsonl                   JSON-lines log (same scalars as TensorBoard), appended across resumes
     tensorboard/                TensorBoard events
+
+Resuming (``--resume auto``) a run that is complete (all epochs done, max_steps reached, or early
+stopped) prints one line saying so and changes nothing; see trainer_core/run_dir.py for what each
+start, resume and extension keeps.
 """
 
 from __future__ import annotations
@@ -22,17 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench._cli import make_parser, run_cli
 from bench.plots import plot_learning_curves
 from bench.profiling import ProfilerHook, maybe_profile
 from trainer_core import checkpoint as ck
 from trainer_core.config import RunConfig, load_config
-from trainer_core.errors import ConfigError
-from trainer_core.factory import build_run
+from trainer_core.factory import Run, build_run
+from trainer_core.hooks import EpochPrinter
 from trainer_core.provenance import environment_info, utc_timestamp
+from trainer_core.run_dir import CURVES_NAME, METRICS_NAME, RunDir
 from trainer_core.run_logger import RunLogger
+from trainer_core.trainer import FitResult, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set optim.lr=3e-4 (repeatable; beats the YAML)")
     p.add_argument("--out", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--resume", metavar="auto|PATH",
-                   help="resume from PATH, or with 'auto' from <out>/checkpoints/last_model.pt if it exists")
+                   help="resume from PATH, or with 'auto' from <out>/checkpoints/last_model.pt if it exists; "
+                        "a complete run is reported and left as it is")
+    p.add_argument("--continue-early-stopped", action="store_true",
+                   help="with --resume: let a run that early stopping ended train on (its patience starts afresh)")
     p.add_argument("--profile", action="store_true",
                    help="trace steps 2-4 with torch.profiler into profiles/<run-dir-name>/train/ (see README: Open the traces)")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
@@ -69,18 +76,6 @@ def resolve_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     return Path("runs") / f"{config.name}-{stamp}"
 
 
-def resolve_resume(args: argparse.Namespace, ckpt_dir: Path) -> Path | None:
-    """Which checkpoint to resume from; refuses to start fresh over an existing run's checkpoints."""
-    last = ckpt_dir / ck.LAST_NAME
-    if args.resume is None:
-        if last.exists() or (ckpt_dir / ck.BEST_NAME).exists():
-            raise ConfigError(f"--out {ckpt_dir.parent}: already holds checkpoints; pass --resume auto to continue it, or choose another --out")
-        return None
-    if args.resume == "auto":
-        return last if last.exists() else None
-    return Path(args.resume)
-
-
 def final_metrics(history: list[dict[str, Any]], trainer_counters: dict[str, float], test: dict[str, float],
                   best_epoch: int | None, wall_s: float) -> dict[str, Any]:
     last = history[-1] if history else {}
@@ -101,57 +96,84 @@ def final_metrics(history: list[dict[str, Any]], trainer_counters: dict[str, flo
     }
 
 
+def how_to_extend(trainer: Trainer) -> str:
+    """How to train a complete run on, on purpose (one clause)."""
+    if trainer.end_reason in (ck.END_EARLY_STOPPED, ck.END_STOPPED):
+        return f"To train on anyway, add --continue-early-stopped (with train.epochs above {trainer.epoch})"
+    if trainer.config.train.max_steps is not None and trainer.global_step >= trainer.config.train.max_steps:
+        return "To train on, raise train.max_steps (e.g. --set train.max_steps=...)"
+    return f"To train on, raise train.epochs (e.g. --set train.epochs={2 * trainer.epoch}): it continues from the last checkpoint"
+
+
+def finish(run: Run, run_dir: RunDir, result: FitResult, wall0: float, logger: RunLogger) -> dict[str, Any]:
+    """Test evaluation, metrics.json and the learning curves of a run that ended (earlier ones kept aside)."""
+    trainer = run.trainer
+    test = trainer.evaluate(run.data.test_loader)
+    metrics = final_metrics(result.history, trainer.counters, test, trainer.best_epoch, time.perf_counter() - wall0)
+    metrics.update(early_stopped=result.early_stopped, end_reason=trainer.end_reason, global_step=trainer.global_step,
+                   precision=trainer.policy.metadata(), data=run.data.meta, finished=utc_timestamp())
+    run_dir.archive_finals()
+    (run_dir.root / METRICS_NAME).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    plot_learning_curves(result.history, run_dir.root / CURVES_NAME, title=trainer.config.name)
+    logger.event("end", **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
+    return metrics
+
+
 def main(args: argparse.Namespace) -> int:
     wall0 = time.perf_counter()
     config = resolve_config(args)
-    run_dir = resolve_run_dir(args, config)
-    ckpt_dir = run_dir / config.checkpoint.dir
-    resume_from = resolve_resume(args, ckpt_dir)
+    run_dir = RunDir(resolve_run_dir(args, config), config.checkpoint.dir)
+    resume_from = run_dir.resume_point(args.resume)
     # Build everything (device, data, model, precision) and read the checkpoint before writing anything,
-    # so a failed start leaves an existing run dir untouched.
-    run = build_run(config, checkpoint_dir=ckpt_dir)
+    # so a failed start, or a run that is already complete, leaves the run dir untouched.
+    run = build_run(config, checkpoint_dir=run_dir.checkpoints)
     trainer = run.trainer
+    done = None
     if resume_from is not None:
         trainer.load_checkpoint(resume_from)
+        if args.continue_early_stopped:
+            trainer.reopen()
+        done = trainer.completion()
+        if done and (run_dir.root / METRICS_NAME).exists():
+            print(f"run {run_dir.root} is complete ({done}); nothing was changed. {how_to_extend(trainer)}.")
+            return 0
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    logger = RunLogger(run_dir, config.logging)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    run_dir.write_config(config.to_dict())
+    logger = RunLogger(run_dir.root, config.logging)
     trainer.logger = logger
     logger.event("start", resumed_from=str(resume_from) if resume_from else None, step=trainer.global_step,
                  epoch=trainer.epoch, precision=trainer.policy.metadata(), data=run.data.meta, env=environment_info())
     for note in trainer.policy.notes + ([run.data.meta["pin_memory_note"]] if "pin_memory_note" in run.data.meta else []):
         print(f"note: {note}", file=sys.stderr)
+    if resume_from is not None:
+        print(f"resumed from {resume_from} at epoch {trainer.epoch + 1}, step {trainer.global_step}"
+              + (f" ({done}: writing its final outputs)" if done else ""))
+    trainer.hooks.append(EpochPrinter())
     hook = ProfilerHook()
     if args.profile:
         trainer.hooks.append(hook)
-    trace_dir = Path("profiles") / run_dir.name / "train"
+    trace_dir = Path("profiles") / run_dir.root.name / "train"
     try:
-        # wait=1: the first step (allocations, lazy init) is not what a user wants to look at.
-        with maybe_profile(args.profile, trace_dir, run.device, wait=1, warmup=1, active=3, hook=hook):
-            result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=args.stop_after_steps)
+        if done:  # complete, but killed before its final outputs were written: write them, train nothing
+            result = FitResult(trainer.history, False, trainer.end_reason == ck.END_EARLY_STOPPED, trainer.global_step, trainer.end_reason)
+        else:
+            # wait=1: the first step (allocations, lazy init) is not what a user wants to look at.
+            with maybe_profile(args.profile, trace_dir, run.device, wait=1, warmup=1, active=3, hook=hook):
+                result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=args.stop_after_steps)
         if args.profile:
             print(f"trace: {trace_dir} (python -m bench.trace {trace_dir})")
         if result.interrupted:
             print(f"stopped after step {trainer.global_step} (epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}); "
-                  f"resume with --resume auto --out {run_dir}")
-            print(f"run dir: {run_dir}")
+                  f"resume with --resume auto --out {run_dir.root}")
+            print(f"run dir: {run_dir.root}")
             return 0
-        test = trainer.evaluate(run.data.test_loader)
-        metrics = final_metrics(result.history, trainer.counters, test, trainer.best_epoch, time.perf_counter() - wall0)
-        metrics.update(early_stopped=result.early_stopped, global_step=trainer.global_step,
-                       precision=trainer.policy.metadata(), data=run.data.meta, finished=utc_timestamp())
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-        plot_learning_curves(result.history, run_dir / "learning_curves.png", title=config.name)
-        logger.event("end", **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
+        metrics = finish(run, run_dir, result, wall0, logger)
     finally:
         logger.close()
-    for h in result.history:
-        print(f"epoch {h['epoch']:>3}  train_loss {h['train_loss']:.4f}  val_loss {h['val_loss']:.4f}  "
-              f"val_acc {h['val_accuracy']:.4f}  lr {h['lr']:.2e}")
     print(f"test_accuracy {metrics['test_accuracy']:.4f}  training_time {metrics['training_time_seconds']:.1f}s  "
           f"samples/s {metrics['samples_per_second'] or 0:.0f}" + ("  (early stopped)" if result.early_stopped else ""))
-    print(f"run dir: {run_dir}")
+    print(f"run dir: {run_dir.root}")
     return 0
 
 

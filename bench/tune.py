@@ -23,10 +23,11 @@ import torch
 import yaml
 
 from bench._cli import make_parser, run_cli
-from bench.cell import STEP_DRIVEN_OVERRIDES
 from bench.compare import bootstrap_ratio_rounds
-from bench.matrix import (Cell, GuardsConfig, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, lever_skip_reason,
-                          static_skip_reason)
+from bench.matrix import (Cell, MatrixSpec, MeasureConfig, ProfileConfig, cell_id_for, lever_skip_reason,
+                          preflight_config, static_skip_reason)
+from bench.guards import QUICK_GUARDS
+from bench.measure import STEP_DRIVEN_OVERRIDES
 from bench.run import append_record, launch_cell, read_records, skipped_record
 from bench.search import (RECHECK, Searcher, contributions, coordinate_search, finalists, pooled, ranked, usable,
                           values_key)
@@ -60,7 +61,6 @@ TUNE_MEASURE = MeasureConfig(warmup_steps=5, max_warmup_s=8, settle_window=3, mi
 FINAL_MEASURE = TUNE_MEASURE.model_copy(update={"min_time_s": 2.0, "max_time_s": 5.0})
 FINAL_COST = 1.1  # wall time of a final cell relative to a search reading of it (measured here: ~11 s vs ~10 s)
 MIN_ROUNDS = 2  # fewer side-by-side rounds than asked when the budget is short, never fewer than this
-TUNE_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
 # Two readings of one configuration differ by up to ~15% here (see bench.search): closer calls get a second reading.
 RECHECK_BAND = 0.15
 
@@ -138,7 +138,7 @@ class CellMeasure:
         self.threads = threads
         self.source = source
         self.spec = MatrixSpec(name="tune", base=base, axes={"precision": ["fp32"]}, measure=measure,
-                               guards=TUNE_GUARDS, profile=ProfileConfig(enabled=False))
+                               guards=QUICK_GUARDS, profile=ProfileConfig(enabled=False))
 
     def config(self, values: dict[str, Any]) -> RunConfig:
         return validate_config(apply_overrides(self.base, values), source=self.source)
@@ -222,6 +222,14 @@ def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
     val = run.trainer.evaluate(loader)
     return {"train_seconds": run.trainer.counters["train_seconds"], "steps": run.trainer.global_step,
             "samples": int(run.trainer.counters["samples_seen"]), "val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+
+
+def why_unusable(record: dict[str, Any]) -> str:
+    """One line: why a cell record cannot be a tune start (failed, or which guards did not pass)."""
+    if record.get("status") != "ok":
+        return f"{record.get('status')}: {record.get('reason')}"
+    bad = [f"{name}: {g.get('detail')}" for name, g in (record.get("guards") or {}).items() if g.get("status") not in ("pass", "nondeterministic")]
+    return "did not pass its guards (" + "; ".join(bad) + ")" if bad else "measured no throughput"
 
 
 def brief(values: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
@@ -312,10 +320,11 @@ def main(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     base = apply_overrides(read_yaml(args.config), dict(parse_override(o) for o in args.overrides))
     config = validate_config(base, source=args.config)
+    preflight_config(config, args.config)
     space = parse_axes(args.axes) if args.axes else default_space(config, args.max_batch)
-    for key, values in space.items():  # every value must give a valid config before anything runs
+    for key, values in space.items():  # every value must give a valid, loadable config before anything runs
         for v in values:
-            validate_config(apply_overrides(base, {key: v}), source=f"--axes {key}={v}")
+            preflight_config(validate_config(apply_overrides(base, {key: v}), source=f"--axes {key}={v}"), f"--axes {key}={v}")
     space = ordered(space)
     start = start_values(config, space)
 
@@ -329,6 +338,7 @@ def main(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     env = {**environment_info(), "command": sys.argv, "config": args.config, "space": space, "threads": threads}
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    print(f"{run_dir}: searching {', '.join(space)} from {args.config} within {args.budget_s:.0f} s", flush=True)
     records = read_records(run_dir / "cells.jsonl")
     known = {values_key(r["axes"]): r for r in records if r.get("role", "search") == "search"}
     known_rechecks = {values_key(r["axes"]): r for r in records if r.get("role") == RECHECK}
@@ -359,8 +369,7 @@ def main(args: argparse.Namespace) -> int:
     result = coordinate_search(start, space, searcher, mem_cap_mb=mem_cap, recheck_band=RECHECK_BAND,
                                late_axes=LATE_AXES, late_trial_cost=LATE_TRIAL_COST)
     if not usable(result.start_record):
-        raise ConfigError(f"{args.config}: the starting configuration did not pass its guards or failed "
-                          f"({result.start_record.get('reason') or result.start_record.get('guards')}); nothing to compare against")
+        raise ConfigError(f"{args.config}: the starting configuration {why_unusable(result.start_record)}; nothing to compare against")
     search_seconds = time.monotonic() - t_start
     candidates = finalists(result, k=args.finalists)
     # Estimates run short (a cell's cost drifts with the machine's load): rather than overrun the

@@ -140,9 +140,82 @@ def test_resume_mid_epoch_with_workers_is_bit_identical(tmp_path: Path) -> None:
     assert [h["val_loss"] for h in resumed.trainer.history] == [h["val_loss"] for h in straight.trainer.history]
 
 
+def _expected_best(history: list[dict], n: int) -> list[str]:
+    """best-epochE.pt files that should remain: of the epochs that improved on every earlier one, the n lowest."""
+    improved, best = [], float("inf")
+    for h in history:
+        if h["val_loss"] < best:
+            best = h["val_loss"]
+            improved.append(h)
+    assert len(improved) > n, "the run must improve more than n times for the test to mean anything"
+    return sorted(f"best-epoch{h['epoch']}.pt" for h in sorted(improved, key=lambda h: h["val_loss"])[:n])
+
+
 def test_keep_best_n_keeps_only_the_best(tmp_path: Path) -> None:
-    run = _run(tmp_path, **{"checkpoint.keep_best_n": 2, "train.epochs": 4})
+    extra = {"checkpoint.keep_best_n": 2, "train.epochs": 6, "optim.lr": 0.003}
+    run = _run(tmp_path / "a", **extra)
     run.trainer.fit(run.data.train_loader, run.data.val_loader)
-    kept = sorted(p.name for p in tmp_path.glob("best-epoch*.pt"))
-    assert 1 <= len(kept) <= 2
-    assert (tmp_path / ck.BEST_NAME).exists() and (tmp_path / ck.LAST_NAME).exists()
+    kept = sorted(p.name for p in (tmp_path / "a").glob("best-epoch*.pt"))
+    assert kept == _expected_best(run.trainer.history, 2)
+    for name in kept:  # each file holds its own epoch
+        assert ck.load_checkpoint_file(tmp_path / "a" / name)[ck.KEY_EPOCH] == int(name[len("best-epoch"):-3])
+    # Across a resume: the resumed run knows which files it kept before, and still keeps only 2.
+    first = _run(tmp_path / "b", **extra)
+    first.trainer.fit(first.data.train_loader, first.data.val_loader, stop_after_steps=3 * len(first.data.train_loader))
+    resumed = _run(tmp_path / "b", **extra)
+    resumed.trainer.load_checkpoint(tmp_path / "b" / ck.LAST_NAME)
+    resumed.trainer.fit(resumed.data.train_loader, resumed.data.val_loader)
+    assert sorted(p.name for p in (tmp_path / "b").glob("best-epoch*.pt")) == kept
+
+
+# A training process that checkpoints after every step; the test kills it with SIGKILL at random points.
+_SAVER = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from conftest import tiny_overrides
+from trainer_core.config import load_config
+from trainer_core.factory import build_run
+from trainer_core import checkpoint as ck
+run = build_run(load_config(None, tiny_overrides(**{"train.epochs": 100000,
+    "model.kwargs": {"input_dim": 2, "hidden_dims": [1024, 1024], "output_dim": 2}})), checkpoint_dir=sys.argv[1])
+last = run.trainer.checkpoint_dir / ck.LAST_NAME
+if last.exists():
+    run.trainer.load_checkpoint(last)
+while True:
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=1)  # saves last_model.pt at the exact position
+    print(run.trainer.global_step, flush=True)
+"""
+
+
+def test_sigkill_during_saves_never_loses_the_previous_checkpoint(tmp_path: Path) -> None:
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tests = str(Path(__file__).parent)
+    rng = random.Random(0)
+    saved, stale_seen = 0, 0
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), tests], stdout=subprocess.PIPE, text=True)
+        first = int(proc.stdout.readline())  # one complete save in this process, then a random moment
+        assert first == saved + 1, "a restart did not continue from the last complete checkpoint"
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        printed = [first, *map(int, proc.stdout.read().split())]
+        proc.wait()
+        state = ck.load_checkpoint_file(tmp_path / ck.LAST_NAME)  # always a complete checkpoint
+        # the newest reported save, or the one after it if the kill came between its rename and the print
+        assert state[ck.KEY_GLOBAL_STEP] in (printed[-1], printed[-1] + 1)
+        saved = state[ck.KEY_GLOBAL_STEP]
+        stale_seen += len(list(tmp_path.glob(".last_model.pt.*.tmp")))  # a kill that landed mid-write
+    # Stale temp files of killed saves do not get in the way of the next save or of a resume.
+    run = _run(tmp_path, **{"train.epochs": 100000, "model.kwargs": {"input_dim": 2, "hidden_dims": [1024, 1024], "output_dim": 2}})
+    run.trainer.load_checkpoint(tmp_path / ck.LAST_NAME)
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=1)
+    assert ck.load_checkpoint_file(tmp_path / ck.LAST_NAME)[ck.KEY_GLOBAL_STEP] == saved + 1
+    # The checkpoint is written for most of each step, so random kills land mid-write (this test would
+    # prove nothing if none did); the first save after them clears their temp files away.
+    assert stale_seen >= 1
+    assert not list(tmp_path.glob(".last_model.pt.*.tmp"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -106,7 +107,7 @@ def test_failed_start_leaves_existing_run_dir_untouched(tmp_path: Path, capsys: 
     ]
     for argv in attempts:
         assert train_cli.cli(argv) == 2, argv
-    assert "already holds checkpoints" in capsys.readouterr().err
+    assert "already holds a run" in capsys.readouterr().err
     assert _files(out) == before
 
 
@@ -155,3 +156,128 @@ def test_train_profile_leaves_a_trace(tmp_path: Path, monkeypatch: pytest.Monkey
     (trace,) = list((tmp_path / "profiles" / "run" / "train").iterdir())
     assert breakdown(load_trace(trace))["steps"] == 3
     assert "trace: profiles/run/train" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------- resume paths
+ES = ["--config", TABULAR, "--seed", "11", "--set", "logging.progress_bar=off"]  # early-stops after epoch 8
+
+
+def _assert_nothing_lost(before: dict[str, bytes], out: Path) -> None:
+    """Every file written before is still there byte for byte, or appended to (the log), or moved on by
+    the run itself (the checkpoints, to a later step), or moved aside (earlier final outputs)."""
+    after = _files(out)
+    for name, data in before.items():
+        if after.get(name) == data:
+            continue
+        if name == "log.jsonl":
+            assert after[name].startswith(data), "log.jsonl was rewritten, not appended to"
+        elif name.startswith("checkpoints/"):
+            old = torch.load(io.BytesIO(data), weights_only=True)
+            assert ck.load_checkpoint_file(out / name)[ck.KEY_GLOBAL_STEP] > old[ck.KEY_GLOBAL_STEP], f"{name} went back"
+        elif name in ("metrics.json", "learning_curves.png"):
+            step = json.loads(before["metrics.json"])["global_step"]
+            stem, suffix = name.rsplit(".", 1)
+            assert after.get(f"{stem}.step{step}.{suffix}") == data, f"{name} was replaced without keeping the earlier one"
+        else:
+            raise AssertionError(f"{name} was changed or removed")
+
+
+NO_ES = ["--set", "train.early_stopping.patience=null"]
+
+
+@pytest.mark.parametrize(("first", "again", "why"), [
+    ([], [], "early-stopped after epoch 8, best epoch"),
+    ([], ["--set", "train.epochs=20"], "early-stopped after epoch 8"),  # more epochs allowed, but it early-stopped
+    ([*NO_ES, "--set", "train.epochs=3"], [*NO_ES, "--set", "train.epochs=3"], "all 3 epochs done"),
+    ([*NO_ES, "--set", "train.max_steps=30"], [*NO_ES, "--set", "train.max_steps=30"], "train.max_steps=30 reached"),
+])
+def test_resume_of_a_complete_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture, first: list[str],
+                                                  again: list[str], why: str) -> None:
+    out = tmp_path / "run"
+    assert train_cli.cli([*ES, *first, "--out", str(out)]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert train_cli.cli([*ES, *again, "--out", str(out), "--resume", "auto"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "is complete" in printed[0] and why in printed[0] and "nothing was changed" in printed[0]
+    assert ("--continue-early-stopped" in printed[0]) == ("early-stopped" in why)
+    assert _files(out) == before  # byte for byte
+
+
+def test_interrupted_and_extended_runs_keep_what_was_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    base = [*ES, *NO_ES, "--set", "train.epochs=3", "--out", str(out)]
+    assert train_cli.cli([*base, "--stop-after-steps", "7"]) == 0  # interrupted mid-epoch 2
+    before = _files(out)
+    assert train_cli.cli([*base, "--resume", "auto"]) == 0
+    _assert_nothing_lost(before, out)
+    done = json.loads((out / "metrics.json").read_text())
+    assert done["end_reason"] == ck.END_EPOCHS and done["total_epochs"] == 3
+    before = _files(out)
+    capsys.readouterr()
+    # Raising train.epochs extends the finished run from its last checkpoint; its earlier finish is kept.
+    assert train_cli.cli([*base, "--set", "train.epochs=5", "--resume", "auto"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    _assert_nothing_lost(before, out)
+    assert json.loads((out / "metrics.json").read_text())["total_epochs"] == 5
+    assert (out / "config.yaml").read_bytes() == before["config.yaml"] and (out / "config.resume-1.yaml").is_file()
+
+
+def test_an_early_stopped_run_continues_only_when_asked(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train_cli.cli([*ES, "--out", str(out)]) == 0
+    before = _files(out)
+    assert train_cli.cli([*ES, "--set", "train.epochs=12", "--out", str(out), "--resume", "auto", "--continue-early-stopped"]) == 0
+    _assert_nothing_lost(before, out)
+    state = ck.load_checkpoint_file(out / "checkpoints" / ck.LAST_NAME)
+    assert state[ck.KEY_EPOCH] > 8 and state[ck.KEY_END_REASON] in (ck.END_EARLY_STOPPED, ck.END_EPOCHS)
+
+
+@pytest.mark.parametrize("case", ["no last checkpoint", "schedule sized for fewer steps", "another run's checkpoint"])
+def test_resume_that_would_overwrite_a_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture, case: str) -> None:
+    out = tmp_path / "run"
+    common = [*ES, *NO_ES, "--set", "train.epochs=2", "--out", str(out)]
+    if case == "no last checkpoint":
+        first, again, expected = ["--set", "checkpoint.save_last=false"], ["--resume", "auto"], "no checkpoints/last_model.pt to resume from"
+    elif case == "schedule sized for fewer steps":
+        first, again, expected = ["--set", "optim.scheduler=cosine"], ["--set", "optim.scheduler=cosine", "--set", "train.epochs=4",
+                                                                    "--resume", "auto"], "a schedule cannot be stretched mid-run"
+    else:
+        other = tmp_path / "other"
+        assert train_cli.cli([*ES, "--out", str(other)]) == 0
+        first, again, expected = [], ["--resume", str(other / "checkpoints" / ck.LAST_NAME)], "holds another run"
+    assert train_cli.cli([*common, *first]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert train_cli.cli([*common, *again]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err
+    assert _files(out) == before
+
+
+def test_a_run_killed_before_its_final_outputs_gets_them_without_training(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train_cli.cli([*ES, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").unlink()  # as if killed after the last checkpoint, before metrics.json
+    last = (out / "checkpoints" / ck.LAST_NAME).read_bytes()
+    assert train_cli.cli([*ES, "--out", str(out), "--resume", "auto"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert (out / "checkpoints" / ck.LAST_NAME).read_bytes() == last  # no step was taken
+    assert {k: again[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")} == \
+        {k: metrics[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")}
+
+
+def test_emulated_fp16_is_flagged_on_stderr_in_the_log_and_in_metrics(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer_core.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f"}))  # a CPU without AVX512-FP16/AMX-FP16
+    out = tmp_path / "run"
+    assert train_cli.cli(["--config", TABULAR, "--out", str(out), *FAST, "--set", "precision=fp16"]) == 0
+    assert "note: fp16 on this CPU is emulated" in capsys.readouterr().err
+    start = next(json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if '"kind": "start"' in line)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for where in (start["precision"], metrics["precision"]):
+        assert where["emulated"] is True and where["grad_scaler"] is True
+        assert any("fp16 on this CPU is emulated" in n for n in where["notes"])

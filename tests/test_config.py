@@ -3,15 +3,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from conftest import ALL_CONFIGS, MATRIX_CONFIGS, RUN_CONFIGS
 from trainer_core.config import RunConfig, load_config, parse_override
 from trainer_core.errors import ConfigError
 
 
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
+def test_each_config_is_exactly_one_kind(path: Path) -> None:
+    # A shipped YAML is a training config or a matrix: it must validate under exactly the schema its
+    # folder classification says, and be rejected by the other one (not merely be counted).
+    from bench.matrix import MatrixSpec
+    from trainer_core.config import read_yaml
+
+    raw = read_yaml(path)
+    as_run = RunConfig.model_validate(raw) if path in RUN_CONFIGS else None
+    as_matrix = MatrixSpec.model_validate(raw) if path in MATRIX_CONFIGS else None
+    assert (as_run is None) != (as_matrix is None)
+    other = MatrixSpec if as_run is not None else RunConfig
+    with pytest.raises(ValidationError):
+        other.model_validate(raw)
+
+
 def test_configs_folder_holds_both_kinds() -> None:
     assert len(RUN_CONFIGS) >= 4 and len(MATRIX_CONFIGS) >= 3
-    assert len(RUN_CONFIGS) + len(MATRIX_CONFIGS) == len(ALL_CONFIGS)
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])

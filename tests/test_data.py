@@ -12,6 +12,7 @@ from trainer_core.config import DataConfig
 from trainer_core.data import (
     ResumableSampler,
     build_data,
+    load_idx_split,
     locate_idx_dir,
     make_blobs,
     make_synthetic_images,
@@ -156,11 +157,22 @@ def test_workers_and_loader_options(tmp_path: Path) -> None:
     assert sum(len(y) for _, y in loader) == 58  # 64 minus round(0.1 * 64) validation samples
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
-                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it as root)")
+def _real_fashion_mnist() -> Path | None:
+    try:
+        return locate_idx_dir("fashion_mnist", None, download=False)  # $TRAINBENCH_DATA, then Debian's folder
+    except DataError:
+        return None
+
+
+@pytest.mark.skipif(_real_fashion_mnist() is None, reason="Fashion-MNIST is not in $TRAINBENCH_DATA nor in Debian's "
+                    "/usr/share/datasets/fashion-mnist (.ci/run installs dataset-fashion-mnist as root)")
 def test_real_fashion_mnist_loads() -> None:
     bundle = build_data(DataConfig(name="fashion_mnist", batch_size=32), seed=0, device=CPU)
     assert bundle.meta["train_samples"] == 54000 and bundle.meta["test_samples"] == 10000
     x, y = next(iter(bundle.train_loader))
     assert x.dtype == torch.uint8 and set(y.tolist()) <= set(range(10))
     assert bundle.class_names[9] == "Ankle boot"
+    assert bundle.meta["source"] == str(_real_fashion_mnist())
+    # The first training image of Fashion-MNIST is an ankle boot (label 9) in every copy of the data set.
+    images, labels = load_idx_split(_real_fashion_mnist(), "train")
+    assert images.shape == (60000, 28, 28) and labels[0] == 9 and images.dtype == np.uint8

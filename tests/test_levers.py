@@ -55,12 +55,29 @@ def test_threads_lever_sets_torch_threads() -> None:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("key", "flag"), [("optim.fused", "fused"), ("optim.foreach", "foreach")])
-def test_optimizer_implementation_levers(key: str, flag: str) -> None:
-    run = build_run(load_config(None, tiny_overrides(**{key: True})))
-    assert run.trainer.optimizer.defaults[flag] is True
+def _optimizer_ops(**extra: object) -> set[str]:
+    """Names of the aten operators one optimizer step of a tiny run calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run = build_run(load_config(None, tiny_overrides(**extra)))
     x, y = next(iter(run.data.train_loader))
-    run.trainer.train_step(x, y)
+    run.trainer.train_step(x, y)  # Adam's state exists from here on
+    loss = run.trainer.loss_fn(run.trainer.model(x), y)
+    loss.backward()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run.trainer.optimizer.step()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize(("key", "expect", "absent"), [
+    ("optim.fused", "aten::_fused_adam_", "aten::_foreach_mul_"),
+    ("optim.foreach", "aten::_foreach_mul_", "aten::_fused_adam_"),
+])
+def test_optimizer_implementation_levers_run_their_kernel(key: str, expect: str, absent: str) -> None:
+    ops = _optimizer_ops(**{key: True})
+    assert expect in ops and absent not in ops, sorted(o for o in ops if "adam" in o or "foreach" in o)
+    default = _optimizer_ops()  # torch's default on CPU: one tensor at a time
+    assert "aten::_fused_adam_" not in default and not any(o.startswith("aten::_foreach") for o in default)
     with pytest.raises(ConfigError, match="foreach and fused cannot both be true"):
         load_config(None, {"optim.foreach": True, "optim.fused": True})
 

@@ -57,13 +57,26 @@ def test_bf16_true_trainer_keeps_bf16_weights_and_optimizer_state_and_an_fp32_lo
     assert all(v.dtype == torch.bfloat16 for k, v in state.items() if k != "step")
 
 
-def test_fp16_on_cpu_is_flagged_when_emulated() -> None:
+@pytest.mark.parametrize(("flags", "emulated"), [
+    ({"avx512f", "avx512_fp16"}, False), ({"amx_fp16"}, False), ({"avx512f", "avx512_bf16"}, True), (set(), True)])
+def test_fp16_on_cpu_is_flagged_when_emulated(monkeypatch: pytest.MonkeyPatch, flags: set[str], emulated: bool) -> None:
+    import trainer_core.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     policy = resolve_precision("fp16", CPU)
-    native = bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
-    assert policy.emulated is (not native)
-    if not native:
-        assert any("emulated" in n for n in policy.notes)
-        assert policy.metadata()["emulated"] is True
+    assert policy.emulated is emulated and policy.metadata()["emulated"] is emulated
+    assert any("fp16 on this CPU is emulated" in n for n in policy.notes) is emulated
+    assert policy.scaler is not None  # loss scaling either way
+
+
+@pytest.mark.parametrize(("flags", "emulated"), [({"avx512_bf16"}, False), ({"amx_bf16"}, False), ({"avx512f"}, True)])
+def test_bf16_on_cpu_is_flagged_without_native_instructions(monkeypatch: pytest.MonkeyPatch, flags: set[str], emulated: bool) -> None:
+    import trainer_core.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    for name in ("bf16", "bf16-true"):
+        policy = resolve_precision(name, CPU)
+        assert policy.emulated is emulated and any("no native instructions" in n for n in policy.notes) is emulated
 
 
 def test_metadata_records_tf32_switches() -> None:

@@ -93,15 +93,21 @@ def _matrix(tmp_path: Path, models: list[str]) -> Path:
     return p
 
 
-def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", TESTS)  # the cell processes import tests/faulty_models.py
-    m = _matrix(tmp_path, ["faulty_models:raises", "SimpleMLP", "faulty_models:emits_nan"])
+def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    m = _matrix(tmp_path, ["bench.planted:raises", "SimpleMLP", "bench.planted:emits_nan"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 0
-    records = {r["cell_id"]: r for r in map(json.loads, (_run_dir(tmp_path / "out") / "cells.jsonl").read_text().splitlines())}
-    assert records["faulty_models_raises"]["status"] == "failed"
-    assert "planted failure in forward" in records["faulty_models_raises"]["reason"]
+    assert "1 of 3 measured cells failed (reasons in summary.md)" in capsys.readouterr().out
+    d = _run_dir(tmp_path / "out")
+    records = {r["cell_id"]: r for r in map(json.loads, (d / "cells.jsonl").read_text().splitlines())}
+    assert records["bench_planted_raises"]["status"] == "failed"
+    assert "planted failure in forward" in records["bench_planted_raises"]["reason"]
+    # each cell's own output goes to cells/<cell>.log: the failed one holds its traceback
+    for cid in records:
+        assert (d / "cells" / f"{cid}.log").is_file(), cid
+    log = (d / "cells" / "bench_planted_raises.log").read_text()
+    assert "Traceback" in log and "RuntimeError: planted failure in forward" in log
     assert records["SimpleMLP"]["status"] == "ok" and records["SimpleMLP"]["guards_ok"]
-    nan = records["faulty_models_emits_nan"]
+    nan = records["bench_planted_emits_nan"]
     assert nan["status"] == "ok" and nan["guards"]["finite"]["status"] == "fail" and not nan["guards_ok"]
 
 
@@ -210,3 +216,30 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
     cells = _run_dir(out) / "cells.jsonl"
     for line in cells.read_text().splitlines() if cells.exists() else []:
         json.loads(line)  # what was recorded before the signal is intact
+
+
+@pytest.mark.parametrize(("base", "expected"), [
+    ({"model": {"name": "NoSuchNet"}}, "model.name: unknown model 'NoSuchNet'"),
+    ({"model": {"name": "no_such_pkg.models:net"}}, "model.name: cannot import module 'no_such_pkg.models'"),
+    ({"model": {"name": "SimpleMLP", "kwargs": {"widht": 3}}}, "model.kwargs.widht: unknown argument for SimpleMLP"),
+    ({"data": {"name": "mnist", "root": "no/such/folder"}}, "data.name=mnist: IDX files not found (looked in: no/such/folder"),
+])
+def test_a_matrix_that_cannot_run_is_refused_before_any_cell(tmp_path: Path, capsys: pytest.CaptureFixture, base: dict,
+                                                            expected: str) -> None:
+    doc = yaml.safe_load(Path(SMOKE).read_text())
+    doc["base"] = {**doc["base"], **base}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(doc, sort_keys=False))
+    for extra in ([], ["--dry-run"]):
+        assert run_cli.cli(["--matrix", str(p), "--out", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith(f"bench.run: error: {p}: ") and expected in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    m = _matrix(tmp_path, ["bench.planted:raises"])
+    assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3:-1] == ["1 of 1 measured cells failed (reasons in summary.md)", "no cell was measured successfully: exit code 1"]
+    assert lines[-1].startswith("results: ")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ KEY_CONFIG = "config"
 KEY_TORCH_VERSION = "torch_version"
 KEY_GIT_COMMIT = "git_commit"
 KEY_TIMESTAMP = "timestamp"
+# Why training ended (None while it is in progress). Optional: checkpoints written before it existed
+# lack it, and the reason is then inferred from the epoch, step and early-stopping state.
+KEY_END_REASON = "end_reason"
+END_EPOCHS, END_MAX_STEPS, END_EARLY_STOPPED, END_STOPPED = "epochs", "max_steps", "early_stopped", "stopped"
 
 REQUIRED_KEYS = (
     KEY_FORMAT, KEY_MODEL, KEY_OPTIMIZER, KEY_SCHEDULER, KEY_SCALER, KEY_EPOCH, KEY_GLOBAL_STEP,
@@ -63,6 +68,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; a checkpoint gets normal file modes
@@ -78,6 +84,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         except FileNotFoundError:
             pass
         raise
+    _remove_stale_temps(path, started)
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -86,6 +93,18 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.close(dir_fd)
     except OSError:  # some filesystems do not allow fsync on a directory
         pass
+
+
+def _remove_stale_temps(path: Path, before: float) -> None:
+    """Temp files of earlier saves of ``path`` that were killed mid-write (SIGKILL skips cleanup): each
+    is as large as a checkpoint, so they are removed once a newer save of the same file has completed.
+    Only files older than this save are touched."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if stale.stat().st_mtime < before:
+                stale.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -124,7 +124,8 @@ class LoggingConfig(_Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars under <run>/tensorboard.")
     jsonl: bool = Field(True, description="Write a JSON-lines log <run>/log.jsonl.")
     log_every_n_steps: int = Field(20, ge=1, description="Step-level scalars are written every N optimizer steps.")
-    progress_bar: Literal["auto", "on", "off"] = Field("auto", description="Per-epoch progress bar; 'auto' shows it only on a TTY.")
+    progress_bar: Literal["auto", "on", "off"] = Field("auto", description="Epoch progress: 'auto' = a bar on a TTY, else a line every progress_every_s; 'on' = always the bar; 'off' = none.")
+    progress_every_s: float = Field(30.0, ge=0, description="Off a TTY, print a one-line progress record this often during an epoch (0 = never).")
     track_grad_norm: bool = Field(True, description="Compute and log the global gradient norm every step.")
 
     @field_validator("progress_bar", mode="before")

@@ -134,6 +134,13 @@ def locate_idx_dir(name: str, root: str | None, download: bool) -> Path:
     )
 
 
+def preflight_data(cfg: DataConfig) -> None:
+    """What a run of ``cfg`` would fail on when loading its data, found without loading it: IDX files
+    that are not on disk (and may not be downloaded). Raises :class:`DataError`."""
+    if cfg.name in SYSTEM_DIRS and not cfg.download:
+        locate_idx_dir(cfg.name, cfg.root, download=False)
+
+
 def load_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lbl_stem = IDX_FILES[split]
     images = read_idx(_find_file(folder, img_stem))  # type: ignore[arg-type]

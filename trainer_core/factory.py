@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from trainer_core.config import RunConfig
-from trainer_core.data import DataBundle, build_data
+from trainer_core.data import DataBundle, build_data, preflight_data
 from trainer_core.errors import ConfigError
 from trainer_core.host_memory import apply_malloc_policy
-from trainer_core.models import build_model
+from trainer_core.models import build_model, check_kwargs, resolve_factory
 from trainer_core.precision import resolve_device
 from trainer_core.reproducibility import configure_determinism, seed_everything
 from trainer_core.run_logger import RunLogger
@@ -39,6 +39,15 @@ def apply_runtime_settings(config: RunConfig) -> None:
     except RuntimeError as e:
         raise ConfigError(str(e)) from None
     configure_determinism(config.train.deterministic)
+
+
+def preflight(config: RunConfig) -> None:
+    """Resolve what a run of ``config`` will load, cheaply (no data read, no model built, no step):
+    the model factory (an import path is imported) and its arguments, the dataset's files. Raises the
+    one-line error the run itself would raise, naming the key; what only running can find (a model
+    that fails in forward, memory) is left to the run."""
+    check_kwargs(resolve_factory(config.model.name), config.model.kwargs)
+    preflight_data(config.data)
 
 
 def build_run(

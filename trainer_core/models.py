@@ -120,7 +120,7 @@ def resolve_factory(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def _check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+def check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -136,7 +136,7 @@ def _check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Instantiate the configured model (on CPU, in fp32; the Trainer moves it)."""
     factory = resolve_factory(cfg.name)
-    _check_kwargs(factory, cfg.kwargs)
+    check_kwargs(factory, cfg.kwargs)
     try:
         model = factory(**cfg.kwargs)
     except (TypeError, ValueError) as e:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager
 
 import torch
 from torch import nn
@@ -25,48 +24,16 @@ from trainer_core import checkpoint as ck
 from trainer_core.config import RunConfig
 from trainer_core.data import find_resumable_sampler
 from trainer_core.errors import CheckpointError, ConfigError
+from trainer_core.hooks import BaseHook, StepHook, StepResult  # noqa: F401  (re-exported: the hook API)
 from trainer_core.precision import resolve_precision
+from trainer_core.progress import EpochProgress
 from trainer_core.provenance import git_commit, utc_timestamp
 from trainer_core.reproducibility import capture_rng_state, restore_rng_state
 from trainer_core.run_logger import RunLogger
 
 PHASES: tuple[str, ...] = ("data", "h2d", "forward", "backward", "optimizer")
 _NULL = contextlib.nullcontext()
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step produced. Tensors stay on the device: reading them forces a sync."""
-
-    step: int
-    batch_size: int
-    loss: torch.Tensor
-    grad_norm: torch.Tensor | None
-    skipped: bool  # fp16: GradScaler found inf/NaN gradients and skipped the update
-
-
-class StepHook(Protocol):
-    """Observer of the Trainer's step. Both methods are optional in practice (see :class:`BaseHook`)."""
-
-    def phase(self, name: str) -> ContextManager[Any]: ...
-
-    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None: ...
-
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
-
-
-class BaseHook:
-    """No-op hook to subclass."""
-
-    def phase(self, name: str) -> ContextManager[Any]:
-        return _NULL
-
-    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None:
-        return None
-
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
-        """Called after validation, outside the timed training region."""
-        return None
+__all__ = ["PHASES", "BaseHook", "EarlyStopping", "FitResult", "StepHook", "StepResult", "Trainer"]
 
 
 class EarlyStopping:
@@ -106,6 +73,7 @@ class FitResult:
     interrupted: bool  # stopped by stop_after_steps; resume from last_model.pt
     early_stopped: bool
     global_step: int
+    end_reason: str | None = None  # checkpoint.END_*: why training ended (None: interrupted)
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
@@ -201,6 +169,7 @@ class Trainer:
         self._best_n: list[tuple[float, Path]] = []
         self._t0 = time.perf_counter()  # start of the current timed stretch of the epoch loop
         self.should_stop = False  # a hook may set this; fit() stops after the current epoch
+        self.end_reason: str | None = None  # why training ended (checkpoint.END_*), saved in checkpoints
         # (loader, (epoch, samples_in_epoch), iterator) of a fit() interrupted by stop_after_steps
         self._live_batches: tuple[DataLoader, tuple[int, int], Iterator[Any]] | None = None
 
@@ -358,15 +327,9 @@ class Trainer:
                 next(it)
         return it
 
-    def _progress(self, total: int, initial: int) -> Any:
-        mode = self.config.logging.progress_bar
-        show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-        if not show:
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
-                    unit="step", leave=False, dynamic_ncols=True)
+    def _progress(self, total: int, initial: int) -> EpochProgress:
+        log = self.config.logging
+        return EpochProgress(log.progress_bar, log.progress_every_s, self.epoch + 1, self.config.train.epochs, total, initial)
 
     def fit(self, train_loader: DataLoader, val_loader: DataLoader | None = None, *, stop_after_steps: int | None = None) -> FitResult:
         """Train until epochs or max_steps; validate each epoch; early-stop; checkpoint.
@@ -405,8 +368,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.samples_in_epoch += result.batch_size
                 self.counters["samples_seen"] += result.batch_size
-                if bar is not None:
-                    bar.update(1)
+                bar.update(self.global_step, result.batch_size)
                 if self.global_step % log_every == 0:
                     self._log_step()
                 if ckpt_every and self.global_step % ckpt_every == 0:
@@ -414,8 +376,7 @@ class Trainer:
                     self._save_named(ck.LAST_NAME)
                     t0 = self._t0 = time.perf_counter()  # checkpoint writing is not training time
             self.counters["train_seconds"] += time.perf_counter() - t0
-            if bar is not None:
-                bar.close()
+            bar.close()
             if not epoch_done:
                 self._live_batches = (train_loader, (self.epoch, self.samples_in_epoch), batches)
                 self.flush()
@@ -427,7 +388,7 @@ class Trainer:
             early = self._end_epoch(val_loader)
             if early or self.should_stop:
                 break
-        return FitResult(self.history, False, early, self.global_step)
+        return FitResult(self.history, False, early, self.global_step, self.end_reason)
 
     def _log_step(self) -> None:
         self.flush()
@@ -474,16 +435,49 @@ class Trainer:
         stop = val_loader is not None and self.early_stopping.update(self.epoch + 1, val["loss"])
         if stop and self.logger:
             self.logger.event("early_stop", epoch=self.epoch + 1, best_epoch=self.best_epoch, best_val_loss=self.best_metric)
-        # Advance the position *before* saving so last_model.pt resumes at the next epoch's start.
+        # Advance the position *before* saving so last_model.pt resumes at the next epoch's start, and
+        # record why training ends here (if it does) so a resume can tell a finished run from one to continue.
         self.epoch += 1
         self.batch_in_epoch = 0
         self.samples_in_epoch = 0
+        self.end_reason = self._end_reason(stop)
         if improved and self.config.checkpoint.save_best:
             self._save_named(ck.BEST_NAME)
             self._keep_best_n(val["loss"])
         if self.config.checkpoint.save_last:
             self._save_named(ck.LAST_NAME)
         return stop
+
+    def _end_reason(self, early_stopped: bool) -> str | None:
+        if early_stopped:
+            return ck.END_EARLY_STOPPED
+        if self._max_steps_reached():
+            return ck.END_MAX_STEPS
+        if self.epoch >= self.config.train.epochs:
+            return ck.END_EPOCHS
+        return ck.END_STOPPED if self.should_stop else None
+
+    def completion(self) -> str | None:
+        """Why this run (restored from a checkpoint) has nothing left to do under its current config,
+        in words; None when it has. A run ended by early stopping or by a hook stays complete until
+        :meth:`reopen` is called, even if the config now allows more epochs."""
+        t = self.config.train
+        if self.end_reason == ck.END_EARLY_STOPPED:
+            return f"early-stopped after epoch {self.epoch}, best epoch {self.best_epoch}"
+        if self.end_reason == ck.END_STOPPED:
+            return f"stopped by a hook after epoch {self.epoch}"
+        if t.max_steps is not None and self.global_step >= t.max_steps:
+            return f"train.max_steps={t.max_steps} reached (step {self.global_step})"
+        if self.epoch >= t.epochs:
+            return f"all {t.epochs} epochs done"
+        return None
+
+    def reopen(self) -> None:
+        """Let a run that early stopping (or a hook) ended train on: its patience starts afresh."""
+        if self.end_reason in (ck.END_EARLY_STOPPED, ck.END_STOPPED):
+            self.end_reason = None
+            self.early_stopping.bad_epochs = 0
+            self.early_stopping.stopped_epoch = None
 
     # ------------------------------------------------------------------------------- checkpoints
     def _save_named(self, name: str) -> None:
@@ -526,6 +520,7 @@ class Trainer:
             ck.KEY_TORCH_VERSION: str(torch.__version__),  # TorchVersion is not a weights_only-safe type
             ck.KEY_GIT_COMMIT: git_commit(),
             ck.KEY_TIMESTAMP: utc_timestamp(),
+            ck.KEY_END_REASON: self.end_reason,
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -557,6 +552,8 @@ class Trainer:
             if (saved is None) != (obj is None):
                 raise CheckpointError(f"{source}: checkpoint {'has' if saved is not None else 'has no'} {label} state but this config {'uses none' if obj is None else 'uses one'}")
             if obj is not None:
+                if obj is self.scheduler:
+                    self._check_schedule_length(saved, source)
                 obj.load_state_dict(saved)
         self.epoch = int(state[ck.KEY_EPOCH])
         self.global_step = int(state[ck.KEY_GLOBAL_STEP])
@@ -568,7 +565,28 @@ class Trainer:
         self.loss_history = [float(v) for v in state[ck.KEY_LOSS_HISTORY]]
         self.history = [dict(h) for h in state[ck.KEY_HISTORY]]
         self.counters = {k: float(v) for k, v in state[ck.KEY_COUNTERS].items()}
+        self.end_reason = state.get(ck.KEY_END_REASON, ck.END_EARLY_STOPPED if self.early_stopping.stopped_epoch else None)
         self._pending_losses.clear()
         self._pending_norms.clear()
         self._live_batches = None
+        self._best_n = self._kept_best_n()
         restore_rng_state(state[ck.KEY_RNG])
+
+    def _check_schedule_length(self, saved: dict[str, Any], source: str) -> None:
+        """A restored schedule keeps the length it was built for; refuse a config that asks for another
+        one (more epochs or steps), which would otherwise follow the old curve past its end (cosine)
+        or fail there (onecycle)."""
+        fresh = self.scheduler.state_dict() if self.scheduler is not None else {}
+        for key in ("total_steps", "T_max"):
+            if key in saved and key in fresh and saved[key] != fresh[key]:
+                raise CheckpointError(
+                    f"{source}: optim.scheduler={self.config.optim.scheduler} was sized for {saved[key]} steps; this config "
+                    f"(train.epochs={self.config.train.epochs}, train.max_steps={self.config.train.max_steps}) sizes it for "
+                    f"{fresh[key]}: a schedule cannot be stretched mid-run. Resume with the run's own length, or start a new run")
+
+    def _kept_best_n(self) -> list[tuple[float, Path]]:
+        """The best-epoch files a resumed run already holds, with their validation losses from the history."""
+        if not self.config.checkpoint.keep_best_n or self.checkpoint_dir is None:
+            return []
+        kept = [(float(h["val_loss"]), self.checkpoint_dir / f"best-epoch{h['epoch']}.pt") for h in self.history]
+        return sorted((v, p) for v, p in kept if p.exists())

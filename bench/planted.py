@@ -1,4 +1,16 @@
-"""Models with planted faults, used to prove that every matrix guard catches what it claims to."""
+"""Models with planted faults: each one breaks exactly one guard, to prove the guard catches it.
+
+Used by the tests and by ``python -m bench.guard_audit`` (catch rate beside false-alarm rate); give one
+as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire on your machine.
+
+| factory        | breaks       | how                                                                  |
+|----------------|--------------|----------------------------------------------------------------------|
+| never_learns   | overfit      | output ignores the input; its only parameter gets zero gradient      |
+| emits_nan      | finite       | every output is NaN                                                  |
+| nondeterministic | determinism | noise from a generator seeded by the clock, outside the seeded RNGs |
+| hidden_state   | resume       | a call counter that changes the output but is not in the state_dict  |
+| raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,115 @@
+"""The guards' report card: configurations on which every guard must pass, and planted faults that
+each guard must catch.
+
+A guard that fires on a healthy configuration is as much a defect as one that misses a fault, so
+both rates are measured on the same footing: the false-alarm rate over every shipped run config and
+every model x precision of the shipped matrices, the catch rate over the models of
+:mod:`bench.planted`, each over several seeds (``python -m bench.guard_audit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.guards import FAIL, QUICK_GUARDS, GuardResult, check_guards, guards_ok
+from bench.matrix import GuardsConfig, expand, load_matrix
+from trainer_core.config import RunConfig, apply_overrides, load_config, validate_config
+from trainer_core.data import preflight_data
+from trainer_core.errors import DataError
+
+# The planted fault -> the guard it must fail (see bench/planted.py).
+PLANTED: dict[str, str] = {"never_learns": "overfit", "emits_nan": "finite", "nondeterministic": "determinism",
+                           "hidden_state": "resume"}
+
+
+@dataclass
+class GuardCase:
+    label: str
+    config: RunConfig
+    guards: GuardsConfig
+    expect_fail: str | None = None  # the guard a planted fault must fail; None: every guard must pass
+
+
+def cheap(config: RunConfig) -> RunConfig:
+    """The same model, precision, optimizer and batch size on fewer samples: guards only need a few batches."""
+    d = config.data
+    over: dict[str, Any] = {"data.n_samples": max(256, 4 * d.batch_size), "data.n_test_samples": 64}
+    if d.name in ("mnist", "fashion_mnist"):
+        over["data.limit_train_samples"] = max(512, 4 * d.batch_size)
+    return validate_config(apply_overrides(config.to_dict(), over), source=f"{config.name} (cheap)")
+
+
+def is_matrix(path: Path) -> bool:
+    doc = yaml.safe_load(path.read_text()) or {}
+    return isinstance(doc, dict) and "axes" in doc
+
+
+def matrix_cases(path: Path) -> list[GuardCase]:
+    """One case per model x precision among the cells this machine can run, with the matrix's guard settings."""
+    spec = load_matrix(path)
+    seen: dict[tuple[str, str, str], GuardCase] = {}
+    for cell in expand(spec, source=str(path)):
+        c = cell.config
+        key = (c.model.name, repr(sorted(c.model.kwargs.items())), c.precision)
+        if cell.skip_reason is None and key not in seen:
+            seen[key] = GuardCase(f"{path.name}: {c.model.name} {c.precision}", cheap(c), spec.guards)
+    return list(seen.values())
+
+
+def shipped_cases(configs_dir: Path) -> list[GuardCase]:
+    """Every run config (under a matrix's default guards and under bench.tune's quick ones) and every
+    model x precision of every matrix in ``configs_dir``."""
+    cases: list[GuardCase] = []
+    for path in sorted(Path(configs_dir).glob("*.yaml")):
+        if is_matrix(path):
+            cases += matrix_cases(path)
+            continue
+        config = cheap(load_config(path))
+        cases += [GuardCase(f"{path.name} (matrix guards)", config, GuardsConfig()),
+                  GuardCase(f"{path.name} (tune guards)", config, QUICK_GUARDS)]
+    return cases
+
+
+def planted_cases() -> list[GuardCase]:
+    """Each planted fault on flat tabular data and on MNIST-shaped images (under a one-cycle schedule, so a
+    guard that holds the schedule fixed is shown still to catch it), under both guard settings."""
+    hosts = {
+        "blobs": {"data.name": "synthetic_blobs", "data.n_samples": 256, "data.batch_size": 32, "optim.lr": 0.02,
+                  "model.kwargs": {"in_features": 2, "classes": 2}},
+        "images+onecycle": {"data.name": "synthetic_images", "data.n_samples": 256, "data.batch_size": 32,
+                            "optim.lr": 0.005, "optim.scheduler": "onecycle", "model.kwargs": {"in_features": 784, "classes": 10}},
+    }
+    cases = []
+    for fault, guard in PLANTED.items():
+        for host, over in hosts.items():
+            config = validate_config(apply_overrides({"device": "cpu"}, {**over, "model.name": f"bench.planted:{fault}"}))
+            for label, gcfg in (("matrix guards", GuardsConfig()), ("tune guards", QUICK_GUARDS)):
+                cases.append(GuardCase(f"{fault} on {host} ({label})", config, gcfg, expect_fail=guard))
+    return cases
+
+
+def with_data(case: GuardCase, data_root: str | None) -> GuardCase | None:
+    """The case with its IDX data found: as configured, else under ``data_root``; None if neither has it."""
+    try:
+        preflight_data(case.config.data)
+        return case
+    except DataError:
+        if data_root is None:
+            return None
+    config = validate_config(apply_overrides(case.config.to_dict(), {"data.root": data_root}))
+    preflight_data(config.data)
+    return replace(case, config=config)
+
+
+def run_case(case: GuardCase, seed_offset: int = 0) -> tuple[bool, list[GuardResult]]:
+    """(verdict, results) with the config's own seed plus ``seed_offset``: for a healthy case True when
+    every guard passed; for a planted fault True when its guard failed (it was caught)."""
+    config = validate_config(apply_overrides(case.config.to_dict(), {"seed": case.config.seed + seed_offset}))
+    results = check_guards(config, case.guards)
+    if case.expect_fail is None:
+        return guards_ok(results), results
+    return any(r.name == case.expect_fail and r.status == FAIL for r in results), results
