@@ -53,7 +53,14 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+def add_overrides(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable, read as YAML, beats the YAML file): the one spelling every command uses."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=what)
+
+
+def run_cli(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
     """Parse, run ``main``, and turn :class:`TrainbenchError` into one stderr line and exit code 2."""
     # Off a terminal Python buffers stdout in blocks: a CI log, `| tee` or `nohup` would see a long
     # command's lines only when it ends. Every line goes out as it is printed instead.

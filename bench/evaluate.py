@@ -13,12 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._cli import make_parser, run_cli
-from trainer_core import checkpoint as ck
-from trainer_core.config import apply_overrides, load_config, validate_config
-from trainer_core.errors import CheckpointError
-from trainer_core.factory import build_run
-from trainer_core.metrics import accuracy, confusion_matrix, per_class_accuracy
-from trainer_core.provenance import utc_timestamp
+from bench.evaluation import evaluate_checkpoint, format_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,52 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_report(result: dict) -> str:
-    names = result["class_names"]
-    width = max(len(n) for n in names)
-    lines = [f"test accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  ({result['samples']} samples)",
-             "per-class accuracy:"]
-    for name, acc in zip(names, result["per_class_accuracy"]):
-        lines.append(f"  {name:<{width}}  {'n/a' if acc is None else f'{acc:.4f}'}")
-    lines.append("confusion matrix (rows: true class, columns: predicted):")
-    for row in result["confusion_matrix"]:
-        lines.append("  " + " ".join(f"{v:>5d}" for v in row))
-    return "\n".join(lines)
-
-
 def main(args: argparse.Namespace) -> int:
     path = Path(args.checkpoint)
-    state = ck.load_checkpoint_file(path)
-    overrides = {}
-    if args.data_dir:
-        overrides["data.root"] = args.data_dir
-    if args.device:
-        overrides["device"] = args.device
-    if args.config:
-        config = load_config(args.config, overrides)
-    else:
-        config = validate_config(apply_overrides(state[ck.KEY_CONFIG], overrides), source=f"{path} (stored config)")
-    run = build_run(config)
-    try:
-        run.model.load_state_dict(state[ck.KEY_MODEL])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: model weights do not fit the config's model: {ck.describe_state_dict_mismatch(e)}") from None
-    preds, targets, loss = run.trainer.predict(run.data.test_loader)
-    cm = confusion_matrix(preds, targets, run.data.num_classes)
-    result = {
-        "checkpoint": str(path),
-        "test_accuracy": accuracy(cm),
-        "test_loss": loss,
-        "samples": int(cm.sum()),
-        "class_names": run.data.class_names,
-        "per_class_accuracy": per_class_accuracy(cm),
-        "confusion_matrix": cm.tolist(),
-        "checkpoint_epoch": int(state[ck.KEY_EPOCH]),
-        "checkpoint_global_step": int(state[ck.KEY_GLOBAL_STEP]),
-        "precision": config.precision,
-        "data": run.data.meta,
-        "evaluated": utc_timestamp(),
-    }
+    result = evaluate_checkpoint(path, args.config, args.data_dir, args.device)
     out = path.parent / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(format_report(result))

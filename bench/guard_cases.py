@@ -9,21 +9,28 @@ every model x precision of the shipped matrices, the catch rate over the models 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.guards import FAIL, QUICK_GUARDS, GuardResult, check_guards, guards_ok
-from bench.matrix import GuardsConfig, expand, load_matrix
+from bench.contract import FAIL, GuardResult, GuardsConfig, guards_ok
+from bench.guards import QUICK_GUARDS, check_guards
+from bench.matrix import expand, load_matrix
 from trainer_core.config import RunConfig, apply_overrides, load_config, validate_config
-from trainer_core.data import preflight_data
+from trainer_core.datasets import preflight_data
 from trainer_core.errors import DataError
 
 # The planted fault -> the guard it must fail (see bench/planted.py).
-PLANTED: dict[str, str] = {"never_learns": "overfit", "emits_nan": "finite", "nondeterministic": "determinism",
-                           "hidden_state": "resume"}
+PLANTED: dict[str, str] = {
+    "never_learns": "overfit",
+    "emits_nan": "finite",
+    "nondeterministic": "determinism",
+    "hidden_state": "resume",
+}
 
 
 @dataclass
@@ -69,8 +76,10 @@ def shipped_cases(configs_dir: Path) -> list[GuardCase]:
             cases += matrix_cases(path)
             continue
         config = cheap(load_config(path))
-        cases += [GuardCase(f"{path.name} (matrix guards)", config, GuardsConfig()),
-                  GuardCase(f"{path.name} (tune guards)", config, QUICK_GUARDS)]
+        cases += [
+            GuardCase(f"{path.name} (matrix guards)", config, GuardsConfig()),
+            GuardCase(f"{path.name} (tune guards)", config, QUICK_GUARDS),
+        ]
     return cases
 
 
@@ -78,15 +87,28 @@ def planted_cases() -> list[GuardCase]:
     """Each planted fault on flat tabular data and on MNIST-shaped images (under a one-cycle schedule, so a
     guard that holds the schedule fixed is shown still to catch it), under both guard settings."""
     hosts = {
-        "blobs": {"data.name": "synthetic_blobs", "data.n_samples": 256, "data.batch_size": 32, "optim.lr": 0.02,
-                  "model.kwargs": {"in_features": 2, "classes": 2}},
-        "images+onecycle": {"data.name": "synthetic_images", "data.n_samples": 256, "data.batch_size": 32,
-                            "optim.lr": 0.005, "optim.scheduler": "onecycle", "model.kwargs": {"in_features": 784, "classes": 10}},
+        "blobs": {
+            "data.name": "synthetic_blobs",
+            "data.n_samples": 256,
+            "data.batch_size": 32,
+            "optim.lr": 0.02,
+            "model.kwargs": {"in_features": 2, "classes": 2},
+        },
+        "images+onecycle": {
+            "data.name": "synthetic_images",
+            "data.n_samples": 256,
+            "data.batch_size": 32,
+            "optim.lr": 0.005,
+            "optim.scheduler": "onecycle",
+            "model.kwargs": {"in_features": 784, "classes": 10},
+        },
     }
     cases = []
     for fault, guard in PLANTED.items():
         for host, over in hosts.items():
-            config = validate_config(apply_overrides({"device": "cpu"}, {**over, "model.name": f"bench.planted:{fault}"}))
+            config = validate_config(
+                apply_overrides({"device": "cpu"}, {**over, "model.name": f"bench.planted:{fault}"})
+            )
             for label, gcfg in (("matrix guards", GuardsConfig()), ("tune guards", QUICK_GUARDS)):
                 cases.append(GuardCase(f"{fault} on {host} ({label})", config, gcfg, expect_fail=guard))
     return cases
@@ -113,3 +135,43 @@ def run_case(case: GuardCase, seed_offset: int = 0) -> tuple[bool, list[GuardRes
     if case.expect_fail is None:
         return guards_ok(results), results
     return any(r.name == case.expect_fail and r.status == FAIL for r in results), results
+
+
+def audit(
+    groups: dict[str, list[GuardCase]], seeds: int, data_root: str | None, say: Callable[[str], None] = print
+) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """Every case of every group (``healthy``: must pass; ``planted``: must be caught) with ``seeds`` seeds.
+    Returns (one row per verdict, {group: [good verdicts, runs]}); ``say`` gets a line per verdict."""
+    counts = {g: [0, 0] for g in groups}
+    rows = []
+    for group, cases in groups.items():
+        for case in cases:
+            found = with_data(case, data_root)
+            if found is None:
+                say(f"not run: {case.label}: its data is not on disk (see --data-root)")
+                continue
+            for seed in range(seeds):  # offsets from the config's own seed
+                t0 = time.perf_counter()
+                good, results = run_case(found, seed)
+                counts[group][0] += good
+                counts[group][1] += 1
+                bad = "; ".join(f"{r.name} {r.status}: {r.detail}" for r in results if r.status != "pass")
+                verdict = (
+                    ("pass" if good else "FALSE ALARM")
+                    if case.expect_fail is None
+                    else ("caught" if good else "MISSED")
+                )
+                say(
+                    f"{verdict:<11} {case.label} seed {seed} ({time.perf_counter() - t0:.1f} s)"
+                    + (f": {bad}" if bad else "")
+                )
+                rows.append(
+                    {
+                        "group": group,
+                        "case": case.label,
+                        "seed": seed,
+                        "good": good,
+                        "guards": {r.name: r.status for r in results},
+                    }
+                )
+    return rows, counts

@@ -16,38 +16,44 @@ schedule, not about the model):
 - resume:      k steps, save, restore into fresh objects, k more steps == 2k steps straight; the
                scheduler's state is part of what is saved and compared, as in any resumed run.
 
-Each returns a :class:`GuardResult`; a failing guard never raises.
+Guards are a registry: ``@register_guard("name")`` on a function ``(GuardContext) -> GuardResult``
+is all it takes to add one: matrix validation (``guards.enabled``), the tables' columns and
+bench.compare's guard regressions all read the registry or the records. A failing guard never raises;
+an exception inside one is reported as that guard's ``error``.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from bench.matrix import GuardsConfig
+from bench.contract import ERROR, FAIL, NONDETERMINISTIC, PASS, GuardResult, GuardsConfig, guards_ok
 from bench.measure import CELL_OVERRIDES
 from trainer_core.config import RunConfig, apply_overrides, validate_config
 from trainer_core.factory import Run, build_run
 from trainer_core.trainer import BaseHook, StepResult, Trainer
 
-PASS, FAIL, NONDETERMINISTIC, ERROR = "pass", "fail", "nondeterministic", "error"
-# Short guards (8 samples memorised in 60 steps, 2-step runs): what bench.tune and the shipped matrices use.
-QUICK_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)
-
-
-@dataclass
-class GuardResult:
-    name: str
-    status: str  # pass | fail | nondeterministic | error
-    detail: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = [
+    "ERROR",
+    "FAIL",
+    "GUARDS",
+    "NONDETERMINISTIC",
+    "PASS",
+    "QUICK_GUARDS",
+    "FiniteWatch",
+    "GuardContext",
+    "GuardResult",
+    "check_guards",
+    "constant_lr",
+    "guards_ok",
+    "register_guard",
+    "run_guards",
+]
 
 
 class FiniteWatch(BaseHook):
@@ -63,22 +69,32 @@ class FiniteWatch(BaseHook):
             self.skipped.append(result.skipped)
 
 
-def guard_finite(trainer: Trainer, watch: FiniteWatch) -> GuardResult:
-    trainer.flush()
-    losses = torch.tensor(trainer.loss_history, dtype=torch.float64)
-    bad_losses = int((~torch.isfinite(losses)).sum())
-    bad_grads = 0
-    if watch.norms:
-        finite = torch.isfinite(torch.stack(watch.norms)).cpu()
-        skipped = torch.tensor(watch.skipped, dtype=torch.bool)
-        bad_grads = int((~finite & ~skipped).sum())
-    n_skipped = int(sum(watch.skipped))
-    detail = f"{len(losses)} losses, {len(watch.norms)} grad norms checked; {n_skipped} fp16 steps skipped by GradScaler"
-    if bad_losses or bad_grads:
-        first = next((i for i, v in enumerate(trainer.loss_history) if not math.isfinite(v)), None)
-        where = f" (first non-finite loss at step {first + 1})" if first is not None else ""
-        return GuardResult("finite", FAIL, f"{bad_losses} non-finite losses, {bad_grads} non-finite gradient norms{where}; " + detail)
-    return GuardResult("finite", PASS, detail)
+@dataclass
+class GuardContext:
+    """What a guard may use: the cell's config (as the cell ran it), the guard settings, the device, and
+    the cell's own Trainer and step watch after its measured steps (guards that train build their own runs)."""
+
+    config: RunConfig
+    settings: GuardsConfig
+    device: torch.device
+    trainer: Trainer | None = None
+    watch: FiniteWatch | None = None
+
+
+GuardFn = Callable[[GuardContext], GuardResult]
+GUARDS: dict[str, GuardFn] = {}  # registration order is the order guards run and appear in tables
+
+
+def register_guard(name: str) -> Callable[[GuardFn], GuardFn]:
+    """Register ``fn`` as the guard ``name`` (run on every cell whose ``guards.enabled`` lists it)."""
+
+    def add(fn: GuardFn) -> GuardFn:
+        if name in GUARDS:
+            raise ValueError(f"guard {name!r} is registered twice")
+        GUARDS[name] = fn
+        return fn
+
+    return add
 
 
 def constant_lr(config: RunConfig) -> RunConfig:
@@ -88,7 +104,10 @@ def constant_lr(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"optim": config.optim.model_copy(update={"scheduler": "none"})})
 
 
-def guard_overfit(config: RunConfig, cfg: GuardsConfig) -> GuardResult:
+@register_guard("overfit")
+def guard_overfit(ctx: GuardContext) -> GuardResult:
+    """A tiny batch is memorised: final loss below a precision-aware share of the initial loss."""
+    config, cfg = ctx.config, ctx.settings
     run = build_run(constant_lr(config))
     x, y = next(iter(run.data.train_loader))
     n = min(len(y), cfg.overfit_samples)
@@ -98,10 +117,41 @@ def guard_overfit(config: RunConfig, cfg: GuardsConfig) -> GuardResult:
     limit = cfg.overfit_ratio.get(config.precision, 0.1)
     ratio = final / initial if initial > 0 else math.inf
     held = f", {config.optim.scheduler} schedule held at that lr" if config.optim.scheduler != "none" else ""
-    detail = (f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps "
-              f"on {n} samples at constant lr {config.optim.lr:g}{held}")
+    detail = (
+        f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps "
+        f"on {n} samples at constant lr {config.optim.lr:g}{held}"
+    )
     ok = math.isfinite(final) and ratio < limit
-    return GuardResult("overfit", PASS if ok else FAIL, detail)
+    return GuardResult(name="overfit", status=PASS if ok else FAIL, detail=detail)
+
+
+@register_guard("finite")
+def guard_finite(ctx: GuardContext) -> GuardResult:
+    """Every loss and gradient norm of the measured steps is finite (fp16 steps the GradScaler skipped are counted)."""
+    trainer, watch = ctx.trainer, ctx.watch
+    if trainer is None or watch is None:
+        raise ValueError("the finite guard reads the cell's own measured steps: none were given")
+    trainer.flush()
+    losses = torch.tensor(trainer.loss_history, dtype=torch.float64)
+    bad_losses = int((~torch.isfinite(losses)).sum())
+    bad_grads = 0
+    if watch.norms:
+        finite = torch.isfinite(torch.stack(watch.norms)).cpu()
+        skipped = torch.tensor(watch.skipped, dtype=torch.bool)
+        bad_grads = int((~finite & ~skipped).sum())
+    n_skipped = int(sum(watch.skipped))
+    detail = (
+        f"{len(losses)} losses, {len(watch.norms)} grad norms checked; {n_skipped} fp16 steps skipped by GradScaler"
+    )
+    if bad_losses or bad_grads:
+        first = next((i for i, v in enumerate(trainer.loss_history) if not math.isfinite(v)), None)
+        where = f" (first non-finite loss at step {first + 1})" if first is not None else ""
+        return GuardResult(
+            name="finite",
+            status=FAIL,
+            detail=f"{bad_losses} non-finite losses, {bad_grads} non-finite gradient norms{where}; " + detail,
+        )
+    return GuardResult(name="finite", status=PASS, detail=detail)
 
 
 def _steps(run: Run, n: int) -> None:
@@ -112,7 +162,10 @@ def _steps(run: Run, n: int) -> None:
 def _compare(a: Trainer, b: Trainer) -> str | None:
     """None if loss histories and weights are bit-identical, else what differs first."""
     if a.loss_history != b.loss_history:
-        i = next((i for i, (u, v) in enumerate(zip(a.loss_history, b.loss_history)) if u != v), min(len(a.loss_history), len(b.loss_history)))
+        i = next(
+            (i for i, (u, v) in enumerate(zip(a.loss_history, b.loss_history)) if u != v),
+            min(len(a.loss_history), len(b.loss_history)),
+        )
         return f"loss differs at step {i + 1}"
     sa, sb = a.model.state_dict(), b.model.state_dict()
     for k in sa:
@@ -125,22 +178,34 @@ def _gpu_nondeterministic(config: RunConfig, device: torch.device) -> bool:
     return device.type == "cuda" and not config.train.deterministic
 
 
-def guard_determinism(config: RunConfig, cfg: GuardsConfig, device: torch.device) -> GuardResult:
-    if _gpu_nondeterministic(config, device):
-        return GuardResult("determinism", NONDETERMINISTIC, "deterministic algorithms are off on this GPU (train.deterministic=false)")
+@register_guard("determinism")
+def guard_determinism(ctx: GuardContext) -> GuardResult:
+    """Two short runs from one seed are bit-identical (on a GPU without deterministic algorithms:
+    'nondeterministic')."""
+    config, k = ctx.config, ctx.settings.short_run_steps
+    if _gpu_nondeterministic(config, ctx.device):
+        return GuardResult(
+            name="determinism",
+            status=NONDETERMINISTIC,
+            detail="deterministic algorithms are off on this GPU (train.deterministic=false)",
+        )
     # Build each run right before stepping it: build_run reseeds the global RNG that dropout draws from.
     first = build_run(config)
-    _steps(first, cfg.short_run_steps)
+    _steps(first, k)
     second = build_run(config)
-    _steps(second, cfg.short_run_steps)
+    _steps(second, k)
     diff = _compare(first.trainer, second.trainer)
     if diff:
-        return GuardResult("determinism", FAIL, f"two runs from seed {config.seed}: {diff}")
-    return GuardResult("determinism", PASS, f"two {cfg.short_run_steps}-step runs from seed {config.seed} are bit-identical")
+        return GuardResult(name="determinism", status=FAIL, detail=f"two runs from seed {config.seed}: {diff}")
+    return GuardResult(
+        name="determinism", status=PASS, detail=f"two {k}-step runs from seed {config.seed} are bit-identical"
+    )
 
 
-def guard_resume(config: RunConfig, cfg: GuardsConfig, device: torch.device) -> GuardResult:
-    k = cfg.short_run_steps
+@register_guard("resume")
+def guard_resume(ctx: GuardContext) -> GuardResult:
+    """k steps, save, restore into fresh objects, k more steps == 2k steps straight."""
+    config, k = ctx.config, ctx.settings.short_run_steps
     straight = build_run(config)
     _steps(straight, 2 * k)
     first = build_run(config)
@@ -152,32 +217,33 @@ def guard_resume(config: RunConfig, cfg: GuardsConfig, device: torch.device) -> 
     _steps(resumed, k)
     diff = _compare(straight.trainer, resumed.trainer)
     if diff:
-        status = NONDETERMINISTIC if _gpu_nondeterministic(config, device) else FAIL
-        return GuardResult("resume", status, f"save after {k} steps, restore, {k} more vs {2 * k} straight: {diff}")
-    return GuardResult("resume", PASS, f"save after {k} steps, restore into fresh objects, {k} more == {2 * k} straight")
+        status = NONDETERMINISTIC if _gpu_nondeterministic(config, ctx.device) else FAIL
+        return GuardResult(
+            name="resume", status=status, detail=f"save after {k} steps, restore, {k} more vs {2 * k} straight: {diff}"
+        )
+    return GuardResult(
+        name="resume",
+        status=PASS,
+        detail=f"save after {k} steps, restore into fresh objects, {k} more == {2 * k} straight",
+    )
 
 
-def run_guards(config: RunConfig, cfg: GuardsConfig, device: torch.device, trainer: Trainer, watch: FiniteWatch) -> list[GuardResult]:
-    """Run the enabled guards; an exception inside a guard is that guard's error, not the cell's."""
+def run_guards(
+    config: RunConfig, cfg: GuardsConfig, device: torch.device, trainer: Trainer, watch: FiniteWatch
+) -> list[GuardResult]:
+    """Run the enabled guards in registry order; an exception inside a guard is that guard's error, not the cell's."""
+    ctx = GuardContext(config, cfg, device, trainer, watch)
     results = []
-    for name in cfg.enabled:
+    for name, fn in GUARDS.items():
+        if name not in cfg.enabled:
+            continue
         try:
-            if name == "finite":
-                results.append(guard_finite(trainer, watch))
-            elif name == "overfit":
-                results.append(guard_overfit(config, cfg))
-            elif name == "determinism":
-                results.append(guard_determinism(config, cfg, device))
-            elif name == "resume":
-                results.append(guard_resume(config, cfg, device))
+            results.append(fn(ctx))
         except Exception as e:  # a guard that crashes is reported in the row, the run goes on
-            results.append(GuardResult(name, ERROR, f"{type(e).__name__}: {e}".splitlines()[0][:300]))
+            results.append(
+                GuardResult(name=name, status=ERROR, detail=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            )
     return results
-
-
-def guards_ok(results: list[GuardResult]) -> bool:
-    """A cell may be recommended only if no guard failed or errored."""
-    return all(r.status in (PASS, NONDETERMINISTIC) for r in results)
 
 
 def check_guards(config: RunConfig, cfg: GuardsConfig, steps: int = 5) -> list[GuardResult]:
@@ -188,3 +254,7 @@ def check_guards(config: RunConfig, cfg: GuardsConfig, steps: int = 5) -> list[G
     run = build_run(config, hooks=[watch])
     run.trainer.fit(run.data.train_loader, None, stop_after_steps=steps)
     return run_guards(config, cfg, run.device, run.trainer, watch)
+
+
+# Short guards (8 samples memorised in 60 steps, 2-step runs): what bench.tune and the shipped matrices use.
+QUICK_GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=60, short_run_steps=2)

@@ -9,85 +9,43 @@ cell starts; errors name the matrix file and the key.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer_core.config import RunConfig, format_validation_error, apply_overrides, read_yaml, validate_config
+from bench.contract import GuardsConfig, MeasureConfig, ProfileConfig
+from trainer_core.config import RunConfig, apply_overrides, format_validation_error, read_yaml, validate_config
 from trainer_core.errors import ConfigError, PrecisionError
 from trainer_core.host_memory import malloc_unsupported_reason
 from trainer_core.precision import check_support
-
-GUARDS: tuple[str, ...] = ("overfit", "finite", "determinism", "resume")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MeasureConfig(_Section):
-    warmup_steps: int = Field(5, ge=1, description="Minimum warm-up steps before timing.")
-    max_warmup_steps: int = Field(60, ge=1, description="Warm-up stops here even if step time has not settled.")
-    max_warmup_s: float = Field(20.0, gt=0, description="Warm-up also stops after this many seconds (slow cells, e.g. emulated fp16).")
-    settle_window: int = Field(5, ge=2, description="Warm-up is settled when two consecutive windows of this many steps have medians within settle_tolerance.")
-    settle_tolerance: float = Field(0.1, gt=0, description="Relative difference of window medians that counts as settled.")
-    min_steps: int = Field(10, ge=2, description="Minimum timed steps per repeat (unless max_time_s allows fewer, never below 3).")
-    min_time_s: float = Field(1.0, ge=0, description="Each repeat runs at least this long (step count estimated from warm-up).")
-    max_time_s: float = Field(10.0, gt=0, description="Each repeat runs at most about this long (caps min_steps for slow cells).")
-    max_steps_per_repeat: int = Field(500, ge=3, description="Cap on steps per repeat.")
-    repeats: int = Field(3, ge=1, description="Timed repeats per cell; the spread between them is reported.")
-    cell_timeout_s: float = Field(600, gt=0, description="A cell still running after this long is killed and marked failed.")
-
-    def steps_per_repeat(self, step_estimate_s: float) -> int:
-        """Timed steps per repeat for a cell whose warm-up steps took ``step_estimate_s``."""
-        if step_estimate_s <= 0:
-            return self.min_steps
-        n = max(self.min_steps, math.ceil(self.min_time_s / step_estimate_s))
-        n = min(n, self.max_steps_per_repeat)
-        if n * step_estimate_s > self.max_time_s:
-            n = max(3, int(self.max_time_s / step_estimate_s))
-        return n
-
-
-class GuardsConfig(_Section):
-    enabled: list[Literal["overfit", "finite", "determinism", "resume"]] = Field(default_factory=lambda: list(GUARDS), description="Guards run on every cell.")
-    overfit_samples: int = Field(16, ge=1, description="Size of the tiny batch to memorise (capped at the cell's batch size).")
-    overfit_steps: int = Field(100, ge=1, description="Steps allowed to memorise it.")
-    overfit_ratio: dict[str, float] = Field(default_factory=lambda: {"fp32": 0.1, "bf16": 0.15, "bf16-true": 0.15, "fp16": 0.15},
-                                            description="Pass when the final loss is below this share of the initial loss, per precision.")
-    short_run_steps: int = Field(4, ge=1, description="Steps per short run of the determinism and resume guards.")
-
-
-class ProfileConfig(_Section):
-    enabled: bool = Field(False, description="Capture torch.profiler traces per cell, in steps separate from the timed ones.")
-    wait: int = Field(1, ge=0, description="Profiler schedule: steps skipped before tracing.")
-    warmup: int = Field(1, ge=0, description="Profiler schedule: warm-up steps (traced, then discarded).")
-    active: int = Field(3, ge=1, le=50, description="Profiler schedule: recorded steps (keep short: trace size grows with it).")
-    record_shapes: bool = Field(True, description="Record input shapes and dtypes (needed for the mixed-precision check).")
-    profile_memory: bool = Field(False, description="Record tensor allocations.")
-    with_stack: bool = Field(False, description="Record Python stacks (large traces).")
-    with_flops: bool = Field(False, description="Estimate FLOPs of matmul/conv operators in the trace.")
-    gzip: bool = Field(False, description="Write .pt.trace.json.gz instead of .pt.trace.json.")
-    max_trace_mb: float = Field(50.0, gt=0, description="Warn when a cell's trace is larger than this.")
-
-
 class MatrixSpec(_Section):
     name: str = Field(..., description="Matrix name (part of the run id).")
-    base: dict[str, Any] = Field(default_factory=dict, description="Training config shared by all cells (bench.train schema).")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="Training config shared by all cells (bench.train schema)."
+    )
     axes: dict[str, list[Any]] = Field(..., description="Dotted config key -> values; cells are the cartesian product.")
-    exclude: list[dict[str, Any]] = Field(default_factory=list, description="Partial cells to drop (every given key matches).")
-    include: list[dict[str, Any]] = Field(default_factory=list, description="Extra cells; keys not given take the base config's value.")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Partial cells to drop (every given key matches)."
+    )
+    include: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra cells; keys not given take the base config's value."
+    )
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Timing method.")
     guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Correctness guards.")
     profile: ProfileConfig = Field(default_factory=ProfileConfig, description="Profiler switch and schedule.")
 
     @model_validator(mode="after")
-    def _non_empty_axes(self) -> "MatrixSpec":
+    def _non_empty_axes(self) -> MatrixSpec:
         for key, values in self.axes.items():
             if not values:
                 raise ValueError(f"axes.{key}: needs at least one value")
@@ -102,6 +60,17 @@ class Cell:
     axes: dict[str, Any]
     config: RunConfig
     skip_reason: str | None = None
+
+    @property
+    def device(self) -> str:
+        """The device the cell runs on: the config's, with 'auto' resolved on this machine."""
+        return resolve_device_name(self.config.device)
+
+
+def resolve_device_name(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _check_key(key: str, where: str, source: str) -> None:
@@ -120,8 +89,18 @@ def _check_key(key: str, where: str, source: str) -> None:
             return
 
 
-_ABBREV = {"precision": "", "device": "", "batch_size": "bs", "num_workers": "nw", "pin_memory": "pin",
-           "pipeline": "", "name": "", "memory_format": "", "persistent_workers": "pw", "prefetch_factor": "pf"}
+_ABBREV = {
+    "precision": "",
+    "device": "",
+    "batch_size": "bs",
+    "num_workers": "nw",
+    "pin_memory": "pin",
+    "pipeline": "",
+    "name": "",
+    "memory_format": "",
+    "persistent_workers": "pw",
+    "prefetch_factor": "pf",
+}
 
 
 def _short(key: str, value: Any) -> str:
@@ -143,7 +122,11 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
     """Performance levers this machine cannot apply: such cells are skipped, not failed."""
     import shutil
 
-    if config.train.compile != "off" and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if (
+        config.train.compile != "off"
+        and device.type == "cpu"
+        and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    ):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
     reason = malloc_unsupported_reason(config.train.malloc)
     if reason:
@@ -158,9 +141,7 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
 
 def static_skip_reason(config: RunConfig) -> str | None:
     """Why a cell cannot run on this machine, decided before launching it; None if it can."""
-    dev = config.device
-    if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device_name(config.device)
     if dev.startswith("cuda"):
         if not torch.cuda.is_available():
             return "CUDA not available"

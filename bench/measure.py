@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from bench.matrix import MeasureConfig
+from bench.contract import MeasureConfig
 from bench.stats import settled
 from trainer_core.trainer import BaseHook, StepResult, Trainer
-
 
 # Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
 # stop, no logging files.
@@ -114,8 +113,10 @@ def run_steps(trainer: Trainer, loader: DataLoader, n: int) -> None:
     before = trainer.global_step
     trainer.fit(loader, None, stop_after_steps=n)
     if trainer.global_step - before != n:
-        raise RuntimeError(f"asked for {n} steps, the run ended after {trainer.global_step - before} "
-                           "(train.epochs / train.max_steps reached): raise them for measurement")
+        raise RuntimeError(
+            f"asked for {n} steps, the run ended after {trainer.global_step - before} "
+            "(train.epochs / train.max_steps reached): raise them for measurement"
+        )
 
 
 def measure(trainer: Trainer, loader: DataLoader, timer: StepTimer, cfg: MeasureConfig) -> dict[str, Any]:
@@ -141,8 +142,13 @@ def measure(trainer: Trainer, loader: DataLoader, timer: StepTimer, cfg: Measure
         recs = timer.stop()
         steps += recs
         repeat_of_step += [r] * len(recs)
-    return {"warmup_steps": len(warm), "warmup_settled": is_settled, "steps_per_repeat": n,
-            "steps": steps, "repeat_of_step": repeat_of_step}
+    return {
+        "warmup_steps": len(warm),
+        "warmup_settled": is_settled,
+        "steps_per_repeat": n,
+        "steps": steps,
+        "repeat_of_step": repeat_of_step,
+    }
 
 
 def flops_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> int:

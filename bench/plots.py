@@ -7,11 +7,14 @@ from typing import Any
 
 import matplotlib
 
+from bench.contract import OK, CellRecord
+from trainer_core.phases import PHASES
+
 matplotlib.use("Agg")  # no display on CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig: "plt.Figure", path: str | Path) -> Path:
+def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -43,16 +46,18 @@ def _label(axes: dict[str, Any], drop: tuple[str, ...]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in axes.items() if k not in drop) or "all"
 
 
-def plot_throughput(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
     """samples/s against batch size: one line per combination of the other axes, coloured by precision."""
-    ok = [r for r in records if r.get("status") == "ok" and "data.batch_size" in (r.get("axes") or {})]
+    ok = [r for r in records if r.status == OK and "data.batch_size" in r.axes]
     if not ok:
         return None
     # Label lines by the axes that vary among the plotted cells (constant ones would only add noise).
-    constant = tuple(k for k in ok[0]["axes"] if len({str(r["axes"].get(k)) for r in ok}) == 1)
+    constant = tuple(k for k in ok[0].axes if len({str(r.axes.get(k)) for r in ok}) == 1)
     series: dict[str, list[tuple[int, float]]] = {}
     for r in ok:
-        series.setdefault(_label(r["axes"], ("data.batch_size", *constant)), []).append((r["axes"]["data.batch_size"], r["samples_per_s"]))
+        series.setdefault(_label(r.axes, ("data.batch_size", *constant)), []).append(
+            (r.axes["data.batch_size"], r.samples_per_s)
+        )
     fig, ax = plt.subplots(figsize=(9, 5))
     for label, pts in sorted(series.items()):
         pts.sort()
@@ -66,39 +71,42 @@ def plot_throughput(records: list[dict[str, Any]], path: str | Path) -> Path | N
     return _save(fig, path)
 
 
-def plot_data_wait(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+def plot_data_wait(records: list[CellRecord], path: str | Path) -> Path | None:
     """Data-wait share of the step per cell, grouped by num_workers."""
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in records if r.status == OK]
     if not ok:
         return None
-    ok.sort(key=lambda r: (r["axes"].get("data.num_workers", 0), r["cell_id"]))
+    ok.sort(key=lambda r: (r.axes.get("data.num_workers", 0), r.cell_id))
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(ok)), 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    workers = sorted({r["axes"].get("data.num_workers", 0) for r in ok})
+    workers = sorted({r.axes.get("data.num_workers", 0) for r in ok})
     for i, r in enumerate(ok):
-        w = r["axes"].get("data.num_workers", 0)
-        ax.bar(i, r["data_wait_pct"], color=colours[workers.index(w) % len(colours)],
-               label=f"num_workers={w}" if w not in [x["axes"].get("data.num_workers", 0) for x in ok[:i]] else None)
-    ax.set_xticks(range(len(ok)), [r["cell_id"] for r in ok], rotation=60, ha="right", fontsize=7)
+        w = r.axes.get("data.num_workers", 0)
+        ax.bar(
+            i,
+            r.data_wait_pct,
+            color=colours[workers.index(w) % len(colours)],
+            label=f"num_workers={w}" if w not in [x.axes.get("data.num_workers", 0) for x in ok[:i]] else None,
+        )
+    ax.set_xticks(range(len(ok)), [r.cell_id for r in ok], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("data-wait share of step (%)")
     ax.set_title("Time blocked waiting for the next batch")
     ax.legend()
     return _save(fig, path)
 
 
-def plot_phase_breakdown(records: list[dict[str, Any]], path: str | Path) -> Path | None:
+def plot_phase_breakdown(records: list[CellRecord], path: str | Path) -> Path | None:
     """Stacked bars per profiled cell: share of the step in each phase, from its trace."""
-    phases = ("data", "h2d", "forward", "backward", "optimizer", "other")
-    rows = [r for r in records if r.get("status") == "ok" and r.get("prof_forward_pct") is not None]
+    rows = [r for r in records if r.status == OK and r.prof_phase_pct]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4.5))
     bottom = [0.0] * len(rows)
-    for p in phases:
-        vals = [r.get(f"prof_{p}_pct") or 0.0 for r in rows]
+    for p in (*PHASES, "other"):
+        vals = [r.prof_phase_pct.get(p) or 0.0 for r in rows]
         ax.bar(range(len(rows)), vals, bottom=bottom, label=p)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(rows)), [r["cell_id"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r.cell_id for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("share of step time (%)")
     ax.set_title("Where the step time goes (torch.profiler, per cell)")
     ax.legend(fontsize=7, loc="upper right")

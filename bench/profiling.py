@@ -90,4 +90,6 @@ def maybe_profile(
 
 def trace_files(trace_dir: str | Path) -> list[Path]:
     d = Path(trace_dir)
-    return sorted(p for p in d.iterdir() if p.name.endswith((".pt.trace.json", ".pt.trace.json.gz"))) if d.is_dir() else []
+    return (
+        sorted(p for p in d.iterdir() if p.name.endswith((".pt.trace.json", ".pt.trace.json.gz"))) if d.is_dir() else []
+    )

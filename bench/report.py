@@ -1,7 +1,8 @@
-"""Tables from cell records: results.csv, results.md, summary.md and the terminal table.
+"""Tables from cell records: results.csv, results.md, summary.md, the terminal table, and bench.compare's table.
 
-Figures come from the cell records (computed in bench.stats / bench.cell); this module only
-selects, compares and formats them.
+Figures come from the cell records (computed in bench.stats / bench.cell_run); this module only
+selects, compares and formats them. No torch import: guard columns come from the records themselves,
+so a newly registered guard gets its column without a change here.
 """
 
 from __future__ import annotations
@@ -11,53 +12,62 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.guards import FAIL, NONDETERMINISTIC, PASS
-from bench.matrix import GUARDS
+from bench.contract import FAIL, FAILED, NONDETERMINISTIC, OK, PASS, SKIPPED, CellRecord, first_seen, guard_names
+from trainer_core.phases import PHASES
 
+PROFILE_PHASES = (*PHASES, "other")
 METRIC_COLUMNS = [
-    "status", "reason", "samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "repeat_spread_pct",
-    "data_wait_pct", "h2d_ms_median", "peak_mem_mb", "tflops", "pct_of_peak", "emulated", "skipped_fp16_steps", "compile_s",
+    "status",
+    "reason",
+    "samples_per_s",
+    "step_ms_median",
+    "step_ms_p10",
+    "step_ms_p90",
+    "repeat_spread_pct",
+    "data_wait_pct",
+    "h2d_ms_median",
+    "peak_mem_mb",
+    "tflops",
+    "pct_of_peak",
+    "emulated",
+    "skipped_fp16_steps",
+    "compile_s",
     # from the cell's torch.profiler trace (blank when profiling is off)
-    "prof_data_pct", "prof_h2d_pct", "prof_forward_pct", "prof_backward_pct", "prof_optimizer_pct", "prof_other_pct",
-    "profiler_slowdown", "reduced_precision_pct", "trace_dir",
+    *(f"prof_{p}_pct" for p in PROFILE_PHASES),
+    "profiler_slowdown",
+    "reduced_precision_pct",
+    "trace_dir",
 ]
 GUARD_MARK = {PASS: "ok", FAIL: "FAIL", NONDETERMINISTIC: "nondet", "error": "ERROR"}
 
 
-def axis_keys(records: list[dict[str, Any]]) -> list[str]:
-    keys: list[str] = []
-    for r in records:
-        for k in r.get("axes") or {}:
-            if k not in keys:
-                keys.append(k)
-    return keys
+def axis_keys(records: list[CellRecord]) -> list[str]:
+    return first_seen(r.axes for r in records)
 
 
-def guard_status(record: dict[str, Any], name: str) -> str:
-    g = (record.get("guards") or {}).get(name)
-    return g["status"] if g else ""
+def metric(record: CellRecord, column: str) -> Any:
+    """A METRIC_COLUMNS value of a record (profiler shares live in one dict, flattened into columns)."""
+    if column.startswith("prof_") and column.endswith("_pct"):
+        return record.prof_phase_pct.get(column[len("prof_") : -len("_pct")])
+    return getattr(record, column, None)
 
 
-def flat_row(record: dict[str, Any], axes: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {"cell_id": record.get("cell_id")}
-    for k in axes:
-        row[k] = (record.get("axes") or {}).get(k)
-    for k in METRIC_COLUMNS:
-        row[k] = record.get(k)
-    for g in GUARDS:
-        row[f"guard_{g}"] = guard_status(record, g)
-    row["guards_ok"] = record.get("guards_ok")
+def flat_row(record: CellRecord, axes: list[str], guards: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"cell_id": record.cell_id}
+    row.update({k: record.axes.get(k) for k in axes})
+    row.update({k: metric(record, k) for k in METRIC_COLUMNS})
+    row.update({f"guard_{g}": record.guard_status(g) for g in guards})
+    row["guards_ok"] = record.guards_ok
     return row
 
 
-def write_csv(records: list[dict[str, Any]], path: Path) -> None:
-    axes = axis_keys(records)
-    rows = [flat_row(r, axes) for r in records]
-    fields = ["cell_id", *axes, *METRIC_COLUMNS, *(f"guard_{g}" for g in GUARDS), "guards_ok"]
+def write_csv(records: list[CellRecord], path: Path) -> None:
+    axes, guards = axis_keys(records), guard_names(records)
+    fields = ["cell_id", *axes, *METRIC_COLUMNS, *(f"guard_{g}" for g in guards), "guards_ok"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(flat_row(r, axes, guards) for r in records)
 
 
 def _fmt(v: Any, digits: int = 1) -> str:
@@ -70,112 +80,242 @@ def _fmt(v: Any, digits: int = 1) -> str:
     return str(v)
 
 
-def _guard_marks(record: dict[str, Any]) -> str:
-    if record.get("status") != "ok":
+def _guard_marks(record: CellRecord) -> str:
+    if record.status != OK:
         return ""
-    return " ".join(f"{g[:3]}:{GUARD_MARK.get(guard_status(record, g), '-')}" for g in GUARDS if guard_status(record, g))
+    return " ".join(f"{name[:3]}:{GUARD_MARK.get(g.status, '-')}" for name, g in record.guards.items())
 
 
-def markdown_table(records: list[dict[str, Any]], compact: bool = False) -> str:
+def _row(r: CellRecord, axes: list[str], compact: bool) -> list[Any]:
+    note = r.reason or ""  # skip/failure reason, or the precision policy's note (e.g. emulated fp16)
+    if compact:
+        return [
+            r.cell_id,
+            r.status,
+            _fmt(r.samples_per_s, 0),
+            _fmt(r.step_ms_median, 2),
+            _fmt(r.data_wait_pct),
+            _guard_marks(r),
+            note[:60],
+        ]
+    spread = (
+        f"{_fmt(r.step_ms_median, 2)} ({_fmt(r.step_ms_p10, 2)}-{_fmt(r.step_ms_p90, 2)})" if r.status == OK else ""
+    )
+    return [
+        r.cell_id,
+        *(_fmt(r.axes.get(k)) for k in axes),
+        r.status,
+        _fmt(r.samples_per_s, 0),
+        spread,
+        _fmt(r.data_wait_pct),
+        _fmt(r.peak_mem_mb, 0),
+        _fmt(r.tflops, 3),
+        _fmt(r.pct_of_peak),
+        _guard_marks(r),
+        note,
+    ]
+
+
+def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
     axes = axis_keys(records)
-    head = ["cell", *axes, "status", "samples/s", "step ms (p10-p90)", "data-wait %", "peak MB", "TFLOP/s", "% peak", "guards", "note"]
+    head = [
+        "cell",
+        *axes,
+        "status",
+        "samples/s",
+        "step ms (p10-p90)",
+        "data-wait %",
+        "peak MB",
+        "TFLOP/s",
+        "% peak",
+        "guards",
+        "note",
+    ]
     if compact:
         head = ["cell", "status", "samples/s", "step ms", "data-wait %", "guards", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in records:
-        note = r.get("reason") or ""  # skip/failure reason, or the precision policy's note (e.g. emulated fp16)
-        if compact:
-            cells = [r.get("cell_id"), r.get("status"), _fmt(r.get("samples_per_s"), 0), _fmt(r.get("step_ms_median"), 2),
-                     _fmt(r.get("data_wait_pct")), _guard_marks(r), note[:60]]
-        else:
-            spread = f"{_fmt(r.get('step_ms_median'), 2)} ({_fmt(r.get('step_ms_p10'), 2)}-{_fmt(r.get('step_ms_p90'), 2)})" if r.get("status") == "ok" else ""
-            cells = [r.get("cell_id"), *(_fmt((r.get("axes") or {}).get(k)) for k in axes), r.get("status"),
-                     _fmt(r.get("samples_per_s"), 0), spread, _fmt(r.get("data_wait_pct")), _fmt(r.get("peak_mem_mb"), 0),
-                     _fmt(r.get("tflops"), 3), _fmt(r.get("pct_of_peak")), _guard_marks(r), note]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["| " + " | ".join(str(c) for c in _row(r, axes, compact)) + " |" for r in records]
     return "\n".join(lines)
 
 
-def pair_with_reference(records: list[dict[str, Any]], axis: str, reference: Any) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def pair_with_reference(records: list[CellRecord], axis: str, reference: Any) -> list[tuple[CellRecord, CellRecord]]:
     """(cell, reference cell) for each measured cell whose ``axis`` is not ``reference``, matched with
     the measured cell that has ``axis == reference`` and the same value on every other axis."""
-    ok = [r for r in records if r.get("status") == "ok" and axis in (r.get("axes") or {})]
+    ok = [r for r in records if r.status == OK and axis in r.axes]
 
-    def others(r: dict[str, Any]) -> tuple:
-        return tuple(sorted((k, str(v)) for k, v in r["axes"].items() if k != axis))
+    def others(r: CellRecord) -> tuple:
+        return tuple(sorted((k, str(v)) for k, v in r.axes.items() if k != axis))
 
-    refs = {others(r): r for r in ok if r["axes"][axis] == reference}
-    return [(r, refs[others(r)]) for r in ok if r["axes"][axis] != reference and others(r) in refs]
+    refs = {others(r): r for r in ok if r.axes[axis] == reference}
+    return [(r, refs[others(r)]) for r in ok if r.axes[axis] != reference and others(r) in refs]
 
 
-def speedups_vs_fp32(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def speedups_vs_fp32(records: list[CellRecord]) -> list[dict[str, Any]]:
     """Each measured cell against the fp32 cell with the same other axis values."""
-    return [{"cell_id": r["cell_id"], "vs": ref["cell_id"], "precision": r["axes"]["precision"],
-             "speedup": r["samples_per_s"] / ref["samples_per_s"], "guards_ok": r.get("guards_ok")}
-            for r, ref in pair_with_reference(records, "precision", "fp32")]
+    return [
+        {
+            "cell_id": r.cell_id,
+            "vs": ref.cell_id,
+            "precision": r.axes["precision"],
+            "speedup": r.samples_per_s / ref.samples_per_s,
+            "guards_ok": r.guards_ok,
+        }
+        for r, ref in pair_with_reference(records, "precision", "fp32")
+    ]
 
 
-def compile_break_even(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def compile_break_even(records: list[CellRecord]) -> list[dict[str, Any]]:
     """Each compiled cell against the same cell uncompiled: steps until compile time pays for itself."""
     out = []
     for r, ref in pair_with_reference(records, "train.compile", "off"):
-        if r.get("compile_s") is None:
+        if r.compile_s is None:
             continue
-        saved_ms = ref["step_ms_median"] - r["step_ms_median"]  # per step, > 0 when compiled is faster
-        out.append({"cell_id": r["cell_id"], "vs": ref["cell_id"], "compile_s": r["compile_s"],
-                    "speedup": r["samples_per_s"] / ref["samples_per_s"],
-                    "break_even_steps": (1e3 * r["compile_s"] / saved_ms) if saved_ms > 0 else None})
+        saved_ms = ref.step_ms_median - r.step_ms_median  # per step, > 0 when compiled is faster
+        out.append(
+            {
+                "cell_id": r.cell_id,
+                "vs": ref.cell_id,
+                "compile_s": r.compile_s,
+                "speedup": r.samples_per_s / ref.samples_per_s,
+                "break_even_steps": (1e3 * r.compile_s / saved_ms) if saved_ms > 0 else None,
+            }
+        )
     return out
 
 
-def fastest_per_device(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def fastest_per_device(records: list[CellRecord]) -> dict[str, CellRecord]:
     """The fastest cell per device among those whose guards all passed."""
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, CellRecord] = {}
     for r in records:
-        if r.get("status") != "ok" or not r.get("guards_ok"):
+        if r.status != OK or not r.guards_ok:
             continue
-        dev = r.get("device", "?")
-        if dev not in best or r["samples_per_s"] > best[dev]["samples_per_s"]:
+        dev = r.device or "?"
+        if dev not in best or r.samples_per_s > best[dev].samples_per_s:
             best[dev] = r
     return best
 
 
-def summary_markdown(records: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    counts = {s: sum(1 for r in records if r.get("status") == s) for s in ("ok", "skipped", "failed")}
-    lines = [f"# Summary: {env.get('matrix_name', '')}", "",
-             f"{len(records)} cells: {counts['ok']} measured, {counts['skipped']} skipped, {counts['failed']} failed. "
-             f"torch {env.get('torch')}, {env.get('cpu')}, {env.get('torch_threads')} threads, commit {env.get('git_commit')}.", ""]
-    lines += ["## Fastest configuration per device (all guards passed)", ""]
+def fastest_section(records: list[CellRecord]) -> list[str]:
+    """summary.md's first section (also what bench.run prints at the end)."""
+    lines = ["## Fastest configuration per device (all guards passed)", ""]
     best = fastest_per_device(records)
     if not best:
         lines.append("No measured cell passed every guard.")
     for dev, r in best.items():
-        axes = ", ".join(f"{k}={v}" for k, v in r["axes"].items())
-        lines.append(f"- **{dev}**: `{r['cell_id']}` ({axes}): {r['samples_per_s']:,.0f} samples/s, "
-                     f"step {r['step_ms_median']:.2f} ms, data-wait {r['data_wait_pct']:.1f}%")
-    failed_guards = [r for r in records if r.get("status") == "ok" and not r.get("guards_ok")]
+        axes = ", ".join(f"{k}={v}" for k, v in r.axes.items())
+        lines.append(
+            f"- **{dev}**: `{r.cell_id}` ({axes}): {r.samples_per_s:,.0f} samples/s, "
+            f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%"
+        )
+    failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
     if failed_guards:
-        lines += ["", "Not recommended (a guard failed): " + ", ".join(f"`{r['cell_id']}`" for r in failed_guards)]
-    lines += ["", "## Speedup against fp32 (same other settings)", "", "| cell | vs | speedup | guards |", "|---|---|---:|---|"]
+        lines += ["", "Not recommended (a guard failed): " + ", ".join(f"`{r.cell_id}`" for r in failed_guards)]
+    return lines
+
+
+def summary_head(records: list[CellRecord], env: dict[str, Any]) -> list[str]:
+    counts = {s: sum(1 for r in records if r.status == s) for s in (OK, SKIPPED, FAILED)}
+    return [
+        f"# Summary: {env.get('matrix_name', '')}",
+        "",
+        f"{len(records)} cells: {counts[OK]} measured, {counts[SKIPPED]} skipped, {counts[FAILED]} failed. "
+        f"torch {env.get('torch')}, {env.get('cpu')}, {env.get('torch_threads')} threads, "
+        f"commit {env.get('git_commit')}.",
+        "",
+    ]
+
+
+def speedup_sections(records: list[CellRecord]) -> list[str]:
+    lines = [
+        "",
+        "## Speedup against fp32 (same other settings)",
+        "",
+        "| cell | vs | speedup | guards |",
+        "|---|---|---:|---|",
+    ]
     for s in speedups_vs_fp32(records):
         lines.append(f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} |")
     compiled = compile_break_even(records)
     if compiled:
-        lines += ["", "## torch.compile (compile time is not part of samples/s)", "",
-                  "| cell | vs eager | compile s | speedup | break-even steps |", "|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "## torch.compile (compile time is not part of samples/s)",
+            "",
+            "| cell | vs eager | compile s | speedup | break-even steps |",
+            "|---|---|---:|---:|---:|",
+        ]
         for c in compiled:
             be = f"{c['break_even_steps']:,.0f}" if c["break_even_steps"] is not None else "never (not faster)"
             lines.append(f"| {c['cell_id']} | {c['vs']} | {c['compile_s']:.1f} | {c['speedup']:.2f}x | {be} |")
+    return lines
+
+
+def notes_sections(records: list[CellRecord]) -> list[str]:
     # Records written before cells kept their notes as a list have only the joined line.
-    notes = sorted({n for r in records if r.get("status") == "ok"
-                    for n in r.get("notes", [r["reason"]] if r.get("reason") else [])})
-    notes += [f"`{r['cell_id']}`: {r[k]}" for r in records for k in ("mixed_precision_warning", "trace_warning", "profile_error") if r.get(k)]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    skipped = sorted({r.get("reason") for r in records if r.get("status") == "skipped"})
+    notes = sorted({n for r in records if r.status == OK for n in (r.notes or ([r.reason] if r.reason else []))})
+    notes += [
+        f"`{r.cell_id}`: {w}"
+        for r in records
+        for w in (r.mixed_precision_warning, r.trace_warning, r.profile_error)
+        if w
+    ]
+    lines = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
+    skipped = sorted({r.reason for r in records if r.status == SKIPPED and r.reason})
     if skipped:
-        lines += ["", "Skipped cells, by reason: " + "; ".join(f"{why} ({sum(1 for r in records if r.get('reason') == why and r.get('status') == 'skipped')})" for why in skipped)]
-    failed = [r for r in records if r.get("status") == "failed"]
+        n = {why: sum(1 for r in records if r.reason == why and r.status == SKIPPED) for why in skipped}
+        lines += ["", "Skipped cells, by reason: " + "; ".join(f"{why} ({n[why]})" for why in skipped)]
+    failed = [r for r in records if r.status == FAILED]
     if failed:
-        lines += ["", "## Failed cells", ""] + [f"- `{r['cell_id']}`: {r.get('reason')}" for r in failed]
+        lines += ["", "## Failed cells", ""] + [f"- `{r.cell_id}`: {r.reason}" for r in failed]
+    return lines
+
+
+def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
+    lines = summary_head(records, env) + fastest_section(records) + speedup_sections(records) + notes_sections(records)
     return "\n".join(lines) + "\n"
+
+
+def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
+    """bench.compare's table (plain text, or Markdown for a CI comment)."""
+    lines = [f"A: {result['a']}", f"B: {result['b']}"] + [f"WARNING: {w}" for w in result["warnings"]] + [""]
+    head = ["cell", "A samples/s", "B samples/s", "B/A", "95% CI", "noise", "verdict", "guards"]
+    body = []
+    for r in result["rows"]:
+        if "ratio" in r:
+            n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
+            body.append(
+                [
+                    r["cell_id"],
+                    f"{r['samples_per_s_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
+                    f"{r['samples_per_s_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""),
+                    f"{r['ratio']:.3f}",
+                    f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+                    f"±{r['noise_threshold_pct']:.1f}%",
+                    r["verdict"],
+                    ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "ok",
+                ]
+            )
+        else:
+            body.append(
+                [
+                    r["cell_id"],
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"{r['verdict']} ({r['status_a']} / {r['status_b']})",
+                    ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "",
+                ]
+            )
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    for side in ("a", "b"):
+        missing = result[f"only_in_{side}"]
+        if missing:
+            lines.append(f"only in {side.upper()}: " + "; ".join(missing))
+    return "\n".join(lines)

@@ -6,10 +6,9 @@ passes until one changes nothing or the time budget runs out. Larger batch sizes
 one of them exceeds the memory cap or fails (e.g. out of memory).
 
 Close calls are measured again. On a shared machine one reading of a configuration can be 15-20% off
-the next one (measured here: 3,580 to 4,976 samples/s for one configuration in six cells), so a
-single reading cannot tell a 10% lever from noise. When a candidate and the current best are within
-``recheck_band`` of each other, both get a second reading, and the decision (and the finalists'
-ranking) uses the geometric mean of each configuration's readings.
+the next one (docs/measurements.md), so a single reading cannot tell a 10% lever from noise. When a
+candidate and the current best are within ``recheck_band`` of each other, both get a second reading,
+and the decision (and the finalists' ranking) uses the geometric mean of each configuration's readings.
 """
 
 from __future__ import annotations
@@ -20,7 +19,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-Record = dict[str, Any]
+from bench.contract import FAILED, CellRecord
+from bench.stats import geometric_mean
+
+Record = CellRecord
 # measure(values) for a first reading; measure(values, "recheck") for another reading of known values
 Measure = Callable[..., Record]
 RECHECK = "recheck"
@@ -28,11 +30,6 @@ RECHECK = "recheck"
 
 def values_key(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={values[k]}" for k in sorted(values))
-
-
-def usable(record: Record) -> bool:
-    """Measured, and every guard passed: only such a configuration may win."""
-    return record.get("status") == "ok" and bool(record.get("guards_ok")) and (record.get("samples_per_s") or 0) > 0
 
 
 @dataclass
@@ -54,11 +51,6 @@ class SearchResult:
         return self.scores.get(values_key(values), 0.0)
 
 
-def pooled(readings: list[float]) -> float:
-    """Geometric mean of a configuration's samples/s readings (0 when it has none that passed)."""
-    return math.exp(sum(math.log(r) for r in readings) / len(readings)) if readings else 0.0
-
-
 class Searcher:
     """Measures each distinct configuration once (a cache keyed by its values), within a time budget;
     :meth:`recheck` adds a second reading of a configuration.
@@ -69,10 +61,15 @@ class Searcher:
     (``--resume``), used instead of measuring again.
     """
 
-    def __init__(self, measure: Measure, budget_s: float, clock: Callable[[], float] = time.monotonic,
-                 known: dict[str, Record] | None = None,
-                 reserve_s: Callable[["Searcher"], float] = lambda searcher: 0.0,
-                 known_rechecks: dict[str, Record] | None = None) -> None:
+    def __init__(
+        self,
+        measure: Measure,
+        budget_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        known: dict[str, Record] | None = None,
+        reserve_s: Callable[[Searcher], float] = lambda searcher: 0.0,
+        known_rechecks: dict[str, Record] | None = None,
+    ) -> None:
         self.measure = measure
         self.budget_s = budget_s
         self.clock = clock
@@ -90,7 +87,7 @@ class Searcher:
     def trial_seconds(self) -> float | None:
         """Mean wall time of one measurement made by this searcher, the first left out; None before
         the second. The first pays for cold caches (torch's libraries read from disk after an install
-        or another venv evicted them: 34 s against ~14 s for the next cells here); counted, it made the
+        or another venv evicted them: it can take twice as long as the next cells); counted, it made the
         reserve for the final rounds exceed the whole budget and the search stopped after the start."""
         later = [t for times in self._seconds.values() for t in times]
         return sum(later) / len(later) if later else None
@@ -144,12 +141,12 @@ class Searcher:
 
     def readings(self, values: dict[str, Any]) -> list[float]:
         """samples/s of this configuration's guard-passing readings so far."""
-        return [r["samples_per_s"] for r in self._records(values) if usable(r)]
+        return [r.samples_per_s for r in self._records(values) if r.usable]
 
     def score(self, values: dict[str, Any]) -> float:
         """Pooled samples/s; 0 if any reading failed or broke a guard (a flaky guard disqualifies)."""
         records = self._records(values)
-        return pooled(self.readings(values)) if records and all(usable(r) for r in records) else 0.0
+        return geometric_mean(self.readings(values)) if records and all(r.usable for r in records) else 0.0
 
     def _timed(self, values: dict[str, Any], *label: str) -> Record:
         t0 = self.clock()
@@ -164,10 +161,161 @@ class _BudgetSpent(Exception):
     """Raised inside the search when no further trial fits the time budget."""
 
 
-def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], searcher: Searcher, *,
-                      min_gain: float = 0.02, max_passes: int = 3, mem_cap_mb: float | None = None,
-                      batch_key: str = "data.batch_size", recheck_band: float = 0.0,
-                      late_axes: Collection[str] = (), late_trial_cost: float = 1.0) -> SearchResult:
+class CoordinateSearch:
+    """Coordinate search over ``space`` from ``start`` (see the module docstring and :func:`coordinate_search`).
+
+    Its state is the current best configuration and its record; its steps: :meth:`first_pass` (every
+    axis once, every value), :meth:`later_passes` (optional; axes judged before the last move again,
+    the batch axis walked to its neighbours), :meth:`late_pass` (the late axes, once, on the settled
+    configuration). :meth:`attempt` measures one candidate and moves when :meth:`better` says so.
+    """
+
+    def __init__(
+        self,
+        start: dict[str, Any],
+        space: dict[str, list[Any]],
+        searcher: Searcher,
+        *,
+        min_gain: float = 0.02,
+        max_passes: int = 3,
+        mem_cap_mb: float | None = None,
+        batch_key: str = "data.batch_size",
+        recheck_band: float = 0.0,
+        late_axes: Collection[str] = (),
+        late_trial_cost: float = 1.0,
+    ) -> None:
+        self.start, self.space, self.searcher = dict(start), space, searcher
+        self.min_gain, self.max_passes, self.mem_cap_mb, self.batch_key = min_gain, max_passes, mem_cap_mb, batch_key
+        self.recheck_band = recheck_band
+        self.early = [a for a in space if a not in late_axes]
+        self.late = [a for a in space if a in late_axes]
+        self.late_units = late_trial_cost * self.others(self.late)
+        self.current = dict(start)
+        self.best: Record | None = None
+        self.passes = 0
+
+    def others(self, axes: list[str]) -> int:
+        """Values of these axes other than one each (the current)."""
+        return sum(len(self.space[a]) - 1 for a in axes)
+
+    def run(self) -> SearchResult:
+        start_record = self.best = self.searcher.get(self.current)
+        exhausted = False
+        if start_record.usable:  # nothing can be judged against a start that failed or broke a guard
+            try:
+                if self.first_pass():
+                    self.later_passes()
+                self.late_pass()
+            except _BudgetSpent:
+                exhausted = True
+        s = self.searcher
+        return SearchResult(
+            dict(self.start),
+            self.current,
+            start_record,
+            self.best,
+            list(s.trials),
+            exhausted,
+            self.passes,
+            {values_key(v): s.readings(v) for v, _ in s.trials},
+            {values_key(v): s.score(v) for v, _ in s.trials},
+            list(s.rechecks),
+        )
+
+    def first_pass(self) -> bool:
+        """Every value of every early axis. In this pass a close call gets its second reading only while the
+        budget still covers every value not yet tried once (every lever is read before any is read twice)."""
+        self.passes = 1
+        changed = False
+        for i, axis in enumerate(self.early):
+            changed |= self.sweep(axis, self.others(self.early[i + 1 :] + self.late))
+        return changed
+
+    def later_passes(self) -> None:
+        """Passes while one changes something; each stops where the late axes' trials would no longer fit."""
+        changed = True
+        while changed and self.passes < self.max_passes:
+            changed = False
+            self.passes += 1
+            reserve = self.late_units + 1
+            for axis in self.early:
+                try:
+                    if axis == self.batch_key and self.current.get(axis) in self.space[axis]:
+                        changed |= self.walk(axis, reserve)
+                    else:
+                        changed |= self.sweep(axis, None, reserve)
+                except _BudgetSpent:
+                    if self.searcher.out_of_time():
+                        raise
+                    return
+
+    def late_pass(self) -> None:
+        for i, axis in enumerate(self.late):
+            self.sweep(axis, self.others(self.late[i + 1 :]))
+
+    def better(self, candidate: dict[str, Any], untried: float) -> bool:
+        """Is ``candidate`` faster than the current best by more than min_gain? Within recheck_band of each
+        other, both get a second reading first (current first: its reading is older, so they pair up in time)."""
+        s = self.searcher
+        new, old = s.score(candidate), s.score(self.current)
+        close = new > 0.0 and old > 0.0 and abs(math.log(new / old)) < math.log1p(self.recheck_band)
+        if close and s.can_afford(2 + untried):
+            for values in (self.current, candidate):
+                s.recheck(values)
+            new, old = s.score(candidate), s.score(self.current)
+        if new == 0.0 or old == 0.0:
+            return new > 0.0
+        return new > old * (1 + self.min_gain)
+
+    def attempt(self, axis: str, value: Any, untried: float, reserve_units: float = 0.0) -> str:
+        """Measure the current best with ``axis`` set to ``value``: "moved", "kept" or "too_big"."""
+        if self.searcher.out_of_time() or not self.searcher.can_afford(reserve_units):
+            raise _BudgetSpent
+        candidate = {**self.current, axis: value}
+        record = self.searcher.get(candidate)
+        if (
+            axis == self.batch_key
+            and value > self.current.get(axis, 0)
+            and (
+                record.status == FAILED or (self.mem_cap_mb is not None and (record.peak_mem_mb or 0) > self.mem_cap_mb)
+            )
+        ):
+            return "too_big"  # larger batches will not fit either
+        if self.better(candidate, untried + reserve_units):
+            self.current, self.best = candidate, record
+            return "moved"
+        return "kept"
+
+    def sweep(self, axis: str, untried_after: int | None, reserve_units: float = 0.0) -> bool:
+        """Every other value of ``axis``. ``untried_after``: values of later axes not yet read (first pass
+        only, for the recheck coverage rule); None in later passes."""
+        values = sorted(self.space[axis]) if axis == self.batch_key else list(self.space[axis])
+        moved = False
+        for j, value in enumerate(values):
+            if value == self.current.get(axis):
+                continue
+            untried = 0 if untried_after is None else untried_after + len(values) - 1 - j
+            outcome = self.attempt(axis, value, untried, reserve_units)
+            if outcome == "too_big":
+                break
+            moved |= outcome == "moved"
+        return moved
+
+    def walk(self, axis: str, reserve_units: float) -> bool:
+        """The batch sizes next to the current one; on outward while each step wins."""
+        sizes = sorted(self.space[axis])
+        for step in (1, -1):
+            i, moved = sizes.index(self.current[axis]) + step, False
+            while 0 <= i < len(sizes) and self.attempt(axis, sizes[i], 0, reserve_units) == "moved":
+                moved, i = True, i + step
+            if moved:
+                return True
+        return False
+
+
+def coordinate_search(
+    start: dict[str, Any], space: dict[str, list[Any]], searcher: Searcher, **options: Any
+) -> SearchResult:
     """Coordinate search over ``space`` from ``start``.
 
     ``recheck_band``: candidates within this share of the current best (either side) get a second
@@ -183,106 +331,15 @@ def coordinate_search(start: dict[str, Any], space: dict[str, list[Any]], search
 
     ``late_axes`` (e.g. compilation: slow to try, and every later trial would pay for it) are judged
     once, after the other axes have settled; later passes stop early enough to leave time for them,
-    costing each of their trials ``late_trial_cost`` ordinary trials.
+    costing each of their trials ``late_trial_cost`` ordinary trials. Other options: ``min_gain``,
+    ``max_passes``, ``mem_cap_mb`` (larger batches stop once one exceeds it or fails), ``batch_key``.
     """
-    current = dict(start)
-    start_record = best = searcher.get(current)
-    if not usable(start_record):  # nothing can be judged against a start that failed or broke a guard
-        return SearchResult(dict(start), current, start_record, best, list(searcher.trials))
-    early = [a for a in space if a not in late_axes]
-    late = [a for a in space if a in late_axes]
-
-    def others(axes: list[str]) -> int:  # values of these axes other than one each (the current)
-        return sum(len(space[a]) - 1 for a in axes)
-
-    late_units = late_trial_cost * others(late)
-
-    def better(candidate: dict[str, Any], untried: float) -> bool:
-        new, old = searcher.score(candidate), searcher.score(current)
-        close = new > 0.0 and old > 0.0 and abs(math.log(new / old)) < math.log1p(recheck_band)
-        if close and searcher.can_afford(2 + untried):
-            # Current first: its reading is the older one, so the second readings pair up in time.
-            for values in (current, candidate):
-                searcher.recheck(values)
-            new, old = searcher.score(candidate), searcher.score(current)
-        if new == 0.0 or old == 0.0:
-            return new > 0.0
-        return new > old * (1 + min_gain)
-
-    def attempt(axis: str, value: Any, untried: float, reserve_units: float = 0.0) -> str:
-        """Measure the current best with ``axis`` set to ``value``; "moved", "kept" or "too_big"."""
-        nonlocal current, best
-        if searcher.out_of_time() or not searcher.can_afford(reserve_units):
-            raise _BudgetSpent
-        candidate = {**current, axis: value}
-        record = searcher.get(candidate)
-        if axis == batch_key and value > current.get(axis, 0) and (record.get("status") == "failed" or (
-                mem_cap_mb is not None and (record.get("peak_mem_mb") or 0) > mem_cap_mb)):
-            return "too_big"  # larger batches will not fit either
-        if better(candidate, untried + reserve_units):
-            current, best = candidate, record
-            return "moved"
-        return "kept"
-
-    def sweep(axis: str, untried_after: int | None, reserve_units: float = 0.0) -> bool:
-        """Every other value of ``axis``. ``untried_after``: values of later axes not yet read (first
-        pass only, for the recheck coverage rule); None in later passes."""
-        values = sorted(space[axis]) if axis == batch_key else list(space[axis])
-        moved = False
-        for j, value in enumerate(values):
-            if value == current.get(axis):
-                continue
-            untried = 0 if untried_after is None else untried_after + len(values) - 1 - j
-            outcome = attempt(axis, value, untried, reserve_units)
-            if outcome == "too_big":
-                break
-            moved |= outcome == "moved"
-        return moved
-
-    def walk(axis: str, reserve_units: float) -> bool:
-        """The batch sizes next to the current one; on outward while each step wins."""
-        sizes = sorted(space[axis])
-        for step in (1, -1):
-            i, moved = sizes.index(current[axis]) + step, False
-            while 0 <= i < len(sizes) and attempt(axis, sizes[i], 0, reserve_units) == "moved":
-                moved, i = True, i + step
-            if moved:
-                return True
-        return False
-
-    exhausted, passes, changed = False, 0, True
-    try:
-        while changed and passes < max_passes:
-            changed = False
-            passes += 1
-            for i, axis in enumerate(early):
-                if passes == 1:
-                    changed |= sweep(axis, others(early[i + 1:] + late))
-                    continue
-                # Later passes are optional: they stop where the late axes' trials would no longer fit.
-                reserve = late_units + 1
-                try:
-                    if axis == batch_key and current.get(axis) in space[axis]:
-                        changed |= walk(axis, reserve)
-                    else:
-                        changed |= sweep(axis, None, reserve)
-                except _BudgetSpent:
-                    if searcher.out_of_time():
-                        raise
-                    changed = False
-                    break
-        for i, axis in enumerate(late):
-            sweep(axis, others(late[i + 1:]))
-    except _BudgetSpent:
-        exhausted = True
-    readings = {values_key(v): searcher.readings(v) for v, _ in searcher.trials}
-    scores = {values_key(v): searcher.score(v) for v, _ in searcher.trials}
-    return SearchResult(dict(start), current, start_record, best, list(searcher.trials), exhausted, passes,
-                        readings, scores, list(searcher.rechecks))
+    return CoordinateSearch(start, space, searcher, **options).run()
 
 
-def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searcher,
-                  start_sps: float | None = None) -> list[dict[str, Any]]:
+def contributions(
+    start: dict[str, Any], winner: dict[str, Any], searcher: Searcher, start_sps: float | None = None
+) -> list[dict[str, Any]]:
     """Each lever on its own: the start with only that axis set to the winner's value, against the
     start's samples/s (``start_sps``: e.g. pooled over every reading of it; default: the search's).
 
@@ -296,14 +353,25 @@ def contributions(start: dict[str, Any], winner: dict[str, Any], searcher: Searc
         if winner[axis] == start.get(axis):
             continue
         record = searcher.get({**start, axis: winner[axis]})
-        rows.append({"axis": axis, "from": start.get(axis), "to": winner[axis], "status": record.get("status"),
-                     "guards_ok": record.get("guards_ok"),
-                     "speedup": (record["samples_per_s"] / base_sps) if usable(record) and usable(base) and base_sps else None})
+        rows.append(
+            {
+                "axis": axis,
+                "from": start.get(axis),
+                "to": winner[axis],
+                "status": record.status,
+                "guards_ok": record.guards_ok,
+                "speedup": (record.samples_per_s / base_sps) if record.usable and base.usable and base_sps else None,
+            }
+        )
     return rows
 
 
-def ranked(trials: list[tuple[dict[str, Any], Record]], score: Callable[[dict[str, Any]], float],
-           exclude: dict[str, Any], k: int) -> list[dict[str, Any]]:
+def ranked(
+    trials: list[tuple[dict[str, Any], Record]],
+    score: Callable[[dict[str, Any]], float],
+    exclude: dict[str, Any],
+    k: int,
+) -> list[dict[str, Any]]:
     """The k best-scoring distinct configurations among ``trials`` with a score above 0, ``exclude`` left out."""
     order = sorted((v for v, _ in trials if score(v) > 0 and v != exclude), key=score, reverse=True)
     out: list[dict[str, Any]] = []

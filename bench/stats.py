@@ -1,4 +1,5 @@
-"""Statistics of timing samples. No formatting here (see bench/report.py)."""
+"""Statistics of timing samples: every figure the harness derives from raw samples is computed here
+(numbers in, numbers out; numpy only, no formatting: see bench/report.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -21,7 +24,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     """median, p10, p90, IQR, mean, stdev, min, max, n of a sample."""
     s = sorted(values)
     if not s:
-        return {k: math.nan for k in ("median", "p10", "p90", "iqr", "mean", "stdev", "min", "max")} | {"n": 0}
+        return dict.fromkeys(("median", "p10", "p90", "iqr", "mean", "stdev", "min", "max"), math.nan) | {"n": 0}
     return {
         "median": statistics.median(s),
         "p10": percentile(s, 10),
@@ -62,10 +65,75 @@ def cell_statistics(steps: list[dict[str, float]], repeat_of_step: list[int], ba
         "step_ms_iqr": st["iqr"] * 1e3,
         "samples_per_s": batch_size / st["median"] if st["median"] > 0 else math.nan,
         "samples_per_s_repeats": repeat_sps,
-        "repeat_spread_pct": 100.0 * (max(repeat_sps) - min(repeat_sps)) / statistics.median(repeat_sps) if repeat_sps else math.nan,
+        "repeat_spread_pct": 100.0 * (max(repeat_sps) - min(repeat_sps)) / statistics.median(repeat_sps)
+        if repeat_sps
+        else math.nan,
         "data_wait_pct": 100.0 * sum(s["data_s"] for s in steps) / total if total > 0 else math.nan,
         "data_wait_ms_median": summarize([s["data_s"] for s in steps])["median"] * 1e3,
     }
     if any("h2d_s" in s for s in steps):
         out["h2d_ms_median"] = summarize([s.get("h2d_s", 0.0) for s in steps])["median"] * 1e3
     return out
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """Geometric mean of positive readings (0 when there are none): how readings of one configuration
+    are pooled (a ratio between two pooled values is then the mean of the log-ratios)."""
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else 0.0
+
+
+def round_ratios(a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Per paired round, median step of A / median step of B (the throughput ratio B/A of that round)."""
+    return [float(np.median(a) / np.median(b)) for a, b in zip(a_rounds, b_rounds)]
+
+
+def bootstrap_ratio(
+    a_steps: Sequence[float], b_steps: Sequence[float], n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Throughput ratio B/A = median step A / median step B, with a 95% percentile-bootstrap interval."""
+    a, b = np.asarray(a_steps, dtype=float), np.asarray(b_steps, dtype=float)
+    rng = np.random.default_rng(seed)
+    ma = np.median(a[rng.integers(0, len(a), size=(n, len(a)))], axis=1)
+    mb = np.median(b[rng.integers(0, len(b), size=(n, len(b)))], axis=1)
+    ratios = ma / mb
+    return float(np.median(a) / np.median(b)), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def bootstrap_ratio_rounds(
+    a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Like :func:`bootstrap_ratio` for A and B measured in paired rounds (round i of A next to round i
+    of B): a two-level bootstrap that resamples whole rounds (jointly for A and B), then steps within
+    each. The interval then includes the machine's drift from one round to the next, which resampling
+    pooled steps cannot see (on a shared machine, that drift is most of the uncertainty).
+    """
+    if len(a_rounds) != len(b_rounds) or not a_rounds:
+        raise ValueError("need the same, non-zero number of rounds for A and B")
+    return _two_level_bootstrap(a_rounds, b_rounds, n, seed, paired=True)
+
+
+def bootstrap_ratio_readings(
+    a_readings: Sequence[Sequence[float]], b_readings: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """:func:`bootstrap_ratio_rounds` for readings that are not paired (two runs, each with one or more
+    readings of a configuration): A's and B's readings are resampled independently."""
+    if not a_readings or not b_readings:
+        raise ValueError("need at least one reading of A and of B")
+    return _two_level_bootstrap(a_readings, b_readings, n, seed, paired=False)
+
+
+def _two_level_bootstrap(
+    a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]], n: int, seed: int, paired: bool
+) -> tuple[float, float, float]:
+    a = [np.asarray(r, dtype=float) for r in a_groups]
+    b = [np.asarray(r, dtype=float) for r in b_groups]
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(n)
+    for i in range(n):
+        pick_a = rng.integers(0, len(a), size=len(a))
+        pick_b = pick_a if paired else rng.integers(0, len(b), size=len(b))
+        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in pick_a])
+        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in pick_b])
+        ratios[i] = np.median(ra) / np.median(rb)
+    point = float(np.median(np.concatenate(a)) / np.median(np.concatenate(b)))
+    return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))

@@ -80,7 +80,7 @@ def write_idx(path: Path, arr: np.ndarray) -> None:
 
 def make_fake_mnist(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool = True) -> None:
     """Small MNIST-format IDX files (synthetic images) in ``folder``."""
-    from trainer_core.data import make_synthetic_images
+    from trainer_core.synthetic import make_synthetic_images
 
     folder.mkdir(parents=True, exist_ok=True)
     suffix = ".gz" if gz else ""
@@ -93,8 +93,15 @@ def make_fake_mnist(folder: Path, n_train: int = 120, n_test: int = 40, gz: bool
 # ------------------------------------------------------------------------------ pytest-benchmark
 # Options that mean "I want real timings". Without any of them, a plain `pytest` runs every benchmark
 # once as a smoke test (pytest-benchmark's own --benchmark-disable behaviour), so the suite stays fast.
-_REAL_BENCHMARK_OPTIONS = ("benchmark_enable", "benchmark_only", "benchmark_autosave", "benchmark_save",
-                           "benchmark_compare", "benchmark_json", "benchmark_histogram")
+_REAL_BENCHMARK_OPTIONS = (
+    "benchmark_enable",
+    "benchmark_only",
+    "benchmark_autosave",
+    "benchmark_save",
+    "benchmark_compare",
+    "benchmark_json",
+    "benchmark_histogram",
+)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -11,19 +11,25 @@ from pathlib import Path
 
 from conftest import REPO
 
-SLEEPY = '''
+SLEEPY = """
 import os, time
 
 def test_sleepy(benchmark):
     benchmark.group = "sleep"
     benchmark.pedantic(time.sleep, args=(float(os.environ["SLEEP_S"]),), rounds=5, warmup_rounds=1, iterations=1)
-'''
+"""
 
 
 def _pytest(cwd: Path, *args: str, sleep_s: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "SLEEP_S": str(sleep_s)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_sleepy.py", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_sleepy.py", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_save_compare_and_fail_on_a_planted_slowdown(tmp_path: Path) -> None:
@@ -44,9 +50,24 @@ def test_save_compare_and_fail_on_a_planted_slowdown(tmp_path: Path) -> None:
 
 def test_repository_suite_times_for_real_when_asked(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/benchmarks",
-                           "-k", "test_checkpoint_io", f"--benchmark-json={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/benchmarks",
+            "-k",
+            "test_checkpoint_io",
+            f"--benchmark-json={out}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {b["name"] for b in data["benchmarks"]} == {"test_checkpoint_io[save]", "test_checkpoint_io[load]"}

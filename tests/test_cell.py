@@ -7,22 +7,27 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
-from bench.cell import run_cell
-from bench.matrix import MeasureConfig, ProfileConfig
+from bench.cell_run import run_cell
+from bench.contract import CellSpec, GuardsConfig, MeasureConfig, ProfileConfig
 from bench.measure import StepTimer
 from bench.report import summary_markdown
-from conftest import tiny_overrides
 from trainer_core.config import apply_overrides
 
 MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
 
 
-def _spec(tmp_path: Path, profile: dict[str, Any]) -> dict[str, Any]:
-    return {"cell_id": "c", "axes": {}, "threads": torch.get_num_threads(), "peaks": {},
-            "config": apply_overrides({}, tiny_overrides(**{"data.n_samples": 512})),
-            "measure": MEASURE.model_dump(), "guards": {"enabled": []},
-            "profile": ProfileConfig(**profile).model_dump(), "trace_dir": str(tmp_path / "trace")}
+def _spec(tmp_path: Path, profile: dict[str, Any]) -> CellSpec:
+    return CellSpec(
+        cell_id="c",
+        threads=torch.get_num_threads(),
+        config=apply_overrides({}, tiny_overrides(**{"data.n_samples": 512})),
+        measure=MEASURE,
+        guards=GuardsConfig(enabled=[]),
+        profile=ProfileConfig(**profile),
+        trace_dir=str(tmp_path / "trace"),
+    )
 
 
 def test_timed_steps_never_run_under_the_profiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,17 +42,17 @@ def test_timed_steps_never_run_under_the_profiler(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(StepTimer, "on_step_end", spy)
     record = run_cell(_spec(tmp_path, {"enabled": True, "wait": 0, "warmup": 1, "active": 2}))
-    measured = record["warmup_steps"] + record["steps_timed"]
+    measured = record.warmup_steps + record.steps_timed
     assert len(seen) == measured + 3  # warm-up and repeats, then the profile's 0 + 1 + 2 steps
     assert not any(seen[:measured])  # no warm-up or timed step was recorded under the profiler
     assert sum(seen[measured:]) == 2  # its 2 active steps were (its warm-up step runs before recording starts)
-    assert record["trace_dir"] and record["profiler_slowdown"] > 0
+    assert record.trace_dir and record.profiler_slowdown > 0
 
 
 def test_an_oversized_trace_is_flagged_in_the_record_and_the_summary(tmp_path: Path) -> None:
     record = run_cell(_spec(tmp_path, {"enabled": True, "wait": 0, "warmup": 1, "active": 2, "max_trace_mb": 0.001}))
-    assert record["trace_mb"] > 0.001
-    assert record["trace_warning"].startswith(f"trace is {record['trace_mb']:.0f} MB (> 0 MB): shorten profile.active")
-    assert f"`c`: {record['trace_warning']}" in summary_markdown([record], {"matrix_name": "t"})
+    assert record.trace_mb > 0.001
+    assert record.trace_warning.startswith(f"trace is {record.trace_mb:.0f} MB (> 0 MB): shorten profile.active")
+    assert f"`c`: {record.trace_warning}" in summary_markdown([record], {"matrix_name": "t"})
     quiet = run_cell(_spec(tmp_path / "b", {"enabled": True, "wait": 0, "warmup": 1, "active": 2}))
-    assert "trace_warning" not in quiet
+    assert quiet.trace_warning is None

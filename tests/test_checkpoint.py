@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from trainer_core import checkpoint as ck
 from trainer_core.config import load_config
 from trainer_core.errors import CheckpointError
@@ -69,10 +69,13 @@ def test_save_is_atomic_when_interrupted(tmp_path: Path, monkeypatch: pytest.Mon
     ck.load_checkpoint_file(path)
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    (b"", "checkpoint is empty"),
-    (b"not a checkpoint at all", "unreadable checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"", "checkpoint is empty"),
+        (b"not a checkpoint at all", "unreadable checkpoint"),
+    ],
+)
 def test_garbage_files_are_clear_errors(tmp_path: Path, content: bytes, match: str) -> None:
     p = tmp_path / "x.pt"
     p.write_bytes(content)
@@ -158,7 +161,7 @@ def test_keep_best_n_keeps_only_the_best(tmp_path: Path) -> None:
     kept = sorted(p.name for p in (tmp_path / "a").glob("best-epoch*.pt"))
     assert kept == _expected_best(run.trainer.history, 2)
     for name in kept:  # each file holds its own epoch
-        assert ck.load_checkpoint_file(tmp_path / "a" / name)[ck.KEY_EPOCH] == int(name[len("best-epoch"):-3])
+        assert ck.load_checkpoint_file(tmp_path / "a" / name)[ck.KEY_EPOCH] == int(name[len("best-epoch") : -3])
     # Across a resume: the resumed run knows which files it kept before, and still keeps only 2.
     first = _run(tmp_path / "b", **extra)
     first.trainer.fit(first.data.train_loader, first.data.val_loader, stop_after_steps=3 * len(first.data.train_loader))
@@ -168,10 +171,25 @@ def test_keep_best_n_keeps_only_the_best(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "b").glob("best-epoch*.pt")) == kept
 
 
-# A training process that checkpoints after every step; the test kills it with SIGKILL at random points.
+# A training process that checkpoints after every step, each checkpoint written in 1 MiB chunks with a
+# short pause between them and "writing" said after the first, so a test can kill it mid-write on purpose
+# (a real SIGKILL: no Python cleanup runs, the temp file stays) as well as at random moments.
 _SAVER = r"""
-import sys
+import io, sys, time
+import torch
 sys.path.insert(0, sys.argv[2])
+real_save = torch.save
+def chunked_save(obj, f, *args, **kwargs):
+    buf = io.BytesIO()
+    real_save(obj, buf, *args, **kwargs)
+    data = buf.getvalue()
+    for i in range(0, len(data), 1 << 20):
+        f.write(data[i:i + (1 << 20)])
+        f.flush()
+        if i == 0:
+            print("writing", flush=True)
+        time.sleep(0.02)
+torch.save = chunked_save
 from conftest import tiny_overrides
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
@@ -187,6 +205,12 @@ while True:
 """
 
 
+def _next_step(proc) -> int:  # noqa: ANN001
+    while (line := proc.stdout.readline().strip()) == "writing":
+        pass
+    return int(line)
+
+
 def test_sigkill_during_saves_never_loses_the_previous_checkpoint(tmp_path: Path) -> None:
     import random
     import signal
@@ -197,25 +221,32 @@ def test_sigkill_during_saves_never_loses_the_previous_checkpoint(tmp_path: Path
     tests = str(Path(__file__).parent)
     rng = random.Random(0)
     saved, stale_seen = 0, 0
-    for _ in range(5):
+    for i in range(6):
         proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path), tests], stdout=subprocess.PIPE, text=True)
-        first = int(proc.stdout.readline())  # one complete save in this process, then a random moment
+        first = _next_step(proc)  # one complete save in this process, then the kill
         assert first == saved + 1, "a restart did not continue from the last complete checkpoint"
-        time.sleep(rng.uniform(0.0, 0.4))
+        if i % 2 == 0:  # mid-write: the next save has written its first chunk
+            while proc.stdout.readline().strip() != "writing":
+                pass
+            time.sleep(rng.uniform(0.0, 0.05))
+        else:  # anywhere: between saves, during a step or a write
+            time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
-        printed = [first, *map(int, proc.stdout.read().split())]
+        printed = [first, *(int(x) for x in proc.stdout.read().split() if x != "writing")]
         proc.wait()
         state = ck.load_checkpoint_file(tmp_path / ck.LAST_NAME)  # always a complete checkpoint
         # the newest reported save, or the one after it if the kill came between its rename and the print
         assert state[ck.KEY_GLOBAL_STEP] in (printed[-1], printed[-1] + 1)
         saved = state[ck.KEY_GLOBAL_STEP]
-        stale_seen += len(list(tmp_path.glob(".last_model.pt.*.tmp")))  # a kill that landed mid-write
-    # Stale temp files of killed saves do not get in the way of the next save or of a resume.
-    run = _run(tmp_path, **{"train.epochs": 100000, "model.kwargs": {"input_dim": 2, "hidden_dims": [1024, 1024], "output_dim": 2}})
+        stale_seen += len(list(tmp_path.glob(".last_model.pt.*.tmp")))  # the temp file of a kill mid-write
+    assert stale_seen >= 3  # every kill aimed mid-write left its temp file: the case really happened
+    # Stale temp files of killed saves do not get in the way of the next save or of a resume, and the first
+    # completed save after them clears them away.
+    run = _run(
+        tmp_path,
+        **{"train.epochs": 100000, "model.kwargs": {"input_dim": 2, "hidden_dims": [1024, 1024], "output_dim": 2}},
+    )
     run.trainer.load_checkpoint(tmp_path / ck.LAST_NAME)
     run.trainer.fit(run.data.train_loader, None, stop_after_steps=1)
     assert ck.load_checkpoint_file(tmp_path / ck.LAST_NAME)[ck.KEY_GLOBAL_STEP] == saved + 1
-    # The checkpoint is written for most of each step, so random kills land mid-write (this test would
-    # prove nothing if none did); the first save after them clears their temp files away.
-    assert stale_seen >= 1
     assert not list(tmp_path.glob(".last_model.pt.*.tmp"))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from bench import evaluate as evaluate_cli
 from bench import train as train_cli
-from conftest import REPO
 from trainer_core import checkpoint as ck
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
@@ -35,13 +35,27 @@ def test_train_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture
     assert train_cli.cli(["--config", TABULAR, "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"run dir: {out}"
-    for name in ("config.yaml", "metrics.json", "learning_curves.png", "log.jsonl",
-                 "checkpoints/best_model.pt", "checkpoints/last_model.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "learning_curves.png",
+        "log.jsonl",
+        "checkpoints/best_model.pt",
+        "checkpoints/last_model.pt",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("final_train_loss", "final_val_loss", "best_val_accuracy", "best_epoch", "total_epochs",
-                "training_time_seconds", "test_accuracy", "samples_per_second"):
+    for key in (
+        "final_train_loss",
+        "final_val_loss",
+        "best_val_accuracy",
+        "best_epoch",
+        "total_epochs",
+        "training_time_seconds",
+        "test_accuracy",
+        "samples_per_second",
+    ):
         assert metrics[key] is not None, key
     assert metrics["test_accuracy"] >= 0.95
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,14 +84,22 @@ def test_evaluate_from_checkpoint_alone(tmp_path: Path, capsys: pytest.CaptureFi
     assert "confusion matrix" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["--config", TABULAR, "--set", "optim.lrr=1"], "tabular_mlp.yaml: optim.lrr (from --set): unknown key"),
-    (["--config", TABULAR, "--set", "data.batch_size=abc"], "data.batch_size (from --set): Input should be a valid integer"),
-    (["--config", "no/such.yaml"], "no/such.yaml: config file not found"),
-    (["--config", TABULAR, "--set", "model.name=NoSuchNet"], "model.name: unknown model 'NoSuchNet'"),
-    (["--config", TABULAR, "--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "IDX files not found"),
-])
-def test_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--config", TABULAR, "--set", "optim.lrr=1"], "tabular_mlp.yaml: optim.lrr (from --set): unknown key"),
+        (
+            ["--config", TABULAR, "--set", "data.batch_size=abc"],
+            "data.batch_size (from --set): Input should be a valid integer",
+        ),
+        (["--config", "no/such.yaml"], "no/such.yaml: config file not found"),
+        (["--config", TABULAR, "--set", "model.name=NoSuchNet"], "model.name: unknown model 'NoSuchNet'"),
+        (["--config", TABULAR, "--set", "data.name=mnist", "--set", "data.root=/nonexistent"], "IDX files not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], expected: str
+) -> None:
     assert train_cli.cli([*argv, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and expected in err and "Traceback" not in err
@@ -121,13 +143,28 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_real_process_exit_code_and_stderr() -> None:
     proc = _subprocess("bench.train", "--config", TABULAR, "--set", "precision=fp8")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("bench.train: error: " + TABULAR
-                                   + ": precision (from --set): unknown precision 'fp8'; expected one of fp32, fp16, bf16, bf16-true")
+    assert proc.stderr.strip() == (
+        "bench.train: error: "
+        + TABULAR
+        + ": precision (from --set): unknown precision 'fp8'; expected one of fp32, fp16, bf16, bf16-true"
+    )
 
 
 def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_path: Path) -> None:
-    common = ["--config", TABULAR, "--set", "data.num_workers=2", "--set", "optim.scheduler=cosine",
-              "--set", "train.epochs=3", "--set", "train.early_stopping.patience=null", "--set", "data.n_samples=600"]
+    common = [
+        "--config",
+        TABULAR,
+        "--set",
+        "data.num_workers=2",
+        "--set",
+        "optim.scheduler=cosine",
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "train.early_stopping.patience=null",
+        "--set",
+        "data.n_samples=600",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     p = _subprocess("bench.train", *common, "--out", str(straight))
     assert p.returncode == 0, p.stderr
@@ -145,11 +182,16 @@ def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_pat
     for k, v in a[ck.KEY_MODEL].items():
         assert torch.equal(v, b[ck.KEY_MODEL][k]), k
     for k in ("final_train_loss", "final_val_loss", "test_accuracy"):
-        assert json.loads((straight / "metrics.json").read_text())[k] == json.loads((split / "metrics.json").read_text())[k]
+        assert (
+            json.loads((straight / "metrics.json").read_text())[k]
+            == json.loads((split / "metrics.json").read_text())[k]
+        )
 
 
-def test_train_profile_leaves_a_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from bench.trace import breakdown, load_trace
+def test_train_profile_leaves_a_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from bench.trace_analysis import breakdown, load_trace
 
     monkeypatch.chdir(tmp_path)  # traces go to ./profiles/<run-dir-name>/train/
     assert train_cli.cli(["--config", TABULAR, "--out", str(tmp_path / "run"), "--profile", *FAST]) == 0
@@ -173,11 +215,15 @@ def _assert_nothing_lost(before: dict[str, bytes], out: Path) -> None:
             assert after[name].startswith(data), "log.jsonl was rewritten, not appended to"
         elif name.startswith("checkpoints/"):
             old = torch.load(io.BytesIO(data), weights_only=True)
-            assert ck.load_checkpoint_file(out / name)[ck.KEY_GLOBAL_STEP] > old[ck.KEY_GLOBAL_STEP], f"{name} went back"
+            assert ck.load_checkpoint_file(out / name)[ck.KEY_GLOBAL_STEP] > old[ck.KEY_GLOBAL_STEP], (
+                f"{name} went back"
+            )
         elif name in ("metrics.json", "learning_curves.png"):
             step = json.loads(before["metrics.json"])["global_step"]
             stem, suffix = name.rsplit(".", 1)
-            assert after.get(f"{stem}.step{step}.{suffix}") == data, f"{name} was replaced without keeping the earlier one"
+            assert after.get(f"{stem}.step{step}.{suffix}") == data, (
+                f"{name} was replaced without keeping the earlier one"
+            )
         else:
             raise AssertionError(f"{name} was changed or removed")
 
@@ -185,21 +231,31 @@ def _assert_nothing_lost(before: dict[str, bytes], out: Path) -> None:
 NO_ES = ["--set", "train.early_stopping.patience=null"]
 
 
-@pytest.mark.parametrize(("first", "again", "why"), [
-    ([], [], "early-stopped after epoch 8, best epoch"),
-    ([], ["--set", "train.epochs=20"], "early-stopped after epoch 8"),  # more epochs allowed, but it early-stopped
-    ([*NO_ES, "--set", "train.epochs=3"], [*NO_ES, "--set", "train.epochs=3"], "all 3 epochs done"),
-    ([*NO_ES, "--set", "train.max_steps=30"], [*NO_ES, "--set", "train.max_steps=30"], "train.max_steps=30 reached"),
-])
-def test_resume_of_a_complete_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture, first: list[str],
-                                                  again: list[str], why: str) -> None:
+@pytest.mark.parametrize(
+    ("first", "again", "why"),
+    [
+        ([], [], "early-stopped after epoch 8, best epoch"),
+        ([], ["--set", "train.epochs=20"], "early-stopped after epoch 8"),  # more epochs allowed, but it early-stopped
+        ([*NO_ES, "--set", "train.epochs=3"], [*NO_ES, "--set", "train.epochs=3"], "all 3 epochs done"),
+        (
+            [*NO_ES, "--set", "train.max_steps=30"],
+            [*NO_ES, "--set", "train.max_steps=30"],
+            "train.max_steps=30 reached",
+        ),
+    ],
+)
+def test_resume_of_a_complete_run_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, first: list[str], again: list[str], why: str
+) -> None:
     out = tmp_path / "run"
     assert train_cli.cli([*ES, *first, "--out", str(out)]) == 0
     before = _files(out)
     capsys.readouterr()
     assert train_cli.cli([*ES, *again, "--out", str(out), "--resume", "auto"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "is complete" in printed[0] and why in printed[0] and "nothing was changed" in printed[0]
+    assert (
+        len(printed) == 1 and "is complete" in printed[0] and why in printed[0] and "nothing was changed" in printed[0]
+    )
     assert ("--continue-early-stopped" in printed[0]) == ("early-stopped" in why)
     assert _files(out) == before  # byte for byte
 
@@ -227,7 +283,12 @@ def test_an_early_stopped_run_continues_only_when_asked(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train_cli.cli([*ES, "--out", str(out)]) == 0
     before = _files(out)
-    assert train_cli.cli([*ES, "--set", "train.epochs=12", "--out", str(out), "--resume", "auto", "--continue-early-stopped"]) == 0
+    assert (
+        train_cli.cli(
+            [*ES, "--set", "train.epochs=12", "--out", str(out), "--resume", "auto", "--continue-early-stopped"]
+        )
+        == 0
+    )
     _assert_nothing_lost(before, out)
     state = ck.load_checkpoint_file(out / "checkpoints" / ck.LAST_NAME)
     assert state[ck.KEY_EPOCH] > 8 and state[ck.KEY_END_REASON] in (ck.END_EARLY_STOPPED, ck.END_EPOCHS)
@@ -238,10 +299,17 @@ def test_resume_that_would_overwrite_a_run_is_refused(tmp_path: Path, capsys: py
     out = tmp_path / "run"
     common = [*ES, *NO_ES, "--set", "train.epochs=2", "--out", str(out)]
     if case == "no last checkpoint":
-        first, again, expected = ["--set", "checkpoint.save_last=false"], ["--resume", "auto"], "no checkpoints/last_model.pt to resume from"
+        first, again, expected = (
+            ["--set", "checkpoint.save_last=false"],
+            ["--resume", "auto"],
+            "no checkpoints/last_model.pt to resume from",
+        )
     elif case == "schedule sized for fewer steps":
-        first, again, expected = ["--set", "optim.scheduler=cosine"], ["--set", "optim.scheduler=cosine", "--set", "train.epochs=4",
-                                                                    "--resume", "auto"], "a schedule cannot be stretched mid-run"
+        first, again, expected = (
+            ["--set", "optim.scheduler=cosine"],
+            ["--set", "optim.scheduler=cosine", "--set", "train.epochs=4", "--resume", "auto"],
+            "a schedule cannot be stretched mid-run",
+        )
     else:
         other = tmp_path / "other"
         assert train_cli.cli([*ES, "--out", str(other)]) == 0
@@ -264,12 +332,14 @@ def test_a_run_killed_before_its_final_outputs_gets_them_without_training(tmp_pa
     assert train_cli.cli([*ES, "--out", str(out), "--resume", "auto"]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert (out / "checkpoints" / ck.LAST_NAME).read_bytes() == last  # no step was taken
-    assert {k: again[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")} == \
-        {k: metrics[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")}
+    assert {k: again[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")} == {
+        k: metrics[k] for k in ("global_step", "test_accuracy", "total_epochs", "early_stopped")
+    }
 
 
-def test_emulated_fp16_is_flagged_on_stderr_in_the_log_and_in_metrics(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_emulated_fp16_is_flagged_on_stderr_in_the_log_and_in_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import trainer_core.precision as precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f"}))  # a CPU without AVX512-FP16/AMX-FP16

@@ -9,14 +9,21 @@ import numpy as np
 import pytest
 
 from bench import compare as compare_cli
-from bench.compare import SAME, SLOWER, bootstrap_ratio, compare
+from bench.comparison import SAME, SLOWER, compare, load_results
+from bench.stats import bootstrap_ratio
 
 CELLS = [{"precision": p, "data.batch_size": bs} for p in ("fp32", "bf16") for bs in (64, 256)]
 PASS = {g: {"name": g, "status": "pass", "detail": ""} for g in ("overfit", "finite", "determinism", "resume")}
 
 
-def _write(d: Path, seed: int, slow: dict[str, float] | None = None, torch_version: str = "2.14.1",
-           guards: dict[str, dict] | None = None, drop: int | None = None) -> Path:
+def _write(
+    d: Path,
+    seed: int,
+    slow: dict[str, float] | None = None,
+    torch_version: str = "2.14.1",
+    guards: dict[str, dict] | None = None,
+    drop: int | None = None,
+) -> Path:
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True)
     lines = []
@@ -28,9 +35,19 @@ def _write(d: Path, seed: int, slow: dict[str, float] | None = None, torch_versi
         factor = (slow or {}).get(cid, 1.0)
         steps = (base * factor * (1 + 0.03 * rng.standard_normal(90))).tolist()  # ~3% step-to-step noise
         bs = axes["data.batch_size"]
-        lines.append(json.dumps({"cell_id": cid, "axes": axes, "status": "ok", "step_s": steps,
-                                 "samples_per_s": bs / float(np.median(steps)), "repeat_spread_pct": 2.0,
-                                 "guards": (guards or {}).get(cid, PASS)}))
+        lines.append(
+            json.dumps(
+                {
+                    "cell_id": cid,
+                    "axes": axes,
+                    "status": "ok",
+                    "step_s": steps,
+                    "samples_per_s": bs / float(np.median(steps)),
+                    "repeat_spread_pct": 2.0,
+                    "guards": (guards or {}).get(cid, PASS),
+                }
+            )
+        )
     (d / "cells.jsonl").write_text("\n".join(lines) + "\n")
     (d / "env.json").write_text(json.dumps({"torch": torch_version, "cpu": "X", "torch_threads": 2}))
     return d
@@ -54,7 +71,9 @@ def test_planted_slowdown_is_flagged_and_noise_is_not(runs: tuple[Path, Path]) -
 
 
 @pytest.mark.parametrize(("threshold", "code"), [(None, 0), ("10", 1), ("30", 0)])
-def test_exit_code_follows_fail_threshold(runs: tuple[Path, Path], threshold: str | None, code: int, capsys: pytest.CaptureFixture) -> None:
+def test_exit_code_follows_fail_threshold(
+    runs: tuple[Path, Path], threshold: str | None, code: int, capsys: pytest.CaptureFixture
+) -> None:
     argv = [str(runs[0]), str(runs[1])] + (["--fail-threshold", threshold] if threshold else [])
     assert compare_cli.cli(argv) == code
     out = capsys.readouterr().out
@@ -84,35 +103,9 @@ def test_json_output_and_bad_path(runs: tuple[Path, Path], tmp_path: Path, capsy
     assert "no cells.jsonl" in capsys.readouterr().err
 
 
-def test_bootstrap_interval_covers_the_true_ratio() -> None:
-    rng = np.random.default_rng(0)
-    a = 0.010 * (1 + 0.05 * rng.standard_normal(200))
-    b = 0.011 * (1 + 0.05 * rng.standard_normal(200))
-    ratio, lo, hi = bootstrap_ratio(a, b)
-    assert lo < 1 / 1.1 < hi and lo < ratio < hi
-
-
-def test_round_bootstrap_sees_drift_between_rounds_that_pooled_steps_hide() -> None:
-    from bench.compare import bootstrap_ratio_rounds
-
-    rng = np.random.default_rng(1)
-    # B is 2x faster on average, but the machine's speed drifts from round to round (shared by A and B
-    # within a round only partly): pooled steps give a tight interval, rounds a wider, honest one.
-    a_rounds, b_rounds = [], []
-    for drift_a, drift_b in [(1.0, 1.2), (1.1, 0.9), (0.9, 1.1), (1.0, 0.8)]:
-        a_rounds.append(list(0.04 * drift_a * (1 + 0.01 * rng.standard_normal(50))))
-        b_rounds.append(list(0.02 * drift_b * (1 + 0.01 * rng.standard_normal(50))))
-    point, lo, hi = bootstrap_ratio_rounds(a_rounds, b_rounds)
-    _, plo, phi = bootstrap_ratio(sum(a_rounds, []), sum(b_rounds, []))
-    assert lo <= point <= hi and plo <= point <= phi
-    assert hi - lo > 1.5 * (phi - plo)  # measured: 0.85 vs 0.38
-    one = bootstrap_ratio_rounds(a_rounds[:1], b_rounds[:1])  # one round: just the within-round bootstrap
-    assert one[1] <= one[0] <= one[2]
-    with pytest.raises(ValueError):
-        bootstrap_ratio_rounds(a_rounds, b_rounds[:2])
-
-
-def _write_readings(d: Path, seed: int, drifts: list[float], step: float, guard_status: list[str] | None = None) -> Path:
+def _write_readings(
+    d: Path, seed: int, drifts: list[float], step: float, guard_status: list[str] | None = None
+) -> Path:
     """One configuration read len(drifts) times (as bench.tune does), each reading at its own machine speed."""
     rng = np.random.default_rng(seed)
     d.mkdir(parents=True)
@@ -120,24 +113,40 @@ def _write_readings(d: Path, seed: int, drifts: list[float], step: float, guard_
     lines = []
     for i, drift in enumerate(drifts):
         steps = (step * drift * (1 + 0.01 * rng.standard_normal(60))).tolist()
-        guards = {**PASS, "overfit": {"name": "overfit", "status": (guard_status or ["pass"] * len(drifts))[i], "detail": ""}}
-        lines.append(json.dumps({"cell_id": f"t{i + 1:02d}-x", "axes": axes, "status": "ok", "step_s": steps,
-                                 "samples_per_s": 128 / float(np.median(steps)), "repeat_spread_pct": 1.0, "guards": guards}))
+        guards = {
+            **PASS,
+            "overfit": {"name": "overfit", "status": (guard_status or ["pass"] * len(drifts))[i], "detail": ""},
+        }
+        lines.append(
+            json.dumps(
+                {
+                    "cell_id": f"t{i + 1:02d}-x",
+                    "axes": axes,
+                    "status": "ok",
+                    "step_s": steps,
+                    "samples_per_s": 128 / float(np.median(steps)),
+                    "repeat_spread_pct": 1.0,
+                    "guards": guards,
+                }
+            )
+        )
     (d / "cells.jsonl").write_text("\n".join(lines) + "\n")
     return d
 
 
 def test_repeated_readings_are_pooled_and_their_drift_widens_the_interval(tmp_path: Path) -> None:
-    from bench.compare import load_results
-
     a = _write_readings(tmp_path / "a", 1, [1.0, 1.15, 0.9, 1.05], step=0.030)
-    b = _write_readings(tmp_path / "b", 2, [1.1, 0.95, 1.0, 0.85], step=0.030, guard_status=["pass", "fail", "pass", "pass"])
+    b = _write_readings(
+        tmp_path / "b", 2, [1.1, 0.95, 1.0, 0.85], step=0.030, guard_status=["pass", "fail", "pass", "pass"]
+    )
     _, cells = load_results(b)
     (rec,) = cells.values()
-    assert rec["readings"] == 4 and len(rec["readings_step_s"]) == 4 and len(rec["step_s"]) == 240
-    assert rec["guards"]["overfit"]["status"] == "fail"  # one failing reading is a failing configuration
+    assert len(rec.measured) == 4 and sum(len(r.step_s) for r in rec.measured) == 240
+    assert rec.guards["overfit"].status == "fail"  # one failing reading is a failing configuration
+    assert all(r.schema_version == 1 for r in rec.records)  # records written before the contract had a version
     row = compare(a, b)["rows"][0]
     assert row["readings_a"] == row["readings_b"] == 4 and row["guard_regressions"] == ["overfit"]
+
     # the same steps pooled as if each run had one reading: a much tighter, over-confident interval
     def all_steps(d: Path) -> list[float]:
         return [x for line in (d / "cells.jsonl").read_text().splitlines() for x in json.loads(line)["step_s"]]

@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import ALL_CONFIGS, MATRIX_CONFIGS, RUN_CONFIGS
 from pydantic import ValidationError
 
-from conftest import ALL_CONFIGS, MATRIX_CONFIGS, RUN_CONFIGS
 from trainer_core.config import RunConfig, load_config, parse_override
 from trainer_core.errors import ConfigError
 

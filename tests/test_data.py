@@ -3,80 +3,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
+from conftest import make_fake_mnist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainer_core.config import DataConfig
-from trainer_core.data import (
-    ResumableSampler,
-    build_data,
-    load_idx_split,
-    locate_idx_dir,
-    make_blobs,
-    make_synthetic_images,
-    read_idx,
-)
-from conftest import make_fake_mnist, write_idx
-from trainer_core.errors import DataError
+from trainer_core.data import ResumableSampler
+from trainer_core.datasets import build_data
+from trainer_core.synthetic import make_blobs, make_synthetic_images
 
 CPU = torch.device("cpu")
-
-
-@pytest.mark.parametrize("gz", [True, False])
-def test_idx_round_trip(tmp_path: Path, gz: bool) -> None:
-    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    p = tmp_path / ("a.idx.gz" if gz else "a.idx")
-    write_idx(p, arr)
-    out = read_idx(p)
-    assert out.shape == (2, 3, 4) and np.array_equal(out, arr)
-    assert out.flags.writeable
-
-
-def test_idx_reads_are_cached_but_independent_and_follow_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer_core.data as data_mod
-
-    p = tmp_path / "a.idx.gz"
-    write_idx(p, np.arange(12, dtype=np.uint8).reshape(3, 4))
-    decodes: list[Path] = []
-    real = data_mod._decode_idx
-    monkeypatch.setattr(data_mod, "_decode_idx", lambda path: decodes.append(path) or real(path))
-    first = read_idx(p)
-    first[0, 0] = 99  # a caller's in-place change must not reach the next reader
-    second = read_idx(p)
-    assert len(decodes) == 1 and second[0, 0] == 0 and second.flags.writeable
-    write_idx(p, np.ones((2, 2), dtype=np.uint8))  # rewritten on disk: read again
-    assert np.array_equal(read_idx(p), np.ones((2, 2))) and len(decodes) == 2
-
-
-def test_corrupt_idx_is_a_clear_error(tmp_path: Path) -> None:
-    p = tmp_path / "bad"
-    p.write_bytes(b"\x01\x02\x03\x04")
-    with pytest.raises(DataError, match="bad magic number"):
-        read_idx(p)
-    arr = np.zeros((4, 5), dtype=np.uint8)
-    write_idx(p, arr)
-    p.write_bytes(p.read_bytes()[:-3])
-    with pytest.raises(DataError, match="truncated or corrupt"):
-        read_idx(p)
-
-
-def test_data_is_found_through_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_fake_mnist(tmp_path / "MNIST" / "raw")  # torchvision's layout
-    monkeypatch.setenv("TRAINBENCH_DATA", str(tmp_path))
-    assert locate_idx_dir("mnist", None, download=False) == tmp_path / "MNIST" / "raw"
-    bundle = build_data(DataConfig(name="mnist", batch_size=16), seed=0, device=CPU)
-    assert bundle.meta["train_samples"] + bundle.meta["val_samples"] == 120
-    assert bundle.meta["test_samples"] == 40
-
-
-def test_missing_data_lists_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRAINBENCH_DATA", str(tmp_path / "env"))
-    with pytest.raises(DataError) as info:
-        locate_idx_dir("mnist", str(tmp_path / "cfg"), download=False)
-    msg = str(info.value)
-    assert str(tmp_path / "cfg") in msg and str(tmp_path / "env") in msg and "/usr/share/datasets/mnist" in msg
 
 
 def test_synthetic_data_is_deterministic_and_learnable() -> None:
@@ -109,7 +46,9 @@ def test_classic_and_tensor_pipelines_give_the_same_batches(tmp_path: Path) -> N
 
 
 def test_split_is_deterministic_and_disjoint() -> None:
-    cfg = DataConfig(name="synthetic_blobs", n_samples=200, val_fraction=0.2, split_seed=3, shuffle=False, batch_size=500)
+    cfg = DataConfig(
+        name="synthetic_blobs", n_samples=200, val_fraction=0.2, split_seed=3, shuffle=False, batch_size=500
+    )
     a = build_data(cfg, seed=0, device=CPU)
     b = build_data(cfg, seed=99, device=CPU)
     xa, _ = next(iter(a.train_loader))
@@ -128,12 +67,14 @@ def test_resumable_sampler_continues_mid_epoch() -> None:
     s.set_epoch(2, start=17)
     assert list(s) == full[17:] and len(s) == 33
     s.set_epoch(3)
-    assert list(s) != full and sorted(list(s)) == list(range(50))
+    assert list(s) != full and sorted(s) == list(range(50))
 
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 300), seed=st.integers(0, 2**31), epoch=st.integers(0, 50), data=st.data())
-def test_resumable_sampler_any_restart_point_continues_the_same_permutation(n: int, seed: int, epoch: int, data: st.DataObject) -> None:
+def test_resumable_sampler_any_restart_point_continues_the_same_permutation(
+    n: int, seed: int, epoch: int, data: st.DataObject
+) -> None:
     start = data.draw(st.integers(0, n))
     s = ResumableSampler(n, shuffle=True, seed=seed)
     s.set_epoch(epoch)
@@ -150,29 +91,9 @@ def test_pin_memory_without_accelerator_is_noted() -> None:
 
 
 def test_workers_and_loader_options(tmp_path: Path) -> None:
-    cfg = DataConfig(name="synthetic_blobs", n_samples=64, batch_size=8, num_workers=2,
-                     persistent_workers=True, prefetch_factor=3)
+    cfg = DataConfig(
+        name="synthetic_blobs", n_samples=64, batch_size=8, num_workers=2, persistent_workers=True, prefetch_factor=3
+    )
     loader = build_data(cfg, seed=0, device=CPU).train_loader
     assert loader.num_workers == 2 and loader.persistent_workers and loader.prefetch_factor == 3
     assert sum(len(y) for _, y in loader) == 58  # 64 minus round(0.1 * 64) validation samples
-
-
-def _real_fashion_mnist() -> Path | None:
-    try:
-        return locate_idx_dir("fashion_mnist", None, download=False)  # $TRAINBENCH_DATA, then Debian's folder
-    except DataError:
-        return None
-
-
-@pytest.mark.skipif(_real_fashion_mnist() is None, reason="Fashion-MNIST is not in $TRAINBENCH_DATA nor in Debian's "
-                    "/usr/share/datasets/fashion-mnist (.ci/run installs dataset-fashion-mnist as root)")
-def test_real_fashion_mnist_loads() -> None:
-    bundle = build_data(DataConfig(name="fashion_mnist", batch_size=32), seed=0, device=CPU)
-    assert bundle.meta["train_samples"] == 54000 and bundle.meta["test_samples"] == 10000
-    x, y = next(iter(bundle.train_loader))
-    assert x.dtype == torch.uint8 and set(y.tolist()) <= set(range(10))
-    assert bundle.class_names[9] == "Ankle boot"
-    assert bundle.meta["source"] == str(_real_fashion_mnist())
-    # The first training image of Fashion-MNIST is an ankle boot (label 9) in every copy of the data set.
-    images, labels = load_idx_split(_real_fashion_mnist(), "train")
-    assert images.shape == (60000, 28, 28) and labels[0] == 9 and images.dtype == np.uint8

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import RUN_CONFIGS, make_fake_mnist
+
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 
@@ -14,8 +14,17 @@ from trainer_core.factory import build_run
 def test_every_shipped_config_builds_and_trains(path: Path, tmp_path: Path) -> None:
     # Real-data configs read small generated IDX files here, so every config is exercised on any machine.
     make_fake_mnist(tmp_path, n_train=96, n_test=32)
-    cfg = load_config(path, {"data.root": str(tmp_path), "data.limit_train_samples": 64, "data.n_samples": 96,
-                             "train.max_steps": 2, "device": "cpu", "logging.progress_bar": "off"})
+    cfg = load_config(
+        path,
+        {
+            "data.root": str(tmp_path),
+            "data.limit_train_samples": 64,
+            "data.n_samples": 96,
+            "train.max_steps": 2,
+            "device": "cpu",
+            "logging.progress_bar": "off",
+        },
+    )
     run = build_run(cfg)
     result = run.trainer.fit(run.data.train_loader, run.data.val_loader)
     assert result.global_step == 2

@@ -2,35 +2,52 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import REPO, make_fake_mnist, tiny_overrides
 
 from bench.guard_cases import GuardCase, planted_cases, run_case, shipped_cases, with_data
-from bench.guards import (FAIL, NONDETERMINISTIC, PASS, QUICK_GUARDS, FiniteWatch, constant_lr, guard_overfit, guards_ok,
-                          run_guards)
+from bench.guards import (
+    FAIL,
+    GUARDS,
+    NONDETERMINISTIC,
+    PASS,
+    QUICK_GUARDS,
+    FiniteWatch,
+    GuardContext,
+    constant_lr,
+    guard_overfit,
+    guards_ok,
+    run_guards,
+)
 from bench.matrix import GuardsConfig
 from bench.measure import CELL_OVERRIDES
-from conftest import REPO, make_fake_mnist, tiny_overrides
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 
 CPU = torch.device("cpu")
-GUARDS = GuardsConfig(overfit_steps=150, overfit_samples=8, short_run_steps=3)
+SETTINGS = GuardsConfig(overfit_steps=150, overfit_samples=8, short_run_steps=3)
 
 
 def _guards(model: str | None = None, **extra) -> dict[str, str]:
-    over = tiny_overrides(**extra, **{"logging.track_grad_norm": True, "optim.lr": 0.02,
-                                      "model.kwargs": {"input_dim": 2, "hidden_dims": [32], "output_dim": 2, "dropout": 0.0}})
+    over = tiny_overrides(
+        **extra,
+        **{
+            "logging.track_grad_norm": True,
+            "optim.lr": 0.02,
+            "model.kwargs": {"input_dim": 2, "hidden_dims": [32], "output_dim": 2, "dropout": 0.0},
+        },
+    )
     if model is not None:
         over.update({"model.name": f"bench.planted:{model}", "model.kwargs": {}})
     config = load_config(None, over)
     watch = FiniteWatch()
     run = build_run(config, hooks=[watch])
     run.trainer.fit(run.data.train_loader, None, stop_after_steps=5)
-    results = run_guards(config, GUARDS, CPU, run.trainer, watch)
+    results = run_guards(config, SETTINGS, CPU, run.trainer, watch)
     return {r.name: r.status for r in results} | {"_ok": guards_ok(results)}
 
 
 def test_a_healthy_model_passes_every_guard() -> None:
-    assert _guards() == {"overfit": PASS, "finite": PASS, "determinism": PASS, "resume": PASS, "_ok": True}
+    assert _guards() == {**dict.fromkeys(GUARDS, PASS), "_ok": True}
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-true", "fp16"])
@@ -69,12 +86,15 @@ def test_overfit_guard_holds_a_schedule_at_its_peak(monkeypatch: pytest.MonkeyPa
     # One-cycle starts at lr/25: trained there, 60 steps could not memorise 8 samples of the flagship
     # config (loss 21.8% of initial against a 15% limit). The guard asks about model, precision and
     # optimizer, so it trains at the configured (peak) lr and says so.
-    config = load_config(REPO / "configs" / "fashion_mnist.yaml", {**CELL_OVERRIDES, "data.name": "synthetic_images", "data.n_samples": 256})
+    config = load_config(
+        REPO / "configs" / "fashion_mnist.yaml",
+        {**CELL_OVERRIDES, "data.name": "synthetic_images", "data.n_samples": 256},
+    )
     import bench.guards
 
     built = []
     monkeypatch.setattr(bench.guards, "build_run", lambda c, **kw: built.append(build_run(c, **kw)) or built[-1])
-    result = guard_overfit(config, QUICK_GUARDS)
+    result = guard_overfit(GuardContext(config, QUICK_GUARDS, CPU))
     (run,) = built
     assert run.trainer.scheduler is None and run.trainer.optimizer.param_groups[0]["lr"] == 0.005  # after 60 steps
     assert result.status == PASS, result.detail
@@ -91,6 +111,6 @@ def test_gpu_without_deterministic_algorithms_is_reported_honestly() -> None:
     from bench.guards import guard_determinism
 
     config = load_config(None, tiny_overrides(**{"train.deterministic": False}))
-    result = guard_determinism(config, GUARDS, torch.device("cuda"))  # decided before touching the GPU
+    result = guard_determinism(GuardContext(config, SETTINGS, torch.device("cuda")))  # decided before touching the GPU
     assert result.status == NONDETERMINISTIC and "deterministic algorithms are off" in result.detail
     assert guards_ok([result])

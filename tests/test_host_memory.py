@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_overrides
 
+from bench.matrix import static_skip_reason
 from trainer_core import host_memory
 from trainer_core.config import load_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
-from bench.matrix import static_skip_reason
-from conftest import tiny_overrides
 
 
 def test_retain_is_supported_on_this_linux_glibc_machine() -> None:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
+from bench.contract import CellRecord
 from bench.matrix import static_skip_reason
 from bench.report import compile_break_even
-from conftest import tiny_overrides
 from trainer_core.config import load_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
 
-
 CNN = {"model.name": "SimpleCNN", "model.kwargs": {}, "data.name": "synthetic_images", "data.n_samples": 128}
-
-
 
 
 def test_channels_last_converts_parameters_and_inputs() -> None:
@@ -69,10 +67,13 @@ def _optimizer_ops(**extra: object) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
-@pytest.mark.parametrize(("key", "expect", "absent"), [
-    ("optim.fused", "aten::_fused_adam_", "aten::_foreach_mul_"),
-    ("optim.foreach", "aten::_foreach_mul_", "aten::_fused_adam_"),
-])
+@pytest.mark.parametrize(
+    ("key", "expect", "absent"),
+    [
+        ("optim.fused", "aten::_fused_adam_", "aten::_foreach_mul_"),
+        ("optim.foreach", "aten::_foreach_mul_", "aten::_fused_adam_"),
+    ],
+)
 def test_optimizer_implementation_levers_run_their_kernel(key: str, expect: str, absent: str) -> None:
     ops = _optimizer_ops(**{key: True})
     assert expect in ops and absent not in ops, sorted(o for o in ops if "adam" in o or "foreach" in o)
@@ -94,7 +95,11 @@ def test_zero_grad_set_to_none_lever(set_to_none: bool) -> None:
 
 
 def test_persistent_workers_and_prefetch_factor_reach_the_loader() -> None:
-    run = build_run(load_config(None, tiny_overrides(**{"data.num_workers": 1, "data.persistent_workers": True, "data.prefetch_factor": 4})))
+    run = build_run(
+        load_config(
+            None, tiny_overrides(**{"data.num_workers": 1, "data.persistent_workers": True, "data.prefetch_factor": 4})
+        )
+    )
     loader = run.data.train_loader
     assert loader.persistent_workers and loader.prefetch_factor == 4
 
@@ -109,15 +114,25 @@ def test_unsupported_levers_are_skipped_with_a_reason(monkeypatch: pytest.Monkey
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "needs a C++ compiler" in static_skip_reason(compiled)
     monkeypatch.setattr(fu, "_get_fused_kernels_supported_devices", lambda: ["cuda"])
-    assert "optim.fused is not supported on cpu" in static_skip_reason(load_config(None, {"device": "cpu", "optim.fused": True}))
+    assert "optim.fused is not supported on cpu" in static_skip_reason(
+        load_config(None, {"device": "cpu", "optim.fused": True})
+    )
 
 
 def test_compile_break_even_pairs_with_the_eager_cell() -> None:
-    def rec(cid: str, mode: str, ms: float, compile_s: float | None) -> dict:
-        return {"cell_id": cid, "status": "ok", "axes": {"train.compile": mode, "precision": "bf16"},
-                "step_ms_median": ms, "samples_per_s": 64 / (ms / 1e3), "compile_s": compile_s}
+    def rec(cid: str, mode: str, ms: float, compile_s: float | None) -> CellRecord:
+        return CellRecord(
+            cell_id=cid,
+            status="ok",
+            axes={"train.compile": mode, "precision": "bf16"},
+            step_ms_median=ms,
+            samples_per_s=64 / (ms / 1e3),
+            compile_s=compile_s,
+        )
 
-    rows = compile_break_even([rec("eager", "off", 20.0, None), rec("comp", "default", 15.0, 10.0), rec("slow", "max-autotune", 25.0, 30.0)])
+    rows = compile_break_even(
+        [rec("eager", "off", 20.0, None), rec("comp", "default", 15.0, 10.0), rec("slow", "max-autotune", 25.0, 30.0)]
+    )
     by = {r["cell_id"]: r for r in rows}
     assert by["comp"]["break_even_steps"] == pytest.approx(2000)  # 10 s / 5 ms saved per step
     assert by["slow"]["break_even_steps"] is None
@@ -153,8 +168,13 @@ def test_malloc_retain_reuses_pages_instead_of_faulting_them_in_every_step() -> 
     tests = str(Path(__file__).parent)
 
     def median_faults(policy: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, policy, tests], capture_output=True, text=True,
-                             check=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_PER_STEP, policy, tests],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+        )
         return float(out.stdout.split()[-1])
 
     # 64 MB activation buffers (8192 x 2048 fp32): above the 32 MB cap of glibc's dynamic mmap

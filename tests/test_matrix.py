@@ -4,14 +4,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MATRIX_CONFIGS, REPO
 
 from bench.matrix import cell_id_for, expand, load_matrix, parse_filter, select, static_skip_reason
-from conftest import MATRIX_CONFIGS, REPO
 from trainer_core.config import load_config
 from trainer_core.errors import ConfigError
 
-BASE = {"device": "cpu", "model": {"name": "SimpleMLP", "kwargs": {"input_dim": 2, "hidden_dims": [8], "output_dim": 2}},
-        "data": {"name": "synthetic_blobs", "n_samples": 64}}
+BASE = {
+    "device": "cpu",
+    "model": {"name": "SimpleMLP", "kwargs": {"input_dim": 2, "hidden_dims": [8], "output_dim": 2}},
+    "data": {"name": "synthetic_blobs", "n_samples": 64},
+}
 MATRICES = MATRIX_CONFIGS
 
 
@@ -34,15 +37,23 @@ def test_shipped_matrices_expand(path: Path) -> None:
 
 def test_amp_matrix_has_the_documented_axes() -> None:
     spec = load_matrix(REPO / "configs" / "amp_matrix.yaml")
-    assert spec.axes == {"precision": ["fp32", "bf16", "fp16"], "data.num_workers": [0, 2], "data.pin_memory": [False, True],
-                         "data.batch_size": [64, 256], "device": ["cpu", "cuda"]}
+    assert spec.axes == {
+        "precision": ["fp32", "bf16", "fp16"],
+        "data.num_workers": [0, 2],
+        "data.pin_memory": [False, True],
+        "data.batch_size": [64, 256],
+        "device": ["cpu", "cuda"],
+    }
     assert len(expand(spec)) == 48
 
 
 def test_product_exclude_include(tmp_path: Path) -> None:
-    cells = _expand(tmp_path, axes={"precision": ["fp32", "bf16"], "data.batch_size": [8, 16, 32]},
-                    exclude=[{"precision": "bf16", "data.batch_size": 8}],
-                    include=[{"precision": "fp16", "data.batch_size": 8}, {"precision": "fp32", "data.batch_size": 8}])
+    cells = _expand(
+        tmp_path,
+        axes={"precision": ["fp32", "bf16"], "data.batch_size": [8, 16, 32]},
+        exclude=[{"precision": "bf16", "data.batch_size": 8}],
+        include=[{"precision": "fp16", "data.batch_size": 8}, {"precision": "fp32", "data.batch_size": 8}],
+    )
     ids = [c.cell_id for c in cells]
     assert len(cells) == 6  # 2x3 - 1 excluded + 1 new include (the other include is already a cell)
     assert "bf16-bs8" not in ids and "fp16-bs8" in ids
@@ -51,23 +62,39 @@ def test_product_exclude_include(tmp_path: Path) -> None:
 
 
 def test_cell_ids_are_deterministic_and_safe() -> None:
-    cid = cell_id_for({"precision": "bf16", "data.num_workers": 2, "data.pin_memory": True, "model.name": "a.b:c", "device": "cuda:1"})
+    cid = cell_id_for(
+        {"precision": "bf16", "data.num_workers": 2, "data.pin_memory": True, "model.name": "a.b:c", "device": "cuda:1"}
+    )
     assert cid == "bf16-nw2-pinT-a_b_c-cuda_1"
-    assert cid == cell_id_for({"precision": "bf16", "data.num_workers": 2, "data.pin_memory": True, "model.name": "a.b:c", "device": "cuda:1"})
+    assert cid == cell_id_for(
+        {"precision": "bf16", "data.num_workers": 2, "data.pin_memory": True, "model.name": "a.b:c", "device": "cuda:1"}
+    )
 
 
-@pytest.mark.parametrize(("doc", "expected"), [
-    ({"axes": {"optim.lrr": [1]}}, "axes.optim.lrr: unknown config key 'optim.lrr'"),
-    ({"axes": {"bogus.key": [1]}}, "axes.bogus.key: unknown config key 'bogus'"),
-    ({"axes": {"precision": ["fp8"]}}, "precision: unknown precision 'fp8'"),
-    ({"axes": {"data.batch_size": ["big"]}}, "data.batch_size: Input should be a valid integer"),
-    ({"axes": {"precision": []}}, "axes.precision: needs at least one value"),
-    ({"axes": {"precision": ["fp32"]}, "exclude": [{"device": "cpu"}]}, "exclude[0].device: not an axis"),
-    ({"axes": {"precision": ["fp32"]}, "measure": {"repeats": 0}}, "measure.repeats: Input should be greater than or equal to 1"),
-    ({"axes": {"precision": ["fp32"]}, "guards": {"enabled": ["speed"]}}, "guards.enabled.0: Input should be"),
-    ({"axes": {"precision": ["fp32"]}, "profiles": {}}, "profiles: unknown key"),
-    ({"axes": {"precision": ["fp32"]}, "base": {**BASE, "optim": {"lr": -1}}}, "base: optim.lr: Input should be greater than 0"),
-])
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"axes": {"optim.lrr": [1]}}, "axes.optim.lrr: unknown config key 'optim.lrr'"),
+        ({"axes": {"bogus.key": [1]}}, "axes.bogus.key: unknown config key 'bogus'"),
+        ({"axes": {"precision": ["fp8"]}}, "precision: unknown precision 'fp8'"),
+        ({"axes": {"data.batch_size": ["big"]}}, "data.batch_size: Input should be a valid integer"),
+        ({"axes": {"precision": []}}, "axes.precision: needs at least one value"),
+        ({"axes": {"precision": ["fp32"]}, "exclude": [{"device": "cpu"}]}, "exclude[0].device: not an axis"),
+        (
+            {"axes": {"precision": ["fp32"]}, "measure": {"repeats": 0}},
+            "measure.repeats: Input should be greater than or equal to 1",
+        ),
+        (
+            {"axes": {"precision": ["fp32"]}, "guards": {"enabled": ["speed"]}},
+            "guards.enabled: unknown guard 'speed'; expected one of overfit",
+        ),
+        ({"axes": {"precision": ["fp32"]}, "profiles": {}}, "profiles: unknown key"),
+        (
+            {"axes": {"precision": ["fp32"]}, "base": {**BASE, "optim": {"lr": -1}}},
+            "base: optim.lr: Input should be greater than 0",
+        ),
+    ],
+)
 def test_validation_errors_name_file_and_key(tmp_path: Path, doc: dict, expected: str) -> None:
     p = _write(tmp_path, {"name": "t", "base": BASE, **doc})
     with pytest.raises(ConfigError) as info:
@@ -86,7 +113,9 @@ def test_skip_reasons_are_decided_up_front() -> None:
 
 
 def test_filter_and_device_override(tmp_path: Path) -> None:
-    p = _write(tmp_path, {"name": "t", "base": BASE, "axes": {"precision": ["fp32", "bf16"], "device": ["cpu", "cuda"]}})
+    p = _write(
+        tmp_path, {"name": "t", "base": BASE, "axes": {"precision": ["fp32", "bf16"], "device": ["cpu", "cuda"]}}
+    )
     cells = expand(load_matrix(p), source=str(p))
     picked = select(cells, parse_filter(["precision=bf16", "device=cpu"]))
     assert [c.cell_id for c in picked] == ["bf16-cpu"]

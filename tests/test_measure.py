@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from bench.matrix import MeasureConfig
-from bench.measure import StepTimer, flops_per_step, matmul_peak_flops, measure, peak_rss_bytes
 from conftest import tiny_overrides
+
+from bench.contract import MeasureConfig
+from bench.measure import StepTimer, flops_per_step, matmul_peak_flops, measure, peak_rss_bytes
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 from trainer_core.trainer import PHASES
@@ -48,7 +48,9 @@ def test_steps_per_repeat_respects_time_bounds() -> None:
 
 
 def test_flops_of_a_linear_model_step() -> None:
-    run = build_run(load_config(None, tiny_overrides(**{"model.kwargs": {"input_dim": 2, "hidden_dims": [16], "output_dim": 2}})))
+    run = build_run(
+        load_config(None, tiny_overrides(**{"model.kwargs": {"input_dim": 2, "hidden_dims": [16], "output_dim": 2}}))
+    )
     x, y = next(iter(run.data.train_loader))
     forward = 2 * 32 * (2 * 16 + 16 * 2)  # two matmuls, 2 FLOPs per multiply-add
     flops = flops_per_step(run.trainer, x, y)

@@ -8,11 +8,14 @@ from trainer_core.errors import ModelError
 from trainer_core.models import ResNet18, SimpleCNN, build_model
 
 
-@pytest.mark.parametrize(("name", "kwargs", "shape"), [
-    ("SimpleMLP", {"input_dim": 2, "hidden_dims": [8, 8], "output_dim": 3}, (4, 2)),
-    ("SimpleCNN", {}, (4, 1, 28, 28)),
-    ("ResNet18", {"width": 8}, (4, 1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "shape"),
+    [
+        ("SimpleMLP", {"input_dim": 2, "hidden_dims": [8, 8], "output_dim": 3}, (4, 2)),
+        ("SimpleCNN", {}, (4, 1, 28, 28)),
+        ("ResNet18", {"width": 8}, (4, 1, 28, 28)),
+    ],
+)
 def test_registered_models_give_logits(name: str, kwargs: dict, shape: tuple) -> None:
     model = build_model(ModelConfig(name=name, kwargs=kwargs))
     out = model(torch.randn(*shape))
@@ -41,12 +44,15 @@ def test_user_model_by_import_path() -> None:
     assert model(torch.randn(5, 3)).shape == (5, 4)
 
 
-@pytest.mark.parametrize(("name", "kwargs", "match"), [
-    ("Nope", {}, "unknown model 'Nope'"),
-    ("no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
-    ("user_models:missing", {}, "has no callable 'missing'"),
-    ("SimpleMLP", {"bogus": 1}, r"model.kwargs.bogus: unknown argument for SimpleMLP"),
-])
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("Nope", {}, "unknown model 'Nope'"),
+        ("no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
+        ("user_models:missing", {}, "has no callable 'missing'"),
+        ("SimpleMLP", {"bogus": 1}, r"model.kwargs.bogus: unknown argument for SimpleMLP"),
+    ],
+)
 def test_model_errors_name_the_key(name: str, kwargs: dict, match: str) -> None:
     with pytest.raises(ModelError, match=match):
         build_model(ModelConfig(name=name, kwargs=kwargs))

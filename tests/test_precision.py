@@ -5,13 +5,15 @@ import torch
 from torch import nn
 
 from trainer_core.errors import DeviceError, PrecisionError
-from trainer_core.precision import check_support, cpu_flags, resolve_device, resolve_precision
+from trainer_core.precision import check_support, resolve_device, resolve_precision
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(("precision", "dtype", "has_scaler"),
-                         [("fp32", torch.float32, False), ("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)])
+@pytest.mark.parametrize(
+    ("precision", "dtype", "has_scaler"),
+    [("fp32", torch.float32, False), ("bf16", torch.bfloat16, False), ("fp16", torch.float16, True)],
+)
 def test_autocast_dtype_and_scaler_per_precision(precision: str, dtype: torch.dtype, has_scaler: bool) -> None:
     policy = resolve_precision(precision, CPU)
     assert (policy.scaler is not None) == has_scaler
@@ -41,13 +43,17 @@ def test_bf16_true_casts_model_and_float_inputs_without_autocast() -> None:
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert policy.cast_input(torch.randn(2, 8)).dtype == torch.bfloat16
     assert policy.cast_input(torch.arange(3)).dtype == torch.int64  # indices stay integers
-    assert policy.metadata()["param_dtype"] == "bfloat16" and resolve_precision("bf16", CPU).metadata()["param_dtype"] == "float32"
+    assert (
+        policy.metadata()["param_dtype"] == "bfloat16"
+        and resolve_precision("bf16", CPU).metadata()["param_dtype"] == "float32"
+    )
 
 
 def test_bf16_true_trainer_keeps_bf16_weights_and_optimizer_state_and_an_fp32_loss() -> None:
+    from conftest import tiny_overrides
+
     from trainer_core.config import load_config
     from trainer_core.trainer import Trainer
-    from conftest import tiny_overrides
 
     trainer = Trainer(load_config(None, tiny_overrides(precision="bf16-true")), nn.Linear(8, 4), "cpu")
     result = trainer.train_step(torch.randn(16, 8), torch.arange(16) % 4)
@@ -57,8 +63,10 @@ def test_bf16_true_trainer_keeps_bf16_weights_and_optimizer_state_and_an_fp32_lo
     assert all(v.dtype == torch.bfloat16 for k, v in state.items() if k != "step")
 
 
-@pytest.mark.parametrize(("flags", "emulated"), [
-    ({"avx512f", "avx512_fp16"}, False), ({"amx_fp16"}, False), ({"avx512f", "avx512_bf16"}, True), (set(), True)])
+@pytest.mark.parametrize(
+    ("flags", "emulated"),
+    [({"avx512f", "avx512_fp16"}, False), ({"amx_fp16"}, False), ({"avx512f", "avx512_bf16"}, True), (set(), True)],
+)
 def test_fp16_on_cpu_is_flagged_when_emulated(monkeypatch: pytest.MonkeyPatch, flags: set[str], emulated: bool) -> None:
     import trainer_core.precision as precision
 
@@ -70,7 +78,9 @@ def test_fp16_on_cpu_is_flagged_when_emulated(monkeypatch: pytest.MonkeyPatch, f
 
 
 @pytest.mark.parametrize(("flags", "emulated"), [({"avx512_bf16"}, False), ({"amx_bf16"}, False), ({"avx512f"}, True)])
-def test_bf16_on_cpu_is_flagged_without_native_instructions(monkeypatch: pytest.MonkeyPatch, flags: set[str], emulated: bool) -> None:
+def test_bf16_on_cpu_is_flagged_without_native_instructions(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], emulated: bool
+) -> None:
     import trainer_core.precision as precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-
-from bench.profiling import WORKER_NAME, ProfilerHook, maybe_profile, schedule_steps, trace_files
-from bench.run import write_cell_scalars
 from conftest import tiny_overrides
+
+from bench.contract import CellRecord
+from bench.profiling import WORKER_NAME, ProfilerHook, maybe_profile, schedule_steps, trace_files
+from bench.runner import write_cell_scalars
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 from trainer_core.trainer import PHASES
@@ -39,8 +40,16 @@ def profile_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("profiles") / "run-1"
     for cell, precision in CELLS.items():
         capture(root / cell, precision)
-        write_cell_scalars(root / "scalars", {"status": "ok", "cell_id": cell, "samples_per_s_repeats": [100.0, 110.0],
-                                              "step_s": [0.01, 0.011, 0.012], "data_wait_pct": 3.0})
+        write_cell_scalars(
+            root / "scalars",
+            CellRecord(
+                status="ok",
+                cell_id=cell,
+                samples_per_s_repeats=[100.0, 110.0],
+                step_s=[0.01, 0.011, 0.012],
+                data_wait_pct=3.0,
+            ),
+        )
     return root
 
 
@@ -82,9 +91,22 @@ def _get(url: str) -> Any:
 
 def test_tensorboard_lists_every_cell_and_serves_overviews_and_scalars(profile_dir: Path, tmp_path: Path) -> None:
     port = _free_port()
-    log = open(tmp_path / "tb.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(profile_dir), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "tb.log", "w")  # noqa: SIM115  (the server writes it until the finally block closes it)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(profile_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}/data/plugin"
     try:
         runs: list[str] = []
@@ -104,7 +126,9 @@ def test_tensorboard_lists_every_cell_and_serves_overviews_and_scalars(profile_d
             assert workers == [WORKER_NAME]
             spans = _get(f"{base}/pytorch_profiler/spans?run={q(cell)}&worker={WORKER_NAME}")
             assert spans
-            overview = _get(f"{base}/pytorch_profiler/overview?run={q(cell)}&worker={WORKER_NAME}&span={q(str(spans[0]))}")
+            overview = _get(
+                f"{base}/pytorch_profiler/overview?run={q(cell)}&worker={WORKER_NAME}&span={q(str(spans[0]))}"
+            )
             assert overview["steps"]["rows"], overview
         tags = _get(f"{base}/scalars/tags")
         for cell in CELLS:

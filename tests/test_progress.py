@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from trainer_core.progress import EpochProgress
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
@@ -49,8 +49,9 @@ def _stream(cmd: list[str], final: Path | str, cwd: Path) -> tuple[str, list[str
     arrive before the file the command writes last exists: block-buffered output only reaches the
     pipe at exit, after that file."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *cmd], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         first = proc.stdout.readline()
         finished_before = any(Path(cwd).glob(str(final)))
@@ -65,31 +66,97 @@ def _stream(cmd: list[str], final: Path | str, cwd: Path) -> tuple[str, list[str
 
 
 def test_train_streams_epoch_lines_and_progress_records(tmp_path: Path) -> None:
-    _, lines = _stream(["bench.train", "--config", TABULAR, "--out", "run", "--set", "train.early_stopping.patience=null",
-                        "--set", "train.epochs=3", "--set", "logging.progress_every_s=0.000001"], "run/metrics.json", tmp_path)
+    _, lines = _stream(
+        [
+            "bench.train",
+            "--config",
+            TABULAR,
+            "--out",
+            "run",
+            "--set",
+            "train.early_stopping.patience=null",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "logging.progress_every_s=0.000001",
+        ],
+        "run/metrics.json",
+        tmp_path,
+    )
     assert [ln.split()[1] for ln in lines if ln.startswith("epoch ") and "train_loss" in ln] == ["1", "2", "3"]
     assert any(ln.startswith("epoch 1/3  step ") and "samples/s" in ln for ln in lines)  # timed records off a TTY
     assert lines[-1] == "run dir: run"
 
 
 def test_run_streams_a_line_per_cell(tmp_path: Path) -> None:
-    first, lines = _stream(["bench.run", "--matrix", SMOKE, "--out", "res", "--profiles", "prof", "--filter", "device=cpu",
-                            "--filter", "data.pin_memory=false", "--filter", "data.batch_size=32"], "res/*/results.csv", tmp_path)
+    first, lines = _stream(
+        [
+            "bench.run",
+            "--matrix",
+            SMOKE,
+            "--out",
+            "res",
+            "--profiles",
+            "prof",
+            "--filter",
+            "device=cpu",
+            "--filter",
+            "data.pin_memory=false",
+            "--filter",
+            "data.batch_size=32",
+        ],
+        "res/*/results.csv",
+        tmp_path,
+    )
     assert "2 cells to measure" in first
     assert sum(ln.startswith("[") for ln in lines) == 2
 
 
 def test_recipe_race_streams_each_epoch(tmp_path: Path) -> None:
-    _, lines = _stream(["bench.recipe_race", "--baseline", TABULAR, "--candidate", TABULAR, "--target", "0.9", "--out", ".",
-                        "--set", "data.n_samples=400", "--set", "train.epochs=2", "--baseline-set", "train.epochs=2",
-                        "--run-all-epochs"], "recipe_race-*.json", tmp_path)
+    _, lines = _stream(
+        [
+            "bench.recipe_race",
+            "--baseline",
+            TABULAR,
+            "--candidate",
+            TABULAR,
+            "--target",
+            "0.9",
+            "--out",
+            ".",
+            "--set",
+            "data.n_samples=400",
+            "--set",
+            "train.epochs=2",
+            "--baseline-set",
+            "train.epochs=2",
+            "--run-all-epochs",
+        ],
+        "recipe_race-*.json",
+        tmp_path,
+    )
     assert sum(": epoch " in ln and "test acc" in ln for ln in lines) == 4  # 2 epochs a side, as they end
 
 
 def test_overhead_streams_rounds_and_reports_a_ratio(tmp_path: Path) -> None:
     # The README's harness-overhead claim, end to end on a tiny setting: both sides measured, a ratio reported.
-    _, lines = _stream(["bench.overhead", "--precision", "fp32", "--batch-size", "32", "--rounds", "2", "--min-time-s", "0.05",
-                        "--out", "."], "overhead-*.json", tmp_path)
+    _, lines = _stream(
+        [
+            "bench.overhead",
+            "--precision",
+            "fp32",
+            "--batch-size",
+            "32",
+            "--rounds",
+            "2",
+            "--min-time-s",
+            "0.05",
+            "--out",
+            ".",
+        ],
+        "overhead-*.json",
+        tmp_path,
+    )
     assert sum(" round " in ln for ln in lines) == 2
     (result,) = tmp_path.glob("overhead-*.json")
     row = json.loads(result.read_text())["rows"][0]
@@ -100,9 +167,28 @@ def test_overhead_streams_rounds_and_reports_a_ratio(tmp_path: Path) -> None:
 
 def test_tune_streams_and_checks_accuracy(tmp_path: Path) -> None:
     # The README's --check-accuracy claim: start and winner trained for the same wall time, accuracy reported.
-    _, lines = _stream(["bench.tune", "--config", TABULAR, "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512",
-                        "--rounds", "1", "--finalists", "1", "--check-accuracy", "--accuracy-seconds", "0.5", "--out", "res"],
-                       "res/*/tune.md", tmp_path)
+    _, lines = _stream(
+        [
+            "bench.tune",
+            "--config",
+            TABULAR,
+            "--axes",
+            "data.batch_size=32,64",
+            "--set",
+            "data.n_samples=512",
+            "--rounds",
+            "1",
+            "--finalists",
+            "1",
+            "--check-accuracy",
+            "--accuracy-seconds",
+            "0.5",
+            "--out",
+            "res",
+        ],
+        "res/*/tune.md",
+        tmp_path,
+    )
     (run_dir,) = (tmp_path / "res").iterdir()
     acc = json.loads((run_dir / "tune.json").read_text())["accuracy"]
     for side in ("start", "winner"):

@@ -1,19 +1,48 @@
 import csv
 from pathlib import Path
 
-from bench.report import fastest_per_device, markdown_table, speedups_vs_fp32, summary_markdown, write_csv
+from bench.contract import CellRecord
+from bench.guards import GUARDS
+from bench.report import (
+    METRIC_COLUMNS,
+    fastest_per_device,
+    markdown_table,
+    speedups_vs_fp32,
+    summary_markdown,
+    write_csv,
+)
 
 
-def _rec(cid: str, precision: str, bs: int, sps: float, ok: bool = True, status: str = "ok") -> dict:
-    guards = {g: {"name": g, "status": "pass" if ok else "fail", "detail": ""} for g in ("overfit", "finite", "determinism", "resume")}
-    return {"cell_id": cid, "axes": {"precision": precision, "data.batch_size": bs}, "status": status, "device": "cpu",
-            "samples_per_s": sps, "step_ms_median": 1.0, "step_ms_p10": 0.9, "step_ms_p90": 1.1, "data_wait_pct": 1.0,
-            "guards": guards if status == "ok" else {}, "guards_ok": ok if status == "ok" else None,
-            "reason": None if status == "ok" else "CUDA not available"}
+def _rec(
+    cid: str, precision: str, bs: int, sps: float, ok: bool = True, status: str = "ok", **extra: object
+) -> CellRecord:
+    guards = {g: {"name": g, "status": "pass" if ok else "fail", "detail": ""} for g in GUARDS}
+    return CellRecord.model_validate(
+        {
+            "cell_id": cid,
+            "axes": {"precision": precision, "data.batch_size": bs},
+            "status": status,
+            "device": "cpu",
+            "samples_per_s": sps,
+            "step_ms_median": 1.0,
+            "step_ms_p10": 0.9,
+            "step_ms_p90": 1.1,
+            "data_wait_pct": 1.0,
+            "guards": guards if status == "ok" else {},
+            "guards_ok": ok if status == "ok" else None,
+            "reason": None if status == "ok" else "CUDA not available",
+            **extra,
+        }
+    )
 
 
-RECORDS = [_rec("a", "fp32", 64, 100.0), _rec("b", "bf16", 64, 250.0), _rec("c", "fp16", 64, 900.0, ok=False),
-           _rec("d", "fp32", 128, 120.0), _rec("e", "bf16", 128, 0.0, status="skipped")]
+RECORDS = [
+    _rec("a", "fp32", 64, 100.0),
+    _rec("b", "bf16", 64, 250.0),
+    _rec("c", "fp16", 64, 900.0, ok=False),
+    _rec("d", "fp32", 128, 120.0),
+    _rec("e", "bf16", 128, 0.0, status="skipped"),
+]
 
 
 def test_speedup_against_matching_fp32_cell() -> None:
@@ -24,7 +53,7 @@ def test_speedup_against_matching_fp32_cell() -> None:
 
 
 def test_a_guard_failure_is_never_recommended() -> None:
-    assert fastest_per_device(RECORDS)["cpu"]["cell_id"] == "b"
+    assert fastest_per_device(RECORDS)["cpu"].cell_id == "b"
     summary = summary_markdown(RECORDS, {"matrix_name": "t"})
     assert "`b`" in summary.split("## Speedup")[0] and "Not recommended (a guard failed): `c`" in summary
     assert "CUDA not available (1)" in summary
@@ -32,20 +61,30 @@ def test_a_guard_failure_is_never_recommended() -> None:
 
 def test_csv_and_markdown_have_every_row_and_column(tmp_path: Path) -> None:
     write_csv(RECORDS, tmp_path / "r.csv")
-    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    rows = list(csv.DictReader((tmp_path / "r.csv").read_text().splitlines()))
     assert len(rows) == 5
-    for col in ("cell_id", "precision", "data.batch_size", "status", "reason", "samples_per_s", "step_ms_median",
-                "step_ms_p10", "step_ms_p90", "data_wait_pct", "peak_mem_mb", "tflops", "pct_of_peak",
-                "guard_overfit", "guard_finite", "guard_determinism", "guard_resume"):
-        assert col in rows[0], col
+    assert list(rows[0]) == [
+        "cell_id",
+        "precision",
+        "data.batch_size",
+        *METRIC_COLUMNS,
+        *(f"guard_{g}" for g in GUARDS),
+        "guards_ok",
+    ]
     assert rows[2]["guard_overfit"] == "fail" and rows[4]["reason"] == "CUDA not available"
     md = markdown_table(RECORDS)
     assert md.count("\n") == 6 and "ove:FAIL" in md
 
 
 def test_profile_warnings_reach_the_summary() -> None:
-    rec = _rec("f", "bf16", 64, 200.0) | {"mixed_precision_warning": "bf16 cell but only 0% of matmul/conv ops ran in reduced precision",
-                                          "trace_warning": "trace is 80 MB (> 50 MB): shorten profile.active or drop with_stack"}
+    rec = _rec(
+        "f",
+        "bf16",
+        64,
+        200.0,
+        mixed_precision_warning="bf16 cell but only 0% of matmul/conv ops ran in reduced precision",
+        trace_warning="trace is 80 MB (> 50 MB): shorten profile.active or drop with_stack",
+    )
     summary = summary_markdown([rec], {"matrix_name": "t"})
     assert "`f`: bf16 cell but only 0%" in summary and "`f`: trace is 80 MB" in summary
 
@@ -53,8 +92,8 @@ def test_profile_warnings_reach_the_summary() -> None:
 def test_policy_notes_are_listed_whole_once() -> None:
     # A note may itself contain "; " (the separator of the one-line reason in the tables).
     note = "bf16-true: no fp32 master weights; check accuracy"
-    recs = [_rec(c, "bf16-true", 64, 200.0) | {"reason": note, "notes": [note]} for c in ("g", "h")]
-    old = _rec("i", "fp16", 64, 10.0) | {"reason": "fp16 emulated on this CPU"}  # written before "notes" existed
+    recs = [_rec(c, "bf16-true", 64, 200.0, reason=note, notes=[note]) for c in ("g", "h")]
+    old = _rec("i", "fp16", 64, 10.0, reason="fp16 emulated on this CPU")  # written before "notes" existed
     summary = summary_markdown(recs + [old], {"matrix_name": "t"})
     assert summary.count(f"- {note}\n") == 1 and "- check accuracy" not in summary
     assert "- fp16 emulated on this CPU\n" in summary

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from bench import run as run_cli
+from bench.guards import GUARDS
 from bench.report import METRIC_COLUMNS
-from conftest import REPO
+from trainer_core.phases import PHASES
 
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
 TESTS = str(Path(__file__).resolve().parent)
@@ -28,12 +30,23 @@ def _run_dir(out: Path) -> Path:
 
 
 def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path / "results"), "--profiles", str(tmp_path / "profiles")]) == 0
+    assert (
+        run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path / "results"), "--profiles", str(tmp_path / "profiles")])
+        == 0
+    )
     out = capsys.readouterr().out.strip().splitlines()
     d = _run_dir(tmp_path / "results")
     assert out[-1] == f"results: {d}"
-    for name in ("cells.jsonl", "results.csv", "results.md", "summary.md", "env.json", "throughput_vs_batch.png", "data_wait.png",
-                 "phase_breakdown.png"):
+    for name in (
+        "cells.jsonl",
+        "results.csv",
+        "results.md",
+        "summary.md",
+        "env.json",
+        "throughput_vs_batch.png",
+        "data_wait.png",
+        "phase_breakdown.png",
+    ):
         assert (d / name).is_file(), name
     records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
     assert len(records) == 12  # 2x2x2x2 minus the two excluded (bf16, bs16) x 2 x 2 = 12
@@ -47,29 +60,64 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert r["pct_of_peak"] is not None and r["pct_of_peak"] > 0
         assert len(r["samples_per_s_repeats"]) == 2
         assert r["guards_ok"], r["guards"]
-        assert ("; ".join(r["notes"]) or None) == r["reason"]  # the policy's notes, whole, and the one-line form
+        assert ("; ".join(r["notes"]) or None) == r.get("reason")  # the policy's notes, whole, and the one-line form
         # profile: on in the smoke matrix: one trace per cell folder, its breakdown merged into the row
         trace_dir = tmp_path / "profiles" / d.name / r["cell_id"]
         assert r["trace_dir"] == str(trace_dir) and len(list(trace_dir.iterdir())) == 1
-        assert sum(r[f"prof_{p}_pct"] for p in ("data", "h2d", "forward", "backward", "optimizer", "other")) == pytest.approx(100, rel=0.05)
+        assert set(r["prof_phase_pct"]) == {*PHASES, "other"} and sum(r["prof_phase_pct"].values()) == pytest.approx(
+            100, rel=0.05
+        )
         assert r["profiler_slowdown"] > 0 and r["top_ops"]
         assert (tmp_path / "profiles" / d.name / "scalars" / r["cell_id"]).is_dir()
-    rows = list(csv.DictReader(open(d / "results.csv")))
+    rows = list(csv.DictReader((d / "results.csv").read_text().splitlines()))
     assert [r["cell_id"] for r in rows] == [r["cell_id"] for r in records]
-    expected_columns = ["cell_id", "precision", "data.batch_size", "data.pin_memory", "device", *METRIC_COLUMNS,
-                        "guard_overfit", "guard_finite", "guard_determinism", "guard_resume", "guards_ok"]
+    expected_columns = [
+        "cell_id",
+        "precision",
+        "data.batch_size",
+        "data.pin_memory",
+        "device",
+        *METRIC_COLUMNS,
+        *(f"guard_{g}" for g in GUARDS),
+        "guards_ok",
+    ]
     assert list(rows[0]) == expected_columns
     for row in rows:
         if row["status"] == "ok":
-            assert all(row[c] != "" for c in ("samples_per_s", "step_ms_median", "step_ms_p10", "step_ms_p90", "data_wait_pct",
-                                              "peak_mem_mb", "tflops", "pct_of_peak", "guard_overfit", "guard_resume",
-                                              "prof_forward_pct", "profiler_slowdown", "reduced_precision_pct"))
+            assert all(
+                row[c] != ""
+                for c in (
+                    "samples_per_s",
+                    "step_ms_median",
+                    "step_ms_p10",
+                    "step_ms_p90",
+                    "data_wait_pct",
+                    "peak_mem_mb",
+                    "tflops",
+                    "pct_of_peak",
+                    *(f"guard_{g}" for g in GUARDS),
+                    "prof_forward_pct",
+                    "profiler_slowdown",
+                    "reduced_precision_pct",
+                )
+            )
         else:
             assert row["reason"] and row["samples_per_s"] == ""
     md = (d / "results.md").read_text()
     assert md.count("\n") == len(records) + 2 and "% peak" in md
     env = json.loads((d / "env.json").read_text())
-    for key in ("torch", "cpu", "torch_threads", "git_commit", "matrix", "command", "timestamp", "peaks", "cuda", "cudnn"):
+    for key in (
+        "torch",
+        "cpu",
+        "torch_threads",
+        "git_commit",
+        "matrix",
+        "command",
+        "timestamp",
+        "peaks",
+        "cuda",
+        "cudnn",
+    ):
         assert key in env, key
     assert env["peaks"]["cpu"]["fp32"]["flops_per_s"] > 0
     assert "Fastest configuration per device" in (d / "summary.md").read_text()
@@ -83,11 +131,24 @@ def test_dry_run_lists_cells_and_writes_nothing(tmp_path: Path, capsys: pytest.C
 
 
 def _matrix(tmp_path: Path, models: list[str]) -> Path:
-    doc = {"name": "faults", "base": {"device": "cpu", "data": {"name": "synthetic_blobs", "n_samples": 128, "batch_size": 16},
-                                       "model": {"name": "SimpleMLP", "kwargs": {}}},
-           "axes": {"model.name": models},
-           "measure": {"warmup_steps": 2, "settle_window": 2, "max_warmup_steps": 4, "min_steps": 3, "min_time_s": 0, "repeats": 1},
-           "guards": {"overfit_steps": 20, "short_run_steps": 1, "enabled": ["finite", "determinism"]}}
+    doc = {
+        "name": "faults",
+        "base": {
+            "device": "cpu",
+            "data": {"name": "synthetic_blobs", "n_samples": 128, "batch_size": 16},
+            "model": {"name": "SimpleMLP", "kwargs": {}},
+        },
+        "axes": {"model.name": models},
+        "measure": {
+            "warmup_steps": 2,
+            "settle_window": 2,
+            "max_warmup_steps": 4,
+            "min_steps": 3,
+            "min_time_s": 0,
+            "repeats": 1,
+        },
+        "guards": {"overfit_steps": 20, "short_run_steps": 1, "enabled": ["finite", "determinism"]},
+    }
     p = tmp_path / "faults.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
     return p
@@ -111,12 +172,17 @@ def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, caps
     assert nan["status"] == "ok" and nan["guards"]["finite"]["status"] == "fail" and not nan["guards_ok"]
 
 
-@pytest.mark.parametrize(("edit", "expected"), [
-    ({"axes": {"optim.lrr": [1]}}, "axes.optim.lrr: unknown config key"),
-    ({"axes": {"precision": ["fp8"]}}, "unknown precision 'fp8'"),
-    ({"axes": {"data.batch_size": ["x"]}}, "data.batch_size: Input should be a valid integer"),
-])
-def test_bad_matrix_stops_before_any_cell_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"axes": {"optim.lrr": [1]}}, "axes.optim.lrr: unknown config key"),
+        ({"axes": {"precision": ["fp8"]}}, "unknown precision 'fp8'"),
+        ({"axes": {"data.batch_size": ["x"]}}, "data.batch_size: Input should be a valid integer"),
+    ],
+)
+def test_bad_matrix_stops_before_any_cell_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, expected: str
+) -> None:
     doc = yaml.safe_load(Path(SMOKE).read_text()) | {"exclude": []} | edit
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -133,12 +199,19 @@ def test_filter_that_matches_nothing_and_unknown_resume(tmp_path: Path, capsys: 
     assert "matches no cell" in err and "no run at" in err
 
 
+def _runner_cmd(tmp_path: Path, *filters: str) -> list[str]:
+    """bench.run on the smoke matrix as its own process, results in tmp_path/out."""
+    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(tmp_path / "out")]
+    return cmd + ["--profiles", str(tmp_path / "p")] + [arg for f in filters for arg in ("--filter", f)]
+
+
 def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--profiles", str(tmp_path / "p"), "--filter", "device=cpu",
-           "--filter", "data.pin_memory=false"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = _runner_cmd(tmp_path, "device=cpu", "data.pin_memory=false")
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -194,7 +267,7 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
     # still burning the CPU that the next job measures on.
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "bench.run", "--matrix", SMOKE, "--out", str(out), "--profiles", str(tmp_path / "p"), "--filter", "device=cpu"]
+    cmd = _runner_cmd(tmp_path, "device=cpu")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -218,14 +291,24 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
         json.loads(line)  # what was recorded before the signal is intact
 
 
-@pytest.mark.parametrize(("base", "expected"), [
-    ({"model": {"name": "NoSuchNet"}}, "model.name: unknown model 'NoSuchNet'"),
-    ({"model": {"name": "no_such_pkg.models:net"}}, "model.name: cannot import module 'no_such_pkg.models'"),
-    ({"model": {"name": "SimpleMLP", "kwargs": {"widht": 3}}}, "model.kwargs.widht: unknown argument for SimpleMLP"),
-    ({"data": {"name": "mnist", "root": "no/such/folder"}}, "data.name=mnist: IDX files not found (looked in: no/such/folder"),
-])
-def test_a_matrix_that_cannot_run_is_refused_before_any_cell(tmp_path: Path, capsys: pytest.CaptureFixture, base: dict,
-                                                            expected: str) -> None:
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ({"model": {"name": "NoSuchNet"}}, "model.name: unknown model 'NoSuchNet'"),
+        ({"model": {"name": "no_such_pkg.models:net"}}, "model.name: cannot import module 'no_such_pkg.models'"),
+        (
+            {"model": {"name": "SimpleMLP", "kwargs": {"widht": 3}}},
+            "model.kwargs.widht: unknown argument for SimpleMLP",
+        ),
+        (
+            {"data": {"name": "mnist", "root": "no/such/folder"}},
+            "data.name=mnist: IDX files not found (looked in: no/such/folder",
+        ),
+    ],
+)
+def test_a_matrix_that_cannot_run_is_refused_before_any_cell(
+    tmp_path: Path, capsys: pytest.CaptureFixture, base: dict, expected: str
+) -> None:
     doc = yaml.safe_load(Path(SMOKE).read_text())
     doc["base"] = {**doc["base"], **base}
     p = tmp_path / "bad.yaml"
@@ -241,5 +324,8 @@ def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: 
     m = _matrix(tmp_path, ["bench.planted:raises"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-3:-1] == ["1 of 1 measured cells failed (reasons in summary.md)", "no cell was measured successfully: exit code 1"]
+    assert lines[-3:-1] == [
+        "1 of 1 measured cells failed (reasons in summary.md)",
+        "no cell was measured successfully: exit code 1",
+    ]
     assert lines[-1].startswith("results: ")

@@ -5,14 +5,26 @@ from typing import Any
 
 import pytest
 
-from bench.search import Searcher, contributions, coordinate_search, finalists, usable, values_key
+from bench.contract import CellRecord
+from bench.search import Searcher, contributions, coordinate_search, finalists, values_key
 
-SPACE = {"precision": ["fp32", "bf16"], "model.memory_format": ["contiguous", "channels_last"],
-         "data.batch_size": [32, 64, 128, 256, 512], "data.num_workers": [0, 2], "train.compile": ["off", "default"]}
-START = {"precision": "fp32", "model.memory_format": "contiguous", "data.batch_size": 64, "data.num_workers": 2, "train.compile": "off"}
+SPACE = {
+    "precision": ["fp32", "bf16"],
+    "model.memory_format": ["contiguous", "channels_last"],
+    "data.batch_size": [32, 64, 128, 256, 512],
+    "data.num_workers": [0, 2],
+    "train.compile": ["off", "default"],
+}
+START = {
+    "precision": "fp32",
+    "model.memory_format": "contiguous",
+    "data.batch_size": 64,
+    "data.num_workers": 2,
+    "train.compile": "off",
+}
 
 
-def fake(values: dict[str, Any]) -> dict[str, Any]:
+def fake(values: dict[str, Any]) -> CellRecord:
     """A planted landscape: bf16 x1.5, channels_last x1.3, batch 128 best, no workers x1.2;
     compile is fastest of all but fails its guards, so it must never win."""
     sps = 1000.0
@@ -21,24 +33,39 @@ def fake(values: dict[str, Any]) -> dict[str, Any]:
     sps *= {32: 0.7, 64: 0.9, 128: 1.0, 256: 0.85, 512: 0.6}[values["data.batch_size"]]
     sps *= 1.2 if values["data.num_workers"] == 0 else 1.0
     compiled = values["train.compile"] != "off"
-    return {"status": "ok", "samples_per_s": sps * (3.0 if compiled else 1.0), "guards_ok": not compiled,
-            "peak_mem_mb": values["data.batch_size"] * 2.0}
+    return CellRecord(
+        status="ok",
+        samples_per_s=sps * (3.0 if compiled else 1.0),
+        guards_ok=not compiled,
+        peak_mem_mb=values["data.batch_size"] * 2.0,
+    )
 
 
 def test_finds_the_planted_fastest_guard_passing_configuration() -> None:
     calls: list[dict] = []
 
-    def measure(v: dict) -> dict:
+    def measure(v: dict) -> CellRecord:
         calls.append(v)
         return fake(v)
 
     searcher = Searcher(measure, budget_s=1e9)
     result = coordinate_search(START, SPACE, searcher)
-    best = max((dict(zip(SPACE, combo)) for combo in itertools.product(*SPACE.values())),
-               key=lambda v: fake(v)["samples_per_s"] if usable(fake(v)) else 0)
-    assert result.winner == best == {"precision": "bf16", "model.memory_format": "channels_last", "data.batch_size": 128,
-                                     "data.num_workers": 0, "train.compile": "off"}
-    assert result.winner_record["samples_per_s"] == pytest.approx(1000 * 1.5 * 1.3 * 1.2)
+    best = max(
+        (dict(zip(SPACE, combo)) for combo in itertools.product(*SPACE.values())),
+        key=lambda v: fake(v).samples_per_s if fake(v).usable else 0,
+    )
+    assert (
+        result.winner
+        == best
+        == {
+            "precision": "bf16",
+            "model.memory_format": "channels_last",
+            "data.batch_size": 128,
+            "data.num_workers": 0,
+            "train.compile": "off",
+        }
+    )
+    assert result.winner_record.samples_per_s == pytest.approx(1000 * 1.5 * 1.3 * 1.2)
     assert len(calls) == len({tuple(sorted(c.items())) for c in calls})  # each configuration measured once
     assert not result.budget_exhausted
 
@@ -46,7 +73,7 @@ def test_finds_the_planted_fastest_guard_passing_configuration() -> None:
 def test_memory_cap_stops_larger_batches() -> None:
     seen: list[int] = []
 
-    def measure(v: dict) -> dict:
+    def measure(v: dict) -> CellRecord:
         seen.append(v["data.batch_size"])
         return fake(v)
 
@@ -57,7 +84,7 @@ def test_memory_cap_stops_larger_batches() -> None:
 def test_budget_is_respected() -> None:
     now = [0.0]
 
-    def measure(v: dict) -> dict:
+    def measure(v: dict) -> CellRecord:
         now[0] += 10.0  # every measurement takes 10 "seconds"
         return fake(v)
 
@@ -68,7 +95,7 @@ def test_budget_is_respected() -> None:
 def test_reserve_leaves_time_for_what_follows_the_search() -> None:
     now = [0.0]
 
-    def measure(v: dict) -> dict:
+    def measure(v: dict) -> CellRecord:
         now[0] += 10.0
         return fake(v)
 
@@ -84,7 +111,9 @@ def test_contributions_one_change_at_a_time() -> None:
     winner = {**START, "precision": "bf16", "data.num_workers": 0}
     rows = {r["axis"]: r for r in contributions(START, winner, searcher)}
     assert set(rows) == {"precision", "data.num_workers"}
-    assert rows["precision"]["speedup"] == pytest.approx(1.5) and rows["data.num_workers"]["speedup"] == pytest.approx(1.2)
+    assert rows["precision"]["speedup"] == pytest.approx(1.5) and rows["data.num_workers"]["speedup"] == pytest.approx(
+        1.2
+    )
     # against the start's pooled samples/s when given (the start read 900 here, the pool says 1,000)
     rows = {r["axis"]: r for r in contributions(START, winner, searcher, start_sps=1000.0)}
     assert rows["precision"]["speedup"] == pytest.approx(1.5 * 0.9)
@@ -98,7 +127,7 @@ def test_finalists_are_the_fastest_distinct_usable_trials() -> None:
     assert len(top) == 3 and START not in top
     assert top[0] == result.winner
     assert all(v["train.compile"] == "off" for v in top)  # the guard-failing compiled configs never qualify
-    speeds = [fake(v)["samples_per_s"] for v in top]
+    speeds = [fake(v).samples_per_s for v in top]
     assert speeds == sorted(speeds, reverse=True)
 
 
@@ -110,19 +139,21 @@ def test_contributions_are_complete_even_after_the_budget() -> None:
     assert {r["axis"] for r in contributions(START, winner, searcher)} == {"precision", "data.batch_size"}
 
 
-def _noisy(first_reading: dict[str, float], recheck_guard_fails: set[str] = frozenset()) -> tuple[Any, list[tuple[str, str | None]]]:
+def _noisy(
+    first_reading: dict[str, float], recheck_guard_fails: set[str] = frozenset()
+) -> tuple[Any, list[tuple[str, str | None]]]:
     """The planted landscape read through noise: a configuration's first reading is scaled by
     ``first_reading[key]`` (default 1), its second reading is the true value."""
     calls: list[tuple[str, str | None]] = []
 
-    def measure(values: dict[str, Any], label: str | None = None) -> dict[str, Any]:
+    def measure(values: dict[str, Any], label: str | None = None) -> CellRecord:
         key = values_key(values)
         calls.append((key, label))
         rec = fake(values)
         if label is None:
-            rec["samples_per_s"] *= first_reading.get(key, 1.0)
+            rec.samples_per_s *= first_reading.get(key, 1.0)
         elif key in recheck_guard_fails:
-            rec["guards_ok"] = False
+            rec.guards_ok = False
         return rec
 
     return measure, calls
@@ -142,8 +173,13 @@ def test_a_close_call_gets_a_second_reading_of_both_sides() -> None:
     measure, calls = _noisy({values_key(CL): 0.75})
     result = coordinate_search(START, CL_SPACE, Searcher(measure, 1e9), recheck_band=0.15)
     assert result.winner == CL
-    assert calls == [(values_key(START), None), (values_key(CL), None), (values_key(START), "recheck"), (values_key(CL), "recheck")]
-    true_cl = fake(CL)["samples_per_s"]
+    assert calls == [
+        (values_key(START), None),
+        (values_key(CL), None),
+        (values_key(START), "recheck"),
+        (values_key(CL), "recheck"),
+    ]
+    true_cl = fake(CL).samples_per_s
     assert result.readings[values_key(CL)] == pytest.approx([0.75 * true_cl, true_cl])
     assert result.score(CL) == pytest.approx((0.75 * true_cl * true_cl) ** 0.5)
     assert [v for v, _ in result.rechecks] == [START, CL]
@@ -168,12 +204,19 @@ def test_finalists_are_ranked_by_pooled_readings() -> None:
     from bench.search import SearchResult
 
     a, b = {**START, "precision": "bf16"}, CL
-    ok = {"status": "ok", "guards_ok": True}
+
+    def ok(sps: float) -> CellRecord:
+        return CellRecord(status="ok", guards_ok=True, samples_per_s=sps)
+
     # a: one reading of 1,100; b: first reading 1,000, second 1,400 (pooled 1,183): b ranks first
-    result = SearchResult(START, b, {**ok, "samples_per_s": 900.0}, {**ok, "samples_per_s": 1000.0},
-                          trials=[(START, {**ok, "samples_per_s": 900.0}), (a, {**ok, "samples_per_s": 1100.0}),
-                                  (b, {**ok, "samples_per_s": 1000.0})],
-                          scores={values_key(START): 900.0, values_key(a): 1100.0, values_key(b): (1000.0 * 1400.0) ** 0.5})
+    result = SearchResult(
+        START,
+        b,
+        ok(900.0),
+        ok(1000.0),
+        trials=[(START, ok(900.0)), (a, ok(1100.0)), (b, ok(1000.0))],
+        scores={values_key(START): 900.0, values_key(a): 1100.0, values_key(b): (1000.0 * 1400.0) ** 0.5},
+    )
     assert finalists(result, k=2) == [b, a]
 
 
@@ -182,8 +225,9 @@ def test_rechecks_of_an_earlier_run_are_reused() -> None:
     first = Searcher(measure, 1e9)
     coordinate_search(START, CL_SPACE, first, recheck_band=0.15)
     again, calls = _noisy({})
-    result = coordinate_search(START, CL_SPACE, Searcher(again, 1e9, known=first.cache, known_rechecks=first.recheck_cache),
-                               recheck_band=0.15)
+    result = coordinate_search(
+        START, CL_SPACE, Searcher(again, 1e9, known=first.cache, known_rechecks=first.recheck_cache), recheck_band=0.15
+    )
     assert calls == [] and result.winner == CL
 
 
@@ -193,11 +237,12 @@ def test_every_lever_gets_a_reading_before_a_close_call_gets_a_second() -> None:
         now = [0.0]
         measure, calls = _noisy({values_key(CL): 0.75})
 
-        def timed(values: dict[str, Any], *label: str) -> dict[str, Any]:
+        def timed(values: dict[str, Any], *label: str, now: list[float] = now, measure: Any = measure) -> CellRecord:
             now[0] += 10.0  # each measurement: 10 "seconds"
             return measure(values, *label)
 
-        result = coordinate_search(START, space, Searcher(timed, budget, clock=lambda: now[0]), recheck_band=0.15)
+        searcher = Searcher(timed, budget, clock=lambda now=now: now[0])
+        result = coordinate_search(START, space, searcher, recheck_band=0.15)
         tried = {k for v, _ in result.trials for k in space if v[k] != START[k]}
         assert tried == set(space)  # all three levers read at least once
         assert bool(result.rechecks) is rechecked  # at 45 s the close call had to wait: 2 rechecks + 2 untried > budget
@@ -208,7 +253,7 @@ def test_a_slow_first_cell_does_not_spend_the_budget_estimate() -> None:
     # a reserve of 20 cells (680 s) exceeded the whole budget and the search stopped after the start.
     now = [0.0]
 
-    def measure(v: dict) -> dict:
+    def measure(v: dict) -> CellRecord:
         now[0] += 34.0 if not now[0] else 14.0
         return fake(v)
 
@@ -221,35 +266,55 @@ def test_a_slow_first_cell_does_not_spend_the_budget_estimate() -> None:
     assert result.winner == unbounded.winner
 
 
-PIPE_SPACE = {"precision": ["fp32", "bf16"], "model.memory_format": ["contiguous", "channels_last"],
-              "data.batch_size": [32, 64, 128, 256, 512], "data.pipeline": ["classic", "tensor"],
-              "train.compile": ["off", "default"]}
-PIPE_START = {"precision": "fp32", "model.memory_format": "contiguous", "data.batch_size": 64, "data.pipeline": "classic",
-              "train.compile": "off"}
+PIPE_SPACE = {
+    "precision": ["fp32", "bf16"],
+    "model.memory_format": ["contiguous", "channels_last"],
+    "data.batch_size": [32, 64, 128, 256, 512],
+    "data.pipeline": ["classic", "tensor"],
+    "train.compile": ["off", "default"],
+}
+PIPE_START = {
+    "precision": "fp32",
+    "model.memory_format": "contiguous",
+    "data.batch_size": 64,
+    "data.pipeline": "classic",
+    "train.compile": "off",
+}
 
 
-def bottlenecked(values: dict[str, Any]) -> dict[str, Any]:
+def bottlenecked(values: dict[str, Any]) -> CellRecord:
     """Compute speed (bf16 x1.5, channels_last x1.3, batch 128 best) behind an input pipeline: the
     classic one caps samples/s (less so at larger batches), so channels_last reads as nothing there
     and batch 512 looks best; compile x1.1 on whatever it is given."""
     compute = 600.0 * (1.5 if values["precision"] == "bf16" else 1.0)
     compute *= 1.3 if values["model.memory_format"] == "channels_last" else 1.0
     compute *= {32: 0.7, 64: 0.85, 128: 1.0, 256: 0.97, 512: 0.93}[values["data.batch_size"]]
-    cap = {32: 600, 64: 650, 128: 700, 256: 720, 512: 760}[values["data.batch_size"]] if values["data.pipeline"] == "classic" else 1e9
+    cap = (
+        {32: 600, 64: 650, 128: 700, 256: 720, 512: 760}[values["data.batch_size"]]
+        if values["data.pipeline"] == "classic"
+        else 1e9
+    )
     sps = min(compute, cap) * (1.1 if values["train.compile"] != "off" else 1.0)
-    return {"status": "ok", "samples_per_s": sps, "guards_ok": True, "peak_mem_mb": 1.0}
+    return CellRecord(status="ok", samples_per_s=sps, guards_ok=True, peak_mem_mb=1.0)
 
 
 def test_a_lever_masked_by_a_bottleneck_is_judged_again_once_the_bottleneck_moves() -> None:
-    best = max((dict(zip(PIPE_SPACE, combo)) for combo in itertools.product(*PIPE_SPACE.values())),
-               key=lambda v: bottlenecked(v)["samples_per_s"])
-    assert best == {"precision": "bf16", "model.memory_format": "channels_last", "data.batch_size": 128,
-                    "data.pipeline": "tensor", "train.compile": "default"}
+    best = max(
+        (dict(zip(PIPE_SPACE, combo)) for combo in itertools.product(*PIPE_SPACE.values())),
+        key=lambda v: bottlenecked(v).samples_per_s,
+    )
+    assert best == {
+        "precision": "bf16",
+        "model.memory_format": "channels_last",
+        "data.batch_size": 128,
+        "data.pipeline": "tensor",
+        "train.compile": "default",
+    }
     one_pass = coordinate_search(PIPE_START, PIPE_SPACE, Searcher(bottlenecked, 1e9), max_passes=1)
     assert one_pass.winner["model.memory_format"] == "contiguous" and one_pass.winner["data.batch_size"] == 512
     calls: list[dict[str, Any]] = []
 
-    def measure(values: dict[str, Any]) -> dict[str, Any]:
+    def measure(values: dict[str, Any]) -> CellRecord:
         calls.append(values)
         return bottlenecked(values)
 
@@ -257,7 +322,11 @@ def test_a_lever_masked_by_a_bottleneck_is_judged_again_once_the_bottleneck_move
     assert result.winner == best and result.passes >= 2
     # From the second pass the batch axis walks from 512 down to 128 and stops at 64 (slower): the far
     # sizes are not measured again behind the fast pipeline.
-    fast = [c["data.batch_size"] for c in calls if c["data.pipeline"] == "tensor" and c["model.memory_format"] == "channels_last"]
+    fast = [
+        c["data.batch_size"]
+        for c in calls
+        if c["data.pipeline"] == "tensor" and c["model.memory_format"] == "channels_last"
+    ]
     assert 32 not in fast and 64 in fast
     # The late axis is tried once, on the settled configuration, never under the other axes' trials.
     compiled = [c for c in calls if c["train.compile"] != "off"]
@@ -267,7 +336,7 @@ def test_a_lever_masked_by_a_bottleneck_is_judged_again_once_the_bottleneck_move
 def test_later_passes_leave_time_for_the_late_axes() -> None:
     now = [0.0]
 
-    def measure(values: dict[str, Any]) -> dict[str, Any]:
+    def measure(values: dict[str, Any]) -> CellRecord:
         now[0] += 10.0
         return bottlenecked(values)
 

@@ -1,8 +1,18 @@
 import math
 
+import numpy as np
 import pytest
 
-from bench.stats import cell_statistics, percentile, settled, summarize
+from bench.stats import (
+    bootstrap_ratio,
+    bootstrap_ratio_rounds,
+    cell_statistics,
+    geometric_mean,
+    percentile,
+    round_ratios,
+    settled,
+    summarize,
+)
 
 
 def test_percentiles_and_summary() -> None:
@@ -22,7 +32,9 @@ def test_settled_compares_two_windows() -> None:
 
 
 def test_cell_statistics_from_known_steps() -> None:
-    steps = [{"step_s": 0.1, "data_s": 0.01, "samples": 10.0}] * 4 + [{"step_s": 0.2, "data_s": 0.05, "samples": 10.0}] * 4
+    steps = [{"step_s": 0.1, "data_s": 0.01, "samples": 10.0}] * 4 + [
+        {"step_s": 0.2, "data_s": 0.05, "samples": 10.0}
+    ] * 4
     repeats = [0] * 4 + [1] * 4
     st = cell_statistics(steps, repeats, batch_size=10)
     assert st["steps_timed"] == 8
@@ -31,3 +43,34 @@ def test_cell_statistics_from_known_steps() -> None:
     assert st["samples_per_s_repeats"] == pytest.approx([100.0, 50.0])
     assert st["repeat_spread_pct"] == pytest.approx(100 * 50 / 75)
     assert st["data_wait_pct"] == pytest.approx(100 * (0.04 + 0.2) / 1.2)
+
+
+def test_bootstrap_interval_covers_the_true_ratio() -> None:
+    rng = np.random.default_rng(0)
+    a = 0.010 * (1 + 0.05 * rng.standard_normal(200))
+    b = 0.011 * (1 + 0.05 * rng.standard_normal(200))
+    ratio, lo, hi = bootstrap_ratio(a, b)
+    assert lo < 1 / 1.1 < hi and lo < ratio < hi
+
+
+def test_round_bootstrap_sees_drift_between_rounds_that_pooled_steps_hide() -> None:
+    rng = np.random.default_rng(1)
+    # B is 2x faster on average, but the machine's speed drifts from round to round (shared by A and B
+    # within a round only partly): pooled steps give a tight interval, rounds a wider, honest one.
+    a_rounds, b_rounds = [], []
+    for drift_a, drift_b in [(1.0, 1.2), (1.1, 0.9), (0.9, 1.1), (1.0, 0.8)]:
+        a_rounds.append(list(0.04 * drift_a * (1 + 0.01 * rng.standard_normal(50))))
+        b_rounds.append(list(0.02 * drift_b * (1 + 0.01 * rng.standard_normal(50))))
+    point, lo, hi = bootstrap_ratio_rounds(a_rounds, b_rounds)
+    _, plo, phi = bootstrap_ratio(sum(a_rounds, []), sum(b_rounds, []))
+    assert lo <= point <= hi and plo <= point <= phi
+    assert hi - lo > 1.5 * (phi - plo)  # measured: 0.85 vs 0.38
+    one = bootstrap_ratio_rounds(a_rounds[:1], b_rounds[:1])  # one round: just the within-round bootstrap
+    assert one[1] <= one[0] <= one[2]
+    with pytest.raises(ValueError):
+        bootstrap_ratio_rounds(a_rounds, b_rounds[:2])
+
+
+def test_geometric_mean_and_round_ratios() -> None:
+    assert geometric_mean([100.0, 400.0]) == pytest.approx(200.0) and geometric_mean([]) == 0.0
+    assert round_ratios([[0.2, 0.2, 0.4], [0.1]], [[0.1, 0.1], [0.05, 0.2, 0.05]]) == pytest.approx([2.0, 2.0])

@@ -5,13 +5,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from torch import nn
 
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
 from trainer_core.models import SimpleMLP
 from trainer_core.trainer import PHASES, BaseHook, EarlyStopping, Trainer
-from conftest import tiny_overrides
 
 
 def _overfit_setup(precision: str) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
@@ -81,14 +81,26 @@ def test_same_seed_is_bit_identical_different_seed_differs() -> None:
 
 def test_early_stopping_rule() -> None:
     es = EarlyStopping(patience=2, min_delta=0.1)
-    assert [es.update(e, v) for e, v in enumerate([1.0, 0.5, 0.45, 0.44, 0.1], start=1)] == [False, False, False, True, False]
+    assert [es.update(e, v) for e, v in enumerate([1.0, 0.5, 0.45, 0.44, 0.1], start=1)] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
     assert es.stopped_epoch == 4
 
 
 def test_early_stopping_stops_on_a_plateau_at_the_right_epoch() -> None:
     # lr so small that validation loss is flat: epoch 1 sets the best, epochs 2 and 3 do not improve.
-    run = build_run(load_config(None, tiny_overrides(**{
-        "optim.lr": 1e-12, "train.epochs": 10, "train.early_stopping": {"patience": 2, "min_delta": 1e-4}})))
+    run = build_run(
+        load_config(
+            None,
+            tiny_overrides(
+                **{"optim.lr": 1e-12, "train.epochs": 10, "train.early_stopping": {"patience": 2, "min_delta": 1e-4}}
+            ),
+        )
+    )
     result = run.trainer.fit(run.data.train_loader, run.data.val_loader)
     assert result.early_stopped
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
@@ -107,6 +119,7 @@ class RecordingHook(BaseHook):
             self.events.append(f"+{name}")
             yield
             self.events.append(f"-{name}")
+
         return cm()
 
     def on_step_end(self, trainer: Trainer, result: Any) -> None:

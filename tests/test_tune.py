@@ -4,18 +4,22 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, tiny_overrides
 
 from bench import train as train_cli
 from bench import tune as tune_cli
-from bench.tune import default_space, format_report, ordered, parse_axes, rounds_that_fit, train_for_seconds
-from conftest import REPO, tiny_overrides
+from bench.tune_report import format_report
+from bench.tuning import default_space, ordered, parse_axes, rounds_that_fit, train_for_seconds
 from trainer_core.config import load_config
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
 
 
 def test_parse_axes_and_default_space() -> None:
-    assert parse_axes(["precision=fp32,bf16", "data.batch_size=32,64"]) == {"precision": ["fp32", "bf16"], "data.batch_size": [32, 64]}
+    assert parse_axes(["precision=fp32,bf16", "data.batch_size=32,64"]) == {
+        "precision": ["fp32", "bf16"],
+        "data.batch_size": [32, 64],
+    }
     space = default_space(load_config(str(REPO / "configs" / "fashion_mnist_classic.yaml")), max_batch=256)
     assert space["data.batch_size"] == [32, 64, 128, 256]
     assert space["data.pipeline"] == ["classic", "tensor"] and "fp32" in space["precision"]
@@ -45,8 +49,24 @@ def test_default_space_leaves_out_levers_the_device_or_config_cannot_take(monkey
 
 
 def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = tune_cli.cli(["--config", TABULAR, "--axes", "precision=fp32,bf16", "--axes", "data.batch_size=32,64",
-                       "--set", "data.n_samples=512", "--budget-s", "300", "--rounds", "1", "--out", str(tmp_path)])
+    rc = tune_cli.cli(
+        [
+            "--config",
+            TABULAR,
+            "--axes",
+            "precision=fp32,bf16",
+            "--axes",
+            "data.batch_size=32,64",
+            "--set",
+            "data.n_samples=512",
+            "--budget-s",
+            "300",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -61,14 +81,37 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     if result["winner"] != result["start"]:
         assert result["final"]["ci_low"] <= result["final"]["speedup"] <= result["final"]["ci_high"]
     assert "Winning config" in (run_dir / "tune.md").read_text()
-    assert train_cli.cli(["--config", str(run_dir / "winner.yaml"), "--out", str(tmp_path / "train"),
-                          "--set", "logging.progress_bar=off"]) == 0  # its own epochs (early stopping on)
+    assert (
+        train_cli.cli(
+            [
+                "--config",
+                str(run_dir / "winner.yaml"),
+                "--out",
+                str(tmp_path / "train"),
+                "--set",
+                "logging.progress_bar=off",
+            ]
+        )
+        == 0
+    )  # its own epochs (early stopping on)
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["test_accuracy"] > 0.9
 
 
 def test_a_budget_spent_on_the_start_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = tune_cli.cli(["--config", TABULAR, "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512",
-                       "--budget-s", "1", "--out", str(tmp_path)])
+    rc = tune_cli.cli(
+        [
+            "--config",
+            TABULAR,
+            "--axes",
+            "data.batch_size=32,64",
+            "--set",
+            "data.n_samples=512",
+            "--budget-s",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     report = capsys.readouterr().out
     assert "none: the budget ran out before any other configuration was measured (raise --budget-s)" in report
@@ -87,8 +130,20 @@ def test_train_for_seconds_stops_on_time() -> None:
 
 
 def test_resume_reuses_measured_configurations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--config", TABULAR, "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512",
-            "--rounds", "1", "--finalists", "1", "--out", str(tmp_path)]
+    argv = [
+        "--config",
+        TABULAR,
+        "--axes",
+        "data.batch_size=32,64",
+        "--set",
+        "data.n_samples=512",
+        "--rounds",
+        "1",
+        "--finalists",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     assert tune_cli.cli(argv) == 0
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     first = [json.loads(x) for x in (run_dir / "cells.jsonl").read_text().splitlines()]
@@ -110,10 +165,26 @@ def test_final_rounds_shrink_to_fit_the_budget_but_not_below_two() -> None:
 
 def test_report_says_when_rounds_were_cut() -> None:
     start, winner = {"data.batch_size": 64}, {"data.batch_size": 128}
-    final = {"rounds": 2, "rounds_asked": 4, "speedup": 1.5, "ci_low": 1.4, "ci_high": 1.6, "speedup_per_round": [1.4, 1.6],
-             "finalists": [{"values": start, "samples_per_s": 100.0}, {"values": winner, "samples_per_s": 150.0}]}
-    result = {"config": "c.yaml", "trials": [], "search_seconds": 10.0, "budget_exhausted": True, "start": start,
-              "winner": winner, "final": final, "contributions": [], "winner_yaml": "w.yaml"}
+    final = {
+        "rounds": 2,
+        "rounds_asked": 4,
+        "speedup": 1.5,
+        "ci_low": 1.4,
+        "ci_high": 1.6,
+        "speedup_per_round": [1.4, 1.6],
+        "finalists": [{"values": start, "samples_per_s": 100.0}, {"values": winner, "samples_per_s": 150.0}],
+    }
+    result = {
+        "config": "c.yaml",
+        "trials": [],
+        "search_seconds": 10.0,
+        "budget_exhausted": True,
+        "start": start,
+        "winner": winner,
+        "final": final,
+        "contributions": [],
+        "winner_yaml": "w.yaml",
+    }
     text = format_report(result)
     assert "(2 rounds, rotating order; 2 of the 4 asked for: no time left in the budget for more)" in text
     assert "of the 4 asked" not in format_report({**result, "final": {**final, "rounds": 4}})

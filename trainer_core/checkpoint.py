@@ -6,6 +6,7 @@ lists and dicts, never code. Every failure to read one becomes a one-line :class
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -45,9 +46,26 @@ KEY_END_REASON = "end_reason"
 END_EPOCHS, END_MAX_STEPS, END_EARLY_STOPPED, END_STOPPED = "epochs", "max_steps", "early_stopped", "stopped"
 
 REQUIRED_KEYS = (
-    KEY_FORMAT, KEY_MODEL, KEY_OPTIMIZER, KEY_SCHEDULER, KEY_SCALER, KEY_EPOCH, KEY_GLOBAL_STEP,
-    KEY_BATCH_IN_EPOCH, KEY_SAMPLES_IN_EPOCH, KEY_BEST_METRIC, KEY_BEST_EPOCH, KEY_EARLY_STOPPING, KEY_RNG, KEY_LOSS_HISTORY,
-    KEY_HISTORY, KEY_COUNTERS, KEY_CONFIG, KEY_TORCH_VERSION, KEY_GIT_COMMIT, KEY_TIMESTAMP,
+    KEY_FORMAT,
+    KEY_MODEL,
+    KEY_OPTIMIZER,
+    KEY_SCHEDULER,
+    KEY_SCALER,
+    KEY_EPOCH,
+    KEY_GLOBAL_STEP,
+    KEY_BATCH_IN_EPOCH,
+    KEY_SAMPLES_IN_EPOCH,
+    KEY_BEST_METRIC,
+    KEY_BEST_EPOCH,
+    KEY_EARLY_STOPPING,
+    KEY_RNG,
+    KEY_LOSS_HISTORY,
+    KEY_HISTORY,
+    KEY_COUNTERS,
+    KEY_CONFIG,
+    KEY_TORCH_VERSION,
+    KEY_GIT_COMMIT,
+    KEY_TIMESTAMP,
 )
 
 BEST_NAME = "best_model.pt"
@@ -79,10 +97,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.replace(tmp, path)
     except BaseException:
         # BaseException: a KeyboardInterrupt mid-save must not leave a stray temp file either.
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     _remove_stale_temps(path, started)
     try:
@@ -118,11 +134,16 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip errors, unpickling errors, EOF: all mean "unreadable"
         first = _summarise_load_error(e)
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated, corrupt, or not saved by trainbench): {type(e).__name__}: {first}") from None
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint (truncated, corrupt, or not saved by trainbench): "
+            f"{type(e).__name__}: {first}"
+        ) from None
     if not isinstance(obj, dict) or KEY_FORMAT not in obj:
         raise CheckpointError(f"{path}: not a trainbench checkpoint (no '{KEY_FORMAT}' key)")
     if obj[KEY_FORMAT] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {obj[KEY_FORMAT]} is not supported (expected {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint format {obj[KEY_FORMAT]} is not supported (expected {FORMAT_VERSION})"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is missing keys: {', '.join(missing)}")

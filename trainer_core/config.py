@@ -21,7 +21,6 @@ from trainer_core.errors import ConfigError
 # fp16/bf16: autocast (fp32 weights, matmuls/convs in the low dtype); bf16-true: the whole model,
 # its inputs, gradients and optimizer state in bf16 (Lightning's "bf16-true", TorchBench's "bf16").
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "bf16-true")
-DATASETS: tuple[str, ...] = ("synthetic_blobs", "synthetic_images", "mnist", "fashion_mnist")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
@@ -32,27 +31,55 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = Field("SimpleMLP", description="Registered model name (SimpleMLP, SimpleCNN, ResNet18) or an import path 'package.module:factory'.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the model factory; checked against its signature.")
-    memory_format: Literal["contiguous", "channels_last"] = Field("contiguous", description="Memory format of 4-D parameters and input batches.")
+    name: str = Field(
+        "SimpleMLP",
+        description="Registered model name (SimpleMLP, SimpleCNN, ResNet18) or an import path "
+        "'package.module:factory'.",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the model factory; checked against its signature."
+    )
+    memory_format: Literal["contiguous", "channels_last"] = Field(
+        "contiguous", description="Memory format of 4-D parameters and input batches."
+    )
 
 
 class DataConfig(_Section):
-    name: str = Field("synthetic_blobs", description=f"Dataset: one of {', '.join(DATASETS)}.")
-    root: str | None = Field(None, description="Directory with the IDX files; else $TRAINBENCH_DATA, then /usr/share/datasets/<name>.")
-    download: bool = Field(False, description="Allow torchvision to download MNIST/Fashion-MNIST when no local copy is found.")
-    pipeline: Literal["classic", "tensor"] = Field("tensor", description="'classic': per-sample PIL->ToTensor->Normalize; 'tensor': uint8 split in memory, normalised per batch.")
+    name: str = Field(
+        "synthetic_blobs",
+        description="Dataset: a name registered in trainer_core/datasets.py (synthetic_blobs, synthetic_images, "
+        "mnist, fashion_mnist, ...).",
+    )
+    root: str | None = Field(
+        None, description="Directory with the IDX files; else $TRAINBENCH_DATA, then /usr/share/datasets/<name>."
+    )
+    download: bool = Field(
+        False, description="Allow torchvision to download MNIST/Fashion-MNIST when no local copy is found."
+    )
+    pipeline: Literal["classic", "tensor"] = Field(
+        "tensor",
+        description="'classic': per-sample PIL->ToTensor->Normalize; 'tensor': uint8 split in memory, "
+        "normalised per batch.",
+    )
     batch_size: int = Field(64, ge=1, description="Training batch size (samples per optimizer step).")
     eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the training split held out for validation (deterministic split).")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of the training split held out for validation (deterministic split)."
+    )
     split_seed: int = Field(0, description="Seed of the train/validation split, independent of the training seed.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
-    pin_memory: bool = Field(False, description="Pin host batches for faster, non-blocking host-to-device copies (accelerators only).")
+    pin_memory: bool = Field(
+        False, description="Pin host batches for faster, non-blocking host-to-device copies (accelerators only)."
+    )
     persistent_workers: bool = Field(False, description="Keep workers alive between epochs (needs num_workers > 0).")
-    prefetch_factor: int | None = Field(None, ge=1, description="Batches prefetched per worker (needs num_workers > 0; None = torch default).")
+    prefetch_factor: int | None = Field(
+        None, ge=1, description="Batches prefetched per worker (needs num_workers > 0; None = torch default)."
+    )
     drop_last: bool = Field(False, description="Drop the last incomplete training batch.")
     shuffle: bool = Field(True, description="Shuffle the training split every epoch (seeded by seed and epoch).")
-    limit_train_samples: int | None = Field(None, ge=1, description="Use only the first N training samples (quick runs and tests).")
+    limit_train_samples: int | None = Field(
+        None, ge=1, description="Use only the first N training samples (quick runs and tests)."
+    )
     n_samples: int = Field(2000, ge=10, description="Synthetic datasets: number of training samples generated.")
     n_test_samples: int = Field(1000, ge=10, description="Synthetic datasets: number of test samples generated.")
     n_features: int = Field(2, ge=1, description="synthetic_blobs: input dimension.")
@@ -61,12 +88,14 @@ class DataConfig(_Section):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
+        from trainer_core.datasets import DATASETS  # the registry imports this module: looked up at validation time
+
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; expected one of {', '.join(DATASETS)}")
         return v
 
     @model_validator(mode="after")
-    def _worker_options_need_workers(self) -> "DataConfig":
+    def _worker_options_need_workers(self) -> DataConfig:
         if self.num_workers == 0 and self.persistent_workers:
             raise ValueError("persistent_workers=true needs num_workers > 0")
         if self.num_workers == 0 and self.prefetch_factor is not None:
@@ -80,36 +109,62 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam/AdamW).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
-    scheduler: Literal["none", "step", "cosine", "onecycle"] = Field("none", description="LR schedule; every schedule advances once per optimizer step.")
+    scheduler: Literal["none", "step", "cosine", "onecycle"] = Field(
+        "none", description="LR schedule; every schedule advances once per optimizer step."
+    )
     step_size_epochs: int = Field(1, ge=1, description="step: decay the LR every this many epochs.")
     gamma: float = Field(0.1, gt=0, le=1, description="step: multiplicative LR decay.")
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of steps spent warming up.")
-    foreach: bool | None = Field(None, description="Multi-tensor (foreach) optimizer kernels; None = torch's default for the device.")
-    fused: bool | None = Field(None, description="Fused optimizer kernel (one kernel for all parameters); None = torch's default.")
+    foreach: bool | None = Field(
+        None, description="Multi-tensor (foreach) optimizer kernels; None = torch's default for the device."
+    )
+    fused: bool | None = Field(
+        None, description="Fused optimizer kernel (one kernel for all parameters); None = torch's default."
+    )
 
     @model_validator(mode="after")
-    def _foreach_xor_fused(self) -> "OptimConfig":
+    def _foreach_xor_fused(self) -> OptimConfig:
         if self.foreach and self.fused:
             raise ValueError("foreach and fused cannot both be true (torch uses one implementation)")
         return self
 
 
 class EarlyStoppingConfig(_Section):
-    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without val-loss improvement (None = off).")
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without val-loss improvement (None = off)."
+    )
     min_delta: float = Field(0.0, ge=0, description="Smallest decrease of val loss that counts as an improvement.")
 
 
 class TrainLoopConfig(_Section):
     epochs: int = Field(5, ge=1, description="Number of epochs (upper bound when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps in total (also sets the LR schedule length).")
-    grad_clip_norm: float | None = Field(None, gt=0, description="Clip the global gradient L2 norm to this value (None = no clipping).")
-    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on validation loss.")
-    deterministic: bool = Field(True, description="Use deterministic algorithms (warn-only) and disable cuDNN autotuning.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = torch default); recorded in metadata.")
-    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field("off", description="torch.compile mode for the training forward/backward ('off' = eager).")
-    zero_grad_set_to_none: bool = Field(True, description="optimizer.zero_grad(set_to_none=...): free gradients instead of zero-filling them.")
-    malloc: Literal["default", "retain"] = Field("default", description="Host malloc policy, process-wide: 'retain' keeps freed buffers in the heap so each step reuses pages instead of faulting fresh ones in (glibc only).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps in total (also sets the LR schedule length)."
+    )
+    grad_clip_norm: float | None = Field(
+        None, gt=0, description="Clip the global gradient L2 norm to this value (None = no clipping)."
+    )
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="Early stopping on validation loss."
+    )
+    deterministic: bool = Field(
+        True, description="Use deterministic algorithms (warn-only) and disable cuDNN autotuning."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads (None = torch default); recorded in metadata."
+    )
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "off", description="torch.compile mode for the training forward/backward ('off' = eager)."
+    )
+    zero_grad_set_to_none: bool = Field(
+        True, description="optimizer.zero_grad(set_to_none=...): free gradients instead of zero-filling them."
+    )
+    malloc: Literal["default", "retain"] = Field(
+        "default",
+        description="Host malloc policy, process-wide: 'retain' keeps freed buffers in the heap so each step "
+        "reuses pages instead of faulting fresh ones in (glibc only).",
+    )
 
 
 class CheckpointConfig(_Section):
@@ -117,15 +172,23 @@ class CheckpointConfig(_Section):
     save_last: bool = Field(True, description="Write last_model.pt after every epoch.")
     save_best: bool = Field(True, description="Write best_model.pt when validation loss improves.")
     keep_best_n: int = Field(0, ge=0, description="Also keep the N best epoch checkpoints as best-epochE.pt (0 = off).")
-    every_n_steps: int | None = Field(None, ge=1, description="Also write last_model.pt every N optimizer steps (mid-epoch resume point).")
+    every_n_steps: int | None = Field(
+        None, ge=1, description="Also write last_model.pt every N optimizer steps (mid-epoch resume point)."
+    )
 
 
 class LoggingConfig(_Section):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars under <run>/tensorboard.")
     jsonl: bool = Field(True, description="Write a JSON-lines log <run>/log.jsonl.")
     log_every_n_steps: int = Field(20, ge=1, description="Step-level scalars are written every N optimizer steps.")
-    progress_bar: Literal["auto", "on", "off"] = Field("auto", description="Epoch progress: 'auto' = a bar on a TTY, else a line every progress_every_s; 'on' = always the bar; 'off' = none.")
-    progress_every_s: float = Field(30.0, ge=0, description="Off a TTY, print a one-line progress record this often during an epoch (0 = never).")
+    progress_bar: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Epoch progress: 'auto' = a bar on a TTY, else a line every progress_every_s; "
+        "'on' = always the bar; 'off' = none.",
+    )
+    progress_every_s: float = Field(
+        30.0, ge=0, description="Off a TTY, print a one-line progress record this often during an epoch (0 = never)."
+    )
     track_grad_norm: bool = Field(True, description="Compute and log the global gradient norm every step.")
 
     @field_validator("progress_bar", mode="before")
@@ -199,11 +262,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     # YAML 1.1 reads '3e-4' as a string (no dot); accept it as a float like a user means it.
-    if isinstance(value, str):
-        try:
-            value = float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        value = float(value)
     return key, value
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from trainer_core.config import RunConfig
-from trainer_core.data import DataBundle, build_data, preflight_data
+from trainer_core.data import DataBundle
+from trainer_core.datasets import build_data, preflight_data
 from trainer_core.errors import ConfigError
 from trainer_core.host_memory import apply_malloc_policy
 from trainer_core.models import build_model, check_kwargs, resolve_factory
@@ -65,9 +66,13 @@ def build_run(
     seed_everything(config.seed)
     model = build_model(config.model)
     trainer = Trainer(
-        config, model, device,
+        config,
+        model,
+        device,
         input_transform=data.input_transform,
         steps_per_epoch=len(data.train_loader),
-        logger=logger, hooks=hooks, checkpoint_dir=checkpoint_dir,
+        logger=logger,
+        hooks=hooks,
+        checkpoint_dir=checkpoint_dir,
     )
     return Run(config, device, data, model, trainer)

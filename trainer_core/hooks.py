@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import torch
 
@@ -36,9 +37,9 @@ class StepHook(Protocol):
 
     def phase(self, name: str) -> ContextManager[Any]: ...
 
-    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None: ...
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
 
 
 class BaseHook:
@@ -47,18 +48,20 @@ class BaseHook:
     def phase(self, name: str) -> ContextManager[Any]:
         return _NULL
 
-    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None:
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         return None
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         """Called after validation, outside the timed training region."""
-        return None
+        return
 
 
 def format_epoch(record: dict[str, Any]) -> str:
     """One line per finished epoch, as bench.train prints it."""
-    return (f"epoch {record['epoch']:>3}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
-            f"val_acc {record['val_accuracy']:.4f}  lr {record['lr']:.2e}")
+    return (
+        f"epoch {record['epoch']:>3}  train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+        f"val_acc {record['val_accuracy']:.4f}  lr {record['lr']:.2e}"
+    )
 
 
 class EpochPrinter(BaseHook):
@@ -67,5 +70,5 @@ class EpochPrinter(BaseHook):
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out
 
-    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         print(format_epoch(record), file=self.out or sys.stdout, flush=True)

@@ -7,9 +7,7 @@ gives freed memory at the top of the heap back to the kernel, so the next step t
 the kernel zero-fills each one on its first write (a minor page fault; costly in a VM). glibc's
 mmap threshold rises to the size of each mmap'd block freed (capped at 32 MB on 64-bit), so below
 the cap how often that happens depends on the process's allocation history: noise between runs.
-Measured here for SimpleCNN at batch 256 in bf16: ~15,600 page faults per step under glibc's
-defaults, 0 with ``retain``, and samples/s went from 1,900-3,500 to 3,800-4,900 (the same loop,
-alternating processes).
+(docs/measurements.md has the page faults per step and the samples/s of both policies.)
 
 ``retain`` keeps freed memory in the process heap instead: no ``mmap`` for large blocks and no trimming
 of the heap top, so each step reuses the pages the previous one faulted in. The cost is that the

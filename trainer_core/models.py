@@ -1,4 +1,5 @@
-"""Model registry: built-in models by name, or a user factory given as ``package.module:factory``."""
+"""Model registry: built-in models by name (``@register_model``), or a user factory given as
+``package.module:factory`` (its keyword arguments come from ``model.kwargs``, checked against its signature)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,28 @@ from torch import nn
 from trainer_core.config import ModelConfig
 from trainer_core.errors import ModelError
 
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model class or factory under ``name`` (``model.name: <name>``)."""
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODEL_REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODEL_REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+@register_model("SimpleMLP")
 class SimpleMLP(nn.Module):
     """Fully connected classifier: Linear -> ReLU -> Dropout per hidden layer, then a Linear head."""
 
-    def __init__(self, input_dim: int = 2, hidden_dims: Sequence[int] = (32,), output_dim: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self, input_dim: int = 2, hidden_dims: Sequence[int] = (32,), output_dim: int = 2, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         prev = input_dim
@@ -31,6 +49,7 @@ class SimpleMLP(nn.Module):
         return self.net(x)
 
 
+@register_model("SimpleCNN")
 class SimpleCNN(nn.Module):
     """The seeds' MNIST CNN: two 3x3 convs (1->32->64) each followed by ReLU and 2x2 max-pool,
     dropout 0.25, fc 3136->128, dropout 0.5, fc 128->10."""
@@ -72,6 +91,7 @@ class _BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+@register_model("ResNet18")
 class ResNet18(nn.Module):
     """ResNet-18 for small images (CIFAR/MNIST style): 3x3 stride-1 stem and no initial max-pool,
     so 28x28 inputs keep enough resolution. ``width`` scales every stage (64 = the standard net)."""
@@ -96,19 +116,15 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "SimpleMLP": SimpleMLP,
-    "SimpleCNN": SimpleCNN,
-    "ResNet18": ResNet18,
-}
-
-
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
     """A registered name, or ``package.module:factory`` imported on demand."""
     if name in MODEL_REGISTRY:
         return MODEL_REGISTRY[name]
     if ":" not in name:
-        raise ModelError(f"model.name: unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)} or 'package.module:factory'")
+        raise ModelError(
+            f"model.name: unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)} "
+            "or 'package.module:factory'"
+        )
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -130,7 +146,10 @@ def check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> N
     unknown = [k for k in kwargs if k not in sig.parameters]
     if unknown:
         accepted = ", ".join(p for p in sig.parameters if p != "self") or "none"
-        raise ModelError(f"model.kwargs.{unknown[0]}: unknown argument for {getattr(factory, '__name__', factory)} (accepted: {accepted})")
+        raise ModelError(
+            f"model.kwargs.{unknown[0]}: unknown argument for {getattr(factory, '__name__', factory)} "
+            f"(accepted: {accepted})"
+        )
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 
@@ -19,8 +20,12 @@ from trainer_core.config import PRECISIONS
 from trainer_core.errors import DeviceError, PrecisionError
 
 # The dtype each precision computes matmuls/convs in.
-COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
-                                          "bf16-true": torch.bfloat16}
+COMPUTE_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+}
 _TRUE = {"bf16-true"}  # parameters themselves in the low dtype, no autocast
 
 
@@ -130,9 +135,13 @@ def resolve_precision(precision: str, device: torch.device) -> PrecisionPolicy:
     if precision in _TRUE:
         # No fp32 master weights: an update smaller than ~1/256 of a weight rounds away (bf16 keeps 8
         # significant bits), so late, small-learning-rate training can stall. Faster: no per-step casts.
-        notes.append(f"{precision}: parameters, gradients and optimizer state in {precision.split('-')[0]} "
-                     "(no fp32 master weights): small updates can round away, so check accuracy")
-        return PrecisionPolicy(precision, device.type, None, scaler, emulated, notes, param_dtype=COMPUTE_DTYPES[precision])
+        notes.append(
+            f"{precision}: parameters, gradients and optimizer state in {precision.split('-')[0]} "
+            "(no fp32 master weights): small updates can round away, so check accuracy"
+        )
+        return PrecisionPolicy(
+            precision, device.type, None, scaler, emulated, notes, param_dtype=COMPUTE_DTYPES[precision]
+        )
     dtype = None if precision == "fp32" else COMPUTE_DTYPES[precision]
     return PrecisionPolicy(precision, device.type, dtype, scaler, emulated, notes)
 

@@ -21,8 +21,17 @@ class EpochProgress:
     ``total``: batches in the whole epoch (0 if unknown); ``initial``: batches already done (resume).
     """
 
-    def __init__(self, mode: str, every_s: float, epoch: int, epochs: int, total: int, initial: int,
-                 out: TextIO | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        mode: str,
+        every_s: float,
+        epoch: int,
+        epochs: int,
+        total: int,
+        initial: int,
+        out: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.epoch, self.epochs, self.total, self.done = epoch, epochs, total, initial
         self.every_s = every_s
         self.out = out if out is not None else sys.stdout
@@ -32,8 +41,14 @@ class EpochProgress:
         if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}/{epochs}", unit="step",
-                             leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
         elif mode == "auto" and every_s > 0:
             self._lines = True
         self._t0 = self._last = clock()

@@ -25,8 +25,8 @@ def configure_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     # use_deterministic_algorithms(True) also fills every torch.empty() with NaN (a debugging aid that
     # exposes reads of uninitialised memory). Correct kernels never read it, so results are identical
-    # either way, but the fill costs a pass over every new buffer (bench.overhead, SimpleCNN fp32 batch 64:
-    # runner/bare-loop samples/s went from 0.92 with the fill to 1.07 without it).
+    # either way, but the fill costs a pass over every new buffer: bench.overhead found it as a measurable
+    # share of a small model's step (docs/measurements.md).
     if hasattr(torch.utils, "deterministic"):
         torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = deterministic
@@ -40,7 +40,13 @@ def capture_rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np.asarray(np_keys, dtype=np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

@@ -38,22 +38,30 @@ class RunDir:
     def has_outputs(self) -> bool:
         """Does the folder hold anything a run writes?"""
         names = (CONFIG_NAME, METRICS_NAME, LOG_NAME, CURVES_NAME)
-        return (any((self.root / n).exists() for n in names) or (self.root / "tensorboard").exists()
-                or (self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt"))))
+        return (
+            any((self.root / n).exists() for n in names)
+            or (self.root / "tensorboard").exists()
+            or (self.checkpoints.is_dir() and any(self.checkpoints.glob("*.pt")))
+        )
 
     def resume_point(self, resume: str | None) -> Path | None:
         """The checkpoint to continue from (``resume``: None, ``auto`` or a path), or None for a fresh
         start; a :class:`ConfigError` where starting or resuming would write over another run."""
         if resume is None:
             if self.has_outputs():
-                raise ConfigError(f"--out {self.root}: already holds a run; pass --resume auto to continue it, or choose another --out")
+                raise ConfigError(
+                    f"--out {self.root}: already holds a run; pass --resume auto to continue it, "
+                    "or choose another --out"
+                )
             return None
         if resume == "auto":
             if self.last.exists():
                 return self.last
             if self.has_outputs():
-                raise ConfigError(f"--out {self.root}: holds a run but no {self.last.relative_to(self.root)} to resume from "
-                                  "(was checkpoint.save_last off?); choose another --out")
+                raise ConfigError(
+                    f"--out {self.root}: holds a run but no {self.last.relative_to(self.root)} to resume from "
+                    "(was checkpoint.save_last off?); choose another --out"
+                )
             return None
         path = Path(resume)
         if self.has_outputs() and path.resolve().parent != self.checkpoints.resolve():

@@ -28,7 +28,7 @@ class RunLogger:
         self._tb = None
         if cfg.jsonl:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")
+            self._jsonl = open(self.run_dir / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115  (closed by close())
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

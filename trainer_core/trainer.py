@@ -12,9 +12,10 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,13 +26,13 @@ from trainer_core.config import RunConfig
 from trainer_core.data import find_resumable_sampler
 from trainer_core.errors import CheckpointError, ConfigError
 from trainer_core.hooks import BaseHook, StepHook, StepResult  # noqa: F401  (re-exported: the hook API)
+from trainer_core.phases import PHASES
 from trainer_core.precision import resolve_precision
 from trainer_core.progress import EpochProgress
 from trainer_core.provenance import git_commit, utc_timestamp
 from trainer_core.reproducibility import capture_rng_state, restore_rng_state
 from trainer_core.run_logger import RunLogger
 
-PHASES: tuple[str, ...] = ("data", "h2d", "forward", "backward", "optimizer")
 _NULL = contextlib.nullcontext()
 __all__ = ["PHASES", "BaseHook", "EarlyStopping", "FitResult", "StepHook", "StepResult", "Trainer"]
 
@@ -95,7 +96,9 @@ def _build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.op
     return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
 
 
-def _build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int | None) -> torch.optim.lr_scheduler.LRScheduler | None:
+def _build_scheduler(
+    cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int | None
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """Every schedule advances once per optimizer step, so mid-epoch resume needs no special case."""
     o = cfg.optim
     if o.scheduler == "none":
@@ -200,12 +203,11 @@ class Trainer:
         """One optimizer step on one host batch: h2d, forward+loss (autocast), backward, optimizer."""
         with self._phase("h2d"):
             x, y = self.to_device(x, y)
-        with self._phase("forward"):
-            # Autocast covers forward and loss only; backward runs in the dtypes autocast chose.
-            with self.policy.autocast():
-                # The loss in fp32 whatever the logits' dtype (autocast already does this for
-                # cross-entropy; bf16-true logits would otherwise give a bf16 log-softmax).
-                loss = self.loss_fn(self.step_model(x).float(), y)
+        # Autocast covers forward and loss only; backward runs in the dtypes autocast chose. The loss in
+        # fp32 whatever the logits' dtype (autocast already does this for cross-entropy; bf16-true logits
+        # would otherwise give a bf16 log-softmax).
+        with self._phase("forward"), self.policy.autocast():
+            loss = self.loss_fn(self.step_model(x).float(), y)
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=self.config.train.zero_grad_set_to_none)
             scaler = self.policy.scaler
@@ -329,66 +331,87 @@ class Trainer:
 
     def _progress(self, total: int, initial: int) -> EpochProgress:
         log = self.config.logging
-        return EpochProgress(log.progress_bar, log.progress_every_s, self.epoch + 1, self.config.train.epochs, total, initial)
+        return EpochProgress(
+            log.progress_bar, log.progress_every_s, self.epoch + 1, self.config.train.epochs, total, initial
+        )
 
-    def fit(self, train_loader: DataLoader, val_loader: DataLoader | None = None, *, stop_after_steps: int | None = None) -> FitResult:
+    def fit(
+        self, train_loader: DataLoader, val_loader: DataLoader | None = None, *, stop_after_steps: int | None = None
+    ) -> FitResult:
         """Train until epochs or max_steps; validate each epoch; early-stop; checkpoint.
 
         ``stop_after_steps``: stop after that many optimizer steps *in this call* and save
         last_model.pt at the exact position (a planned pre-emption; resume continues from it).
         """
-        steps_this_call = 0
+        steps_left = stop_after_steps  # in this call; None: no limit
         early = False
-        cfg = self.config
-        log_every = cfg.logging.log_every_n_steps
-        ckpt_every = cfg.checkpoint.every_n_steps
-        while self.epoch < cfg.train.epochs and not self._max_steps_reached():
+        while self.epoch < self.config.train.epochs and not self._max_steps_reached():
             self.model.train()
             batches = self._epoch_batches(train_loader)
-            try:  # after _epoch_batches: a resumed epoch's loader only has the remaining batches
-                total_batches = len(train_loader) + self.batch_in_epoch
-            except TypeError:
-                total_batches = 0
-            bar = self._progress(total_batches, self.batch_in_epoch)
-            t0 = self._t0 = time.perf_counter()
-            epoch_done = True
-            while True:
-                if self._max_steps_reached():
-                    break
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    epoch_done = False
-                    break
-                with self._phase("data"):
-                    batch = next(batches, None)
-                if batch is None:
-                    break
-                x, y = batch
-                result = self.train_step(x, y)
-                steps_this_call += 1
-                self.batch_in_epoch += 1
-                self.samples_in_epoch += result.batch_size
-                self.counters["samples_seen"] += result.batch_size
-                bar.update(self.global_step, result.batch_size)
-                if self.global_step % log_every == 0:
-                    self._log_step()
-                if ckpt_every and self.global_step % ckpt_every == 0:
-                    self.counters["train_seconds"] += time.perf_counter() - t0
-                    self._save_named(ck.LAST_NAME)
-                    t0 = self._t0 = time.perf_counter()  # checkpoint writing is not training time
-            self.counters["train_seconds"] += time.perf_counter() - t0
-            bar.close()
+            taken, epoch_done = self._train_epoch(batches, train_loader, steps_left)
+            if steps_left is not None:
+                steps_left -= taken
             if not epoch_done:
-                self._live_batches = (train_loader, (self.epoch, self.samples_in_epoch), batches)
-                self.flush()
-                self._save_named(ck.LAST_NAME)
-                if self.logger:
-                    self.logger.event("interrupted", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
-                return FitResult(self.history, True, False, self.global_step)
+                return self._interrupt(train_loader, batches)
             del batches  # shut down this epoch's workers before validation starts its own
             early = self._end_epoch(val_loader)
             if early or self.should_stop:
                 break
         return FitResult(self.history, False, early, self.global_step, self.end_reason)
+
+    def _train_epoch(self, batches: Iterator[Any], loader: DataLoader, steps_left: int | None) -> tuple[int, bool]:
+        """Steps through the rest of this epoch's batches, at most ``steps_left`` (None: no limit), or until
+        max_steps; returns (steps taken, whether the epoch is over)."""
+        try:  # after _epoch_batches: a resumed epoch's loader only has the remaining batches
+            total_batches = len(loader) + self.batch_in_epoch
+        except TypeError:
+            total_batches = 0
+        bar = self._progress(total_batches, self.batch_in_epoch)
+        t0 = self._t0 = time.perf_counter()
+        taken, epoch_done = 0, True
+        while not self._max_steps_reached():
+            if steps_left is not None and taken >= steps_left:
+                epoch_done = False
+                break
+            with self._phase("data"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
+            result = self.train_step(x, y)
+            taken += 1
+            self.batch_in_epoch += 1
+            self.samples_in_epoch += result.batch_size
+            self.counters["samples_seen"] += result.batch_size
+            bar.update(self.global_step, result.batch_size)
+            t0 = self._after_step(t0)
+        self.counters["train_seconds"] += time.perf_counter() - t0
+        bar.close()
+        return taken, epoch_done
+
+    def _after_step(self, t0: float) -> float:
+        """Step-level logging and mid-epoch checkpoints; returns the start of the timed stretch (a
+        checkpoint's writing is not training time)."""
+        if self.global_step % self.config.logging.log_every_n_steps == 0:
+            self._log_step()
+        every = self.config.checkpoint.every_n_steps
+        if every and self.global_step % every == 0:
+            self.counters["train_seconds"] += time.perf_counter() - t0
+            self._save_named(ck.LAST_NAME)
+            t0 = self._t0 = time.perf_counter()
+        return t0
+
+    def _interrupt(self, loader: DataLoader, batches: Iterator[Any]) -> FitResult:
+        """stop_after_steps reached mid-epoch: keep the live iterator for a next fit() in this process,
+        save last_model.pt at the exact position."""
+        self._live_batches = (loader, (self.epoch, self.samples_in_epoch), batches)
+        self.flush()
+        self._save_named(ck.LAST_NAME)
+        if self.logger:
+            self.logger.event(
+                "interrupted", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch
+            )
+        return FitResult(self.history, True, False, self.global_step)
 
     def _log_step(self) -> None:
         self.flush()
@@ -427,14 +450,20 @@ class Trainer:
             if hasattr(h, "on_epoch_end"):
                 h.on_epoch_end(self, record)
         if self.logger:
-            self.logger.scalars("epoch", self.epoch + 1, {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))})
+            self.logger.scalars(
+                "epoch",
+                self.epoch + 1,
+                {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))},
+            )
         improved = val_loader is not None and math.isfinite(val["loss"]) and val["loss"] < self.best_metric
         if improved:
             self.best_metric = val["loss"]
             self.best_epoch = self.epoch + 1
         stop = val_loader is not None and self.early_stopping.update(self.epoch + 1, val["loss"])
         if stop and self.logger:
-            self.logger.event("early_stop", epoch=self.epoch + 1, best_epoch=self.best_epoch, best_val_loss=self.best_metric)
+            self.logger.event(
+                "early_stop", epoch=self.epoch + 1, best_epoch=self.best_epoch, best_val_loss=self.best_metric
+            )
         # Advance the position *before* saving so last_model.pt resumes at the next epoch's start, and
         # record why training ends here (if it does) so a resume can tell a finished run from one to continue.
         self.epoch += 1
@@ -538,7 +567,10 @@ class Trainer:
         saved_model_cfg = state[ck.KEY_CONFIG].get("model", {})
         current_model_cfg = self.config.to_dict()["model"]
         if saved_model_cfg.get("name") != current_model_cfg["name"]:
-            raise CheckpointError(f"{source}: checkpoint holds model {saved_model_cfg.get('name')!r}, config asks for {current_model_cfg['name']!r}")
+            raise CheckpointError(
+                f"{source}: checkpoint holds model {saved_model_cfg.get('name')!r}, "
+                f"config asks for {current_model_cfg['name']!r}"
+            )
         try:
             self.model.load_state_dict(state[ck.KEY_MODEL])
         except RuntimeError as e:
@@ -547,10 +579,16 @@ class Trainer:
             self.optimizer.load_state_dict(state[ck.KEY_OPTIMIZER])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{source}: optimizer state does not fit ({e})") from None
-        for key, obj, label in ((ck.KEY_SCHEDULER, self.scheduler, "scheduler"), (ck.KEY_SCALER, self.policy.scaler, "scaler")):
+        for key, obj, label in (
+            (ck.KEY_SCHEDULER, self.scheduler, "scheduler"),
+            (ck.KEY_SCALER, self.policy.scaler, "scaler"),
+        ):
             saved = state[key]
             if (saved is None) != (obj is None):
-                raise CheckpointError(f"{source}: checkpoint {'has' if saved is not None else 'has no'} {label} state but this config {'uses none' if obj is None else 'uses one'}")
+                raise CheckpointError(
+                    f"{source}: checkpoint {'has' if saved is not None else 'has no'} {label} state "
+                    f"but this config {'uses none' if obj is None else 'uses one'}"
+                )
             if obj is not None:
                 if obj is self.scheduler:
                     self._check_schedule_length(saved, source)
@@ -565,7 +603,9 @@ class Trainer:
         self.loss_history = [float(v) for v in state[ck.KEY_LOSS_HISTORY]]
         self.history = [dict(h) for h in state[ck.KEY_HISTORY]]
         self.counters = {k: float(v) for k, v in state[ck.KEY_COUNTERS].items()}
-        self.end_reason = state.get(ck.KEY_END_REASON, ck.END_EARLY_STOPPED if self.early_stopping.stopped_epoch else None)
+        self.end_reason = state.get(
+            ck.KEY_END_REASON, ck.END_EARLY_STOPPED if self.early_stopping.stopped_epoch else None
+        )
         self._pending_losses.clear()
         self._pending_norms.clear()
         self._live_batches = None
@@ -580,9 +620,11 @@ class Trainer:
         for key in ("total_steps", "T_max"):
             if key in saved and key in fresh and saved[key] != fresh[key]:
                 raise CheckpointError(
-                    f"{source}: optim.scheduler={self.config.optim.scheduler} was sized for {saved[key]} steps; this config "
-                    f"(train.epochs={self.config.train.epochs}, train.max_steps={self.config.train.max_steps}) sizes it for "
-                    f"{fresh[key]}: a schedule cannot be stretched mid-run. Resume with the run's own length, or start a new run")
+                    f"{source}: optim.scheduler={self.config.optim.scheduler} was sized for {saved[key]} steps; "
+                    f"this config (train.epochs={self.config.train.epochs}, "
+                    f"train.max_steps={self.config.train.max_steps}) sizes it for {fresh[key]}: a schedule cannot "
+                    "be stretched mid-run. Resume with the run's own length, or start a new run"
+                )
 
     def _kept_best_n(self) -> list[tuple[float, Path]]:
         """The best-epoch files a resumed run already holds, with their validation losses from the history."""

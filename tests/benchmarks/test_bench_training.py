@@ -21,7 +21,10 @@ from trainer_core.factory import build_run
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODELS = {
-    "SimpleMLP": ({"name": "SimpleMLP", "kwargs": {"input_dim": 784, "hidden_dims": [256, 128], "output_dim": 10}}, 128),
+    "SimpleMLP": (
+        {"name": "SimpleMLP", "kwargs": {"input_dim": 784, "hidden_dims": [256, 128], "output_dim": 10}},
+        128,
+    ),
     "SimpleCNN": ({"name": "SimpleCNN", "kwargs": {}}, 64),
 }
 # Rounds when timing for real; fp16 on CPUs without native support is ~10x slower, so fewer rounds.
@@ -39,9 +42,17 @@ def _extra(benchmark: Any, **info: Any) -> None:
 
 def _run(model: str = "SimpleCNN", precision: str = "fp32", **data: Any):
     spec, batch = MODELS[model]
-    overrides = {"device": DEVICE, "precision": precision, "model.name": spec["name"], "model.kwargs": spec["kwargs"],
-                 "data.name": "synthetic_images", "data.n_samples": 2048, "data.batch_size": batch,
-                 "logging.progress_bar": "off", "logging.track_grad_norm": False}
+    overrides = {
+        "device": DEVICE,
+        "precision": precision,
+        "model.name": spec["name"],
+        "model.kwargs": spec["kwargs"],
+        "data.name": "synthetic_images",
+        "data.n_samples": 2048,
+        "data.batch_size": batch,
+        "logging.progress_bar": "off",
+        "logging.track_grad_norm": False,
+    }
     overrides.update({f"data.{k}": v for k, v in data.items()})
     return build_run(load_config(None, overrides))
 
@@ -89,5 +100,7 @@ def test_checkpoint_io(benchmark: Any, op: str, tmp_path: Path) -> None:
     if op == "save":
         benchmark.pedantic(trainer.save_checkpoint, args=(path,), rounds=10, warmup_rounds=1, iterations=1)
     else:
-        benchmark.pedantic(lambda: trainer.load_state_dict(ck.load_checkpoint_file(path)), rounds=10, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(
+            lambda: trainer.load_state_dict(ck.load_checkpoint_file(path)), rounds=10, warmup_rounds=1, iterations=1
+        )
     assert ck.load_checkpoint_file(path)[ck.KEY_GLOBAL_STEP] == 0

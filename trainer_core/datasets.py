@@ -1,0 +1,125 @@
+"""Dataset registry: ``data.name`` picks one of these.
+
+A dataset is one function ``(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle``
+registered with ``@register_dataset(name, kind=..., preflight=...)``: ``kind`` tells tools which levers
+apply (``image``: input pipeline and memory format), ``preflight`` (optional) finds what the dataset
+would fail on without loading it (files not on disk), so a matrix can be refused before it runs.
+Adding a dataset is that one function here plus its test; config validation, pre-flight and bench.tune
+read the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from trainer_core.config import DataConfig
+from trainer_core.data import ArraySplits, DataBundle, bundle_from_arrays
+from trainer_core.errors import ConfigError
+from trainer_core.idx import load_idx_split, locate_idx_dir
+from trainer_core.synthetic import make_blobs, make_synthetic_images
+
+Builder = Callable[[DataConfig, int, torch.device], DataBundle]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: Literal["image", "tabular", "text"]
+    build: Builder
+    preflight: Callable[[DataConfig], None] | None = None
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(
+    name: str, *, kind: Literal["image", "tabular", "text"], preflight: Callable[[DataConfig], None] | None = None
+) -> Callable[[Builder], Builder]:
+    def add(build: Builder) -> Builder:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is registered twice")
+        DATASETS[name] = DatasetInfo(name, kind, build, preflight)
+        return build
+
+    return add
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def build_data(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """Load or generate the dataset, split it, and build its train/val/test loaders."""
+    return dataset_info(cfg.name).build(cfg, seed, device)
+
+
+def preflight_data(cfg: DataConfig) -> None:
+    """What a run of ``cfg`` would fail on when loading its data, found without loading it."""
+    info = dataset_info(cfg.name)
+    if info.preflight is not None:
+        info.preflight(cfg)
+
+
+# ----------------------------------------------------------------------------------------- built-ins
+@register_dataset("synthetic_blobs", kind="tabular")
+def synthetic_blobs(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """Two Gaussian blobs (the seeds' ``make_synth``) with ``n_features`` dimensions."""
+    xtr, ytr = make_blobs(cfg.n_samples, cfg.n_features, cfg.noise, seed=cfg.split_seed)
+    xte, yte = make_blobs(cfg.n_test_samples, cfg.n_features, cfg.noise, seed=cfg.split_seed + 1)
+    return bundle_from_arrays(cfg, seed, device, ArraySplits(xtr, ytr, xte, yte, {"source": "generated"}))
+
+
+@register_dataset("synthetic_images", kind="image")
+def synthetic_images(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """MNIST-shaped images with learnable class structure."""
+    xtr, ytr = make_synthetic_images(cfg.n_samples, cfg.noise, seed=cfg.split_seed)
+    xte, yte = make_synthetic_images(cfg.n_test_samples, cfg.noise, seed=cfg.split_seed + 1)
+    return bundle_from_arrays(cfg, seed, device, ArraySplits(xtr, ytr, xte, yte, {"source": "generated"}))
+
+
+def _idx_preflight(cfg: DataConfig) -> None:
+    if not cfg.download:
+        locate_idx_dir(cfg.name, cfg.root, download=False)
+
+
+def _idx_bundle(
+    cfg: DataConfig, seed: int, device: torch.device, normalisation: tuple[float, float], class_names: list[str] | None
+) -> DataBundle:
+    folder = locate_idx_dir(cfg.name, cfg.root, cfg.download)
+    xtr, ytr = load_idx_split(folder, "train")
+    xte, yte = load_idx_split(folder, "test")
+    return bundle_from_arrays(
+        cfg, seed, device, ArraySplits(xtr, ytr, xte, yte, {"source": str(folder)}, normalisation, class_names)
+    )
+
+
+@register_dataset("mnist", kind="image", preflight=_idx_preflight)
+def mnist(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """MNIST from IDX files (mean and std of pixel/255 over its training split)."""
+    return _idx_bundle(cfg, seed, device, (0.1307, 0.3081), None)
+
+
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+
+@register_dataset("fashion_mnist", kind="image", preflight=_idx_preflight)
+def fashion_mnist(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """Fashion-MNIST from IDX files (Debian: ``apt-get install dataset-fashion-mnist``)."""
+    return _idx_bundle(cfg, seed, device, (0.2860, 0.3530), FASHION_CLASSES)
