@@ -87,6 +87,20 @@ def eager_flops(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> int:
         trainer.step_model = compiled
 
 
+def flops_warning(model: torch.nn.Module, counted: int, analytic: int | None) -> str | None:
+    """When the two FLOP counts disagree by more than 1.5x, which one to trust (and the known cause)."""
+    if not analytic or not counted or 1 / 1.5 < counted / analytic < 1.5:
+        return None
+    grouped = any(isinstance(m, torch.nn.modules.conv._ConvNd) and m.groups > 1 for m in model.modules())
+    why = (
+        " FlopCounterMode counts the backward of grouped (depthwise) convolutions without dividing by the groups "
+        "(pytorch/pytorch#183405): the analytic count and MFU are right"
+        if grouped
+        else ""
+    )
+    return f"counted FLOPs are {counted / analytic:.1f}x the analytic count.{why}"
+
+
 def memory_figures(setup: CellSetup) -> dict[str, Any]:
     """Peak memory: the CUDA allocator's peak on a GPU; on a CPU the process RSS high-water mark and its growth."""
     if setup.device.type == "cuda":
@@ -153,11 +167,16 @@ def run_cell(spec: CellSpec) -> CellRecord:
     x, y = next(iter(setup.run.data.train_loader))
     first_s = first_step_seconds(setup, x, y)
     flops = eager_flops(setup, x, y)
+    analytic = trainer.workload.flops_per_step(trainer.model, x)
     raw = measure(trainer, setup.run.data.train_loader, setup.timer, spec.measure)
-    stats = cell_statistics(raw["steps"], raw["repeat_of_step"], setup.config.data.batch_size)
+    items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
+    stats = cell_statistics(
+        raw["steps"], raw["repeat_of_step"], setup.config.data.batch_size, items, trainer.workload.unit
+    )
     median_s = stats["step_ms_median"] / 1e3
     achieved = flops / median_s if median_s > 0 else math.nan
     peak_flops = spec.peaks.get(setup.config.precision)
+    mfu = 100.0 * analytic / median_s / peak_flops if analytic and peak_flops and median_s > 0 else None
     memory = memory_figures(setup)
     profile = {}
     if setup.prof_hook is not None:
@@ -178,6 +197,9 @@ def run_cell(spec: CellSpec) -> CellRecord:
         **stats,
         **memory,
         flops_per_step=flops,
+        flops_analytic_per_step=analytic,
+        mfu_pct=mfu,
+        flops_warning=flops_warning(trainer.model, flops, analytic),
         compile_s=None if first_s is None else max(0.0, first_s - median_s),
         tflops=achieved / 1e12,
         pct_of_peak=100.0 * achieved / peak_flops if peak_flops else None,

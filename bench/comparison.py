@@ -49,9 +49,14 @@ class Readings:
         return OK if self.measured else self.records[-1].status
 
     @property
-    def samples_per_s(self) -> float | None:
-        sps = [r.samples_per_s for r in self.measured if r.samples_per_s]
-        return sps[0] if len(sps) == 1 else (geometric_mean(sps) if sps else None)
+    def rate(self) -> float | None:
+        """Throughput in the workload's unit, pooled over the readings."""
+        rates = [r.rate for r in self.measured if r.rate]
+        return rates[0] if len(rates) == 1 else (geometric_mean(rates) if rates else None)
+
+    @property
+    def unit(self) -> str:
+        return (self.measured or self.records)[0].unit
 
     @property
     def repeat_spread_pct(self) -> float:
@@ -108,8 +113,9 @@ def compare_cell(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str
         ratio, lo, hi = bootstrap_ratio(a.measured[0].step_s, b.measured[0].step_s)
     noise = max(min_threshold_pct, 0.5 * a.repeat_spread_pct, 0.5 * b.repeat_spread_pct)
     out.update(
-        samples_per_s_a=a.samples_per_s,
-        samples_per_s_b=b.samples_per_s,
+        throughput_a=a.rate,
+        throughput_b=b.rate,
+        unit=b.unit,
         readings_a=len(a.measured),
         readings_b=len(b.measured),
         ratio=ratio,

@@ -191,6 +191,9 @@ class CellRecord(BaseModel):
     step_ms_p90: float | None = Field(None, description="90th percentile of step time, ms.")
     step_ms_iqr: float | None = Field(None, description="Interquartile range of step time, ms.")
     samples_per_s: float | None = Field(None, description="Batch size / median step time.")
+    items_per_step: float | None = Field(None, description="What throughput counts in one step: samples, or tokens.")
+    throughput: float | None = Field(None, description="items_per_step / median step time, in throughput_unit.")
+    throughput_unit: str | None = Field(None, description="'samples/s' or 'tokens/s' (the workload's unit).")
     samples_per_s_repeats: list[float] = Field(
         default_factory=list, description="samples/s of each timed repeat, from its own total time."
     )
@@ -210,6 +213,15 @@ class CellRecord(BaseModel):
         None, description="torch.compile: first step minus a median step, s (not in samples/s)."
     )
     tflops: float | None = Field(None, description="Achieved TFLOP/s at the median step.")
+    flops_analytic_per_step: int | None = Field(
+        None,
+        description="FLOPs of one step by the workload's analytic formula (6N per token + attention; conv shapes).",
+    )
+    mfu_pct: float | None = Field(
+        None,
+        description="Model FLOPs utilisation: analytic FLOP/s at the median step as % of the measured matmul peak.",
+    )
+    flops_warning: str | None = Field(None, description="The counted and analytic FLOPs disagree, and which to read.")
     pct_of_peak: float | None = Field(
         None, description="Achieved FLOP/s as % of this run's matmul peak in the cell's dtype."
     )
@@ -257,9 +269,18 @@ class CellRecord(BaseModel):
         return data
 
     @property
+    def rate(self) -> float | None:
+        """Throughput in the workload's unit (records written before it had one: samples/s)."""
+        return self.throughput if self.throughput is not None else self.samples_per_s
+
+    @property
+    def unit(self) -> str:
+        return self.throughput_unit or "samples/s"
+
+    @property
     def usable(self) -> bool:
         """Measured, and every guard passed: only such a record may win a comparison."""
-        return self.status == OK and bool(self.guards_ok) and (self.samples_per_s or 0) > 0
+        return self.status == OK and bool(self.guards_ok) and (self.rate or 0) > 0
 
     def guard_status(self, name: str) -> str:
         g = self.guards.get(name)

@@ -31,25 +31,41 @@ def evaluate_checkpoint(
         raise CheckpointError(
             f"{path}: model weights do not fit the config's model: {ck.describe_state_dict_mismatch(e)}"
         ) from None
+    common = {
+        "checkpoint": str(path),
+        "checkpoint_epoch": int(state[ck.KEY_EPOCH]),
+        "checkpoint_global_step": int(state[ck.KEY_GLOBAL_STEP]),
+        "precision": config.precision,
+        "workload": run.trainer.workload.name,
+        "data": run.data.meta,
+        "evaluated": utc_timestamp(),
+    }
+    if run.trainer.workload.unit != "samples":  # a language model: loss, perplexity, next-token accuracy
+        metrics = run.trainer.evaluate(run.data.test_loader)
+        return {
+            **{f"test_{k}": v for k, v in metrics.items() if k != "samples"},
+            "samples": metrics["samples"],
+            **common,
+        }
     preds, targets, loss = run.trainer.predict(run.data.test_loader)
     cm = confusion_matrix(preds, targets, run.data.num_classes)
     return {
-        "checkpoint": str(path),
         "test_accuracy": accuracy(cm),
         "test_loss": loss,
         "samples": int(cm.sum()),
         "class_names": run.data.class_names,
         "per_class_accuracy": per_class_accuracy(cm),
         "confusion_matrix": cm.tolist(),
-        "checkpoint_epoch": int(state[ck.KEY_EPOCH]),
-        "checkpoint_global_step": int(state[ck.KEY_GLOBAL_STEP]),
-        "precision": config.precision,
-        "data": run.data.meta,
-        "evaluated": utc_timestamp(),
+        **common,
     }
 
 
 def format_report(result: dict) -> str:
+    if "confusion_matrix" not in result:
+        return (
+            f"test loss {result['test_loss']:.4f}  perplexity {result['test_perplexity']:.3f}  next-token accuracy "
+            f"{result['test_accuracy']:.4f}  ({result['samples']} windows)"
+        )
     names = result["class_names"]
     width = max(len(n) for n in names)
     lines = [

@@ -22,7 +22,8 @@ from bench.guards import QUICK_GUARDS, check_guards
 from bench.matrix import expand, load_matrix
 from trainer_core.config import RunConfig, apply_overrides, load_config, validate_config
 from trainer_core.datasets import preflight_data
-from trainer_core.errors import DataError
+from trainer_core.errors import ConfigError, DataError
+from trainer_core.text import write_sample_text
 
 # The planted fault -> the guard it must fail (see bench/planted.py).
 PLANTED: dict[str, str] = {
@@ -41,12 +42,17 @@ class GuardCase:
     expect_fail: str | None = None  # the guard a planted fault must fail; None: every guard must pass
 
 
-def cheap(config: RunConfig) -> RunConfig:
-    """The same model, precision, optimizer and batch size on fewer samples: guards only need a few batches."""
+def cheap(config: RunConfig, shrink: bool = False) -> RunConfig:
+    """The same model, precision, optimizer and batch size on fewer samples: guards only need a few batches.
+    ``shrink`` (the test suite's quick check): images also at most 64 pixels a side."""
     d = config.data
     over: dict[str, Any] = {"data.n_samples": max(256, 4 * d.batch_size), "data.n_test_samples": 64}
     if d.name in ("mnist", "fashion_mnist"):
         over["data.limit_train_samples"] = max(512, 4 * d.batch_size)
+    if d.name == "synthetic_jpegs":
+        over.update({"data.n_samples": max(64, 2 * d.batch_size), "data.n_test_samples": 16})
+    if shrink and d.image_shape is not None:
+        over["data.image_shape"] = [d.image_shape[0], min(64, d.image_shape[1]), min(64, d.image_shape[2])]
     return validate_config(apply_overrides(config.to_dict(), over), source=f"{config.name} (cheap)")
 
 
@@ -55,7 +61,7 @@ def is_matrix(path: Path) -> bool:
     return isinstance(doc, dict) and "axes" in doc
 
 
-def matrix_cases(path: Path) -> list[GuardCase]:
+def matrix_cases(path: Path, shrink: bool = False) -> list[GuardCase]:
     """One case per model x precision among the cells this machine can run, with the matrix's guard settings."""
     spec = load_matrix(path)
     seen: dict[tuple[str, str, str], GuardCase] = {}
@@ -63,19 +69,19 @@ def matrix_cases(path: Path) -> list[GuardCase]:
         c = cell.config
         key = (c.model.name, repr(sorted(c.model.kwargs.items())), c.precision)
         if cell.skip_reason is None and key not in seen:
-            seen[key] = GuardCase(f"{path.name}: {c.model.name} {c.precision}", cheap(c), spec.guards)
+            seen[key] = GuardCase(f"{path.name}: {c.model.name} {c.precision}", cheap(c, shrink), spec.guards)
     return list(seen.values())
 
 
-def shipped_cases(configs_dir: Path) -> list[GuardCase]:
+def shipped_cases(configs_dir: Path, shrink: bool = False) -> list[GuardCase]:
     """Every run config (under a matrix's default guards and under bench.tune's quick ones) and every
     model x precision of every matrix in ``configs_dir``."""
     cases: list[GuardCase] = []
     for path in sorted(Path(configs_dir).glob("*.yaml")):
         if is_matrix(path):
-            cases += matrix_cases(path)
+            cases += matrix_cases(path, shrink)
             continue
-        config = cheap(load_config(path))
+        config = cheap(load_config(path), shrink)
         cases += [
             GuardCase(f"{path.name} (matrix guards)", config, GuardsConfig()),
             GuardCase(f"{path.name} (tune guards)", config, QUICK_GUARDS),
@@ -94,6 +100,14 @@ def planted_cases() -> list[GuardCase]:
             "optim.lr": 0.02,
             "model.kwargs": {"in_features": 2, "classes": 2},
         },
+        "tokens": {
+            "data.name": "text",
+            "data.n_samples": 256,
+            "data.batch_size": 16,
+            "data.block_size": 16,
+            "optim.lr": 0.02,
+            "model.kwargs": {},
+        },
         "images+onecycle": {
             "data.name": "synthetic_images",
             "data.n_samples": 256,
@@ -106,23 +120,30 @@ def planted_cases() -> list[GuardCase]:
     cases = []
     for fault, guard in PLANTED.items():
         for host, over in hosts.items():
-            config = validate_config(
-                apply_overrides({"device": "cpu"}, {**over, "model.name": f"bench.planted:{fault}"})
-            )
+            name = f"bench.planted:{'lm_' if host == 'tokens' else ''}{fault}"
+            config = validate_config(apply_overrides({"device": "cpu"}, {**over, "model.name": name}))
             for label, gcfg in (("matrix guards", GuardsConfig()), ("tune guards", QUICK_GUARDS)):
                 cases.append(GuardCase(f"{fault} on {host} ({label})", config, gcfg, expect_fail=guard))
     return cases
 
 
 def with_data(case: GuardCase, data_root: str | None) -> GuardCase | None:
-    """The case with its IDX data found: as configured, else under ``data_root``; None if neither has it."""
+    """The case with its data found: as configured, else under ``data_root`` (IDX files there; a text
+    file ``sample.txt`` there, written if missing; generated JPEGs there); None if neither has it."""
+    d = case.config.data
+    if d.name == "synthetic_jpegs" and data_root is not None:
+        return replace(case, config=validate_config(apply_overrides(case.config.to_dict(), {"data.root": data_root})))
     try:
-        preflight_data(case.config.data)
+        preflight_data(d)
         return case
-    except DataError:
+    except (DataError, ConfigError):
         if data_root is None:
             return None
-    config = validate_config(apply_overrides(case.config.to_dict(), {"data.root": data_root}))
+    if d.name == "text":
+        over = {"data.path": str(write_sample_text(Path(data_root) / "sample.txt"))}
+    else:
+        over = {"data.root": data_root}
+    config = validate_config(apply_overrides(case.config.to_dict(), over))
     preflight_data(config.data)
     return replace(case, config=config)
 

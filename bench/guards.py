@@ -106,7 +106,9 @@ def constant_lr(config: RunConfig) -> RunConfig:
 
 @register_guard("overfit")
 def guard_overfit(ctx: GuardContext) -> GuardResult:
-    """A tiny batch is memorised: final loss below a precision-aware share of the initial loss."""
+    """A tiny batch is memorised: final loss below a precision-aware share of the initial loss, or every
+    prediction on the batch right with the loss at least halved (a loss with a floor above zero, such as
+    label smoothing, cannot reach a small share of its initial value however well the batch is learnt)."""
     config, cfg = ctx.config, ctx.settings
     run = build_run(constant_lr(config))
     x, y = next(iter(run.data.train_loader))
@@ -116,13 +118,18 @@ def guard_overfit(ctx: GuardContext) -> GuardResult:
     final = sum(losses[-5:]) / len(losses[-5:])
     limit = cfg.overfit_ratio.get(config.precision, 0.1)
     ratio = final / initial if initial > 0 else math.inf
+    accuracy = run.trainer.evaluate([(x[:n], y[:n])])["accuracy"]  # eval mode: dropout off
     held = f", {config.optim.scheduler} schedule held at that lr" if config.optim.scheduler != "none" else ""
     detail = (
-        f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}) in {len(losses)} steps "
-        f"on {n} samples at constant lr {config.optim.lr:g}{held}"
+        f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}; or all predictions right "
+        f"and below {MEMORISED_RATIO:.0%}: {accuracy:.0%} right) in {len(losses)} steps on {n} samples "
+        f"at constant lr {config.optim.lr:g}{held}"
     )
-    ok = math.isfinite(final) and ratio < limit
+    ok = math.isfinite(final) and (ratio < limit or (accuracy == 1.0 and ratio < MEMORISED_RATIO))
     return GuardResult(name="overfit", status=PASS if ok else FAIL, detail=detail)
+
+
+MEMORISED_RATIO = 0.5  # with every prediction right, the loss must still have fallen this far
 
 
 @register_guard("finite")

@@ -1,7 +1,8 @@
-"""The harness's overhead, measured: the matrix runner's samples/s against a bare hand-written PyTorch
-loop (``python -m bench.overhead`` is the CLI).
+"""The harness's overhead, measured: the matrix runner's throughput against a bare hand-written PyTorch
+loop (``python -m bench.overhead`` is the CLI), for SimpleCNN (samples/s) or the baby GPT (tokens/s,
+against a nanoGPT-style loop).
 
-Same model (SimpleCNN), same batch size, precision and threads, data held in memory on both sides.
+Same model, same batch size, precision and threads, data held in memory on both sides.
 The runner side is a cell exactly as ``bench.run`` measures it (its own process through the
 launcher, guards off); the bare side is the shortest honest loop: index a pre-normalised float
 tensor, autocast forward+loss, zero_grad, backward, step. Each configuration is measured in alternating
@@ -24,58 +25,109 @@ from bench.contract import CellSpec, GuardsConfig, MeasureConfig
 from bench.launcher import launch_cell
 from bench.stats import settled
 from trainer_core.data import NormalizeBatch
+from trainer_core.gpt import GPT
 from trainer_core.models import SimpleCNN
 from trainer_core.synthetic import make_synthetic_images
+from trainer_core.text import read_text, tokenize
 
 N_SAMPLES = 8192
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The language model on both sides: configs/gpt_char.yaml's baby GPT and its optimizer.
+LM_KWARGS = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0, "bias": False}
+LM_OPTIM = {"name": "adamw", "lr": 0.002, "betas": [0.9, 0.99], "weight_decay": 0.1}
 
 
-def bare_loop_samples_per_s(precision: str, batch_size: int, measure: MeasureConfig, seed: int = 0) -> dict[str, Any]:
-    """Median-step samples/s of a minimal training loop, warmed up and timed like a cell."""
-    images, labels = make_synthetic_images(N_SAMPLES, seed=0)
-    x_all = NormalizeBatch(0.5, 0.25)(torch.from_numpy(images).unsqueeze(1))  # normalised once, up front
-    y_all = torch.from_numpy(labels)
-    torch.manual_seed(seed)
-    model = SimpleCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    dtype = PRECISION_DTYPES[precision]
-    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        idx = torch.randint(0, N_SAMPLES, (batch_size,), generator=g)
-        x, y = x_all[idx], y_all[idx]
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        return time.perf_counter() - t0
-
+def timed_median(step: Callable[[], float], measure: MeasureConfig) -> float:
+    """Median step time of ``step`` (which returns its own duration), warmed up and repeated like a cell."""
     warm: list[float] = []
     while len(warm) < measure.max_warmup_steps:
         warm += [step() for _ in range(measure.settle_window)]
         if len(warm) >= measure.warmup_steps and settled(warm, measure.settle_window, measure.settle_tolerance):
             break
     n = measure.steps_per_repeat(statistics.median(warm[-measure.settle_window :]))
-    times = [step() for _ in range(n * measure.repeats)]
-    return {"samples_per_s": batch_size / statistics.median(times), "steps": len(times)}
+    return statistics.median([step() for _ in range(n * measure.repeats)])
 
 
-def runner_samples_per_s(
-    precision: str, batch_size: int, measure: MeasureConfig, threads: int, cell_dir: Path
-) -> dict[str, Any]:
-    """samples/s of the same training as a bench.run cell, launched as one (guards off)."""
-    config = {
+def bare_cnn_rate(precision: str, batch_size: int, measure: MeasureConfig, seed: int = 0) -> float:
+    """samples/s of a minimal SimpleCNN loop on normalised images held in memory."""
+    images, labels = make_synthetic_images(N_SAMPLES, seed=0)
+    x_all = NormalizeBatch(0.5, 0.25)(torch.from_numpy(images).unsqueeze(1))  # normalised once, up front
+    y_all = torch.from_numpy(labels)
+    torch.manual_seed(seed)
+    model = SimpleCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, N_SAMPLES, (batch_size,), generator=g)
+        return x_all[idx], y_all[idx]
+
+    step = _bare_step(model, opt, batch, precision, clip=None)
+    return batch_size / timed_median(step, measure)
+
+
+def bare_lm_rate(
+    precision: str, batch_size: int, block: int, measure: MeasureConfig, text: Path, seed: int = 0
+) -> float:
+    """tokens/s of a nanoGPT-style loop: random windows gathered from the token tensor, the same GPT."""
+    ids, vocab, _ = tokenize(read_text(str(text)), "char")
+    data = torch.from_numpy(ids).long()
+    torch.manual_seed(seed)
+    model = GPT(vocab, block, **LM_KWARGS)
+    decay = [q for q in model.parameters() if q.dim() >= 2]
+    rest = [q for q in model.parameters() if q.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        lr=LM_OPTIM["lr"],
+        betas=(0.9, 0.99),
+    )
+    offsets = torch.arange(block + 1)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        windows = data[torch.randint(len(data) - block - 1, (batch_size,), generator=g)[:, None] + offsets]
+        return windows[:, :-1], windows[:, 1:]
+
+    step = _bare_step(model, opt, batch, precision, clip=1.0)
+    return batch_size * block / timed_median(step, measure)
+
+
+def _bare_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    precision: str,
+    clip: float | None,
+) -> Callable[[], float]:
+    """The shortest honest training step: a batch, autocast forward + loss, zero_grad, backward, (clip,) step."""
+    dtype = PRECISION_DTYPES[precision]
+    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
+    model.train()
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        x, y = batch()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+            loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(opt)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def cnn_config(precision: str, batch_size: int) -> dict[str, Any]:
+    return {
         "device": "cpu",
         "precision": precision,
         "seed": 0,
@@ -89,17 +141,35 @@ def runner_samples_per_s(
             "num_workers": 0,
         },
     }
-    spec = CellSpec(
-        cell_id=f"overhead-{precision}-bs{batch_size}",
-        config=config,
-        threads=threads,
-        measure=measure,
-        guards=GuardsConfig(enabled=[]),
-    )
+
+
+def lm_config(precision: str, batch_size: int, block: int, text: Path) -> dict[str, Any]:
+    return {
+        "device": "cpu",
+        "precision": precision,
+        "seed": 0,
+        "workload": "causal_lm",
+        "model": {"name": "GPT", "kwargs": {**LM_KWARGS, "block_size": block}},
+        "data": {
+            "name": "text",
+            "path": str(text),
+            "batch_size": batch_size,
+            "n_samples": 100_000,
+            "n_test_samples": 16,
+            "eval_batch_size": 16,
+        },
+        "optim": LM_OPTIM,
+        "train": {"grad_clip_norm": 1.0},
+    }
+
+
+def runner_rate(config: dict[str, Any], cell_id: str, measure: MeasureConfig, threads: int, cell_dir: Path) -> float:
+    """Throughput of the same training as a bench.run cell, launched as one (guards off)."""
+    spec = CellSpec(cell_id=cell_id, config=config, threads=threads, measure=measure, guards=GuardsConfig(enabled=[]))
     record = launch_cell(spec, cell_dir)
-    if record.samples_per_s is None:
+    if record.rate is None:
         raise RuntimeError(f"runner cell {spec.cell_id} {record.status}: {record.reason}")
-    return {"samples_per_s": record.samples_per_s, "steps": record.steps_timed}
+    return record.rate
 
 
 def paired_rounds(
@@ -116,33 +186,64 @@ def paired_rounds(
     return b_out, r_out
 
 
+def sides(
+    workload: str,
+    precision: str,
+    batch_size: int,
+    measure: MeasureConfig,
+    threads: int,
+    cell_dir: Path,
+    text: Path | None = None,
+    block: int = 64,
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """(bare loop, runner cell) throughput measurements of one configuration of ``workload`` (cnn or lm)."""
+    cell_id = f"overhead-{workload}-{precision}-bs{batch_size}"
+    if workload == "lm":
+        assert text is not None
+        return (
+            lambda: bare_lm_rate(precision, batch_size, block, measure, text),
+            lambda: runner_rate(lm_config(precision, batch_size, block, text), cell_id, measure, threads, cell_dir),
+        )
+    return (
+        lambda: bare_cnn_rate(precision, batch_size, measure),
+        lambda: runner_rate(cnn_config(precision, batch_size), cell_id, measure, threads, cell_dir),
+    )
+
+
 def compare(
-    precisions: list[str], batch_sizes: list[int], rounds: int, measure: MeasureConfig, threads: int, cell_dir: Path
+    workload: str,
+    precisions: list[str],
+    batch_sizes: list[int],
+    rounds: int,
+    measure: MeasureConfig,
+    threads: int,
+    cell_dir: Path,
+    text: Path | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
+    unit = "tokens/s" if workload == "lm" else "samples/s"
     for precision in precisions:
         for bs in batch_sizes:
 
             def report(i: int, b: float, r: float, precision: str = precision, bs: int = bs) -> None:
                 print(
-                    f"{precision} bs{bs} round {i + 1}/{rounds}: bare {b:,.0f}, runner {r:,.0f} samples/s "
+                    f"{workload} {precision} bs{bs} round {i + 1}/{rounds}: bare {b:,.0f}, runner {r:,.0f} {unit} "
                     f"({r / b:.3f})",
                     flush=True,
                 )
 
             bare, runner = paired_rounds(
-                lambda p=precision, b=bs: bare_loop_samples_per_s(p, b, measure)["samples_per_s"],
-                lambda p=precision, b=bs: runner_samples_per_s(p, b, measure, threads, cell_dir)["samples_per_s"],
-                rounds,
-                report,
+                *sides(workload, precision, bs, measure, threads, cell_dir, text), rounds, report
             )
             ratios = [r / b for b, r in zip(bare, runner)]
             rows.append(
                 {
+                    "workload": workload,
+                    "unit": unit,
                     "precision": precision,
                     "batch_size": bs,
-                    "bare_samples_per_s": statistics.median(bare),
-                    "runner_samples_per_s": statistics.median(runner),
+                    "bare": statistics.median(bare),
+                    "runner": statistics.median(runner),
                     "ratio": statistics.median(ratios),
                     "round_ratios": ratios,
                     "bare_rounds": bare,
@@ -153,9 +254,9 @@ def compare(
 
 
 def row_line(row: dict[str, Any]) -> str:
-    r = row["round_ratios"]
+    r, unit = row["round_ratios"], row["unit"]
     return (
-        f"{row['precision']} bs{row['batch_size']}: bare {row['bare_samples_per_s']:,.0f} samples/s, runner "
-        f"{row['runner_samples_per_s']:,.0f} samples/s, runner/bare {row['ratio']:.3f} (median of {len(r)} rounds; "
+        f"{row['workload']} {row['precision']} bs{row['batch_size']}: bare {row['bare']:,.0f} {unit}, runner "
+        f"{row['runner']:,.0f} {unit}, runner/bare {row['ratio']:.3f} (median of {len(r)} rounds; "
         f"range {min(r):.3f}-{max(r):.3f})"
     )

@@ -43,6 +43,11 @@ class MatrixSpec(_Section):
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Timing method.")
     guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Correctness guards.")
     profile: ProfileConfig = Field(default_factory=ProfileConfig, description="Profiler switch and schedule.")
+    skip_emulated: bool = Field(
+        False,
+        description="Skip (with the reason) cells whose precision has no native instructions on their device: they "
+        "would run, only many times slower (e.g. bf16 on a CPU without AVX512-BF16/AMX).",
+    )
 
     @model_validator(mode="after")
     def _non_empty_axes(self) -> MatrixSpec:
@@ -139,7 +144,7 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
     return None
 
 
-def static_skip_reason(config: RunConfig) -> str | None:
+def static_skip_reason(config: RunConfig, skip_emulated: bool = False) -> str | None:
     """Why a cell cannot run on this machine, decided before launching it; None if it can."""
     dev = resolve_device_name(config.device)
     if dev.startswith("cuda"):
@@ -154,11 +159,13 @@ def static_skip_reason(config: RunConfig) -> str | None:
     if lever:
         return lever
     try:
-        supported, _, notes = check_support(config.precision, torch.device(dev))
+        supported, emulated, notes = check_support(config.precision, torch.device(dev))
     except PrecisionError as e:
         return str(e)
     if not supported:
         return "; ".join(notes)
+    if skip_emulated and emulated:
+        return f"{config.precision} is emulated on this {dev.split(':')[0].upper()} (skip_emulated: true)"
     return None
 
 
@@ -213,7 +220,7 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
             cid = f"{cid}-{seen[cid]}"
         else:
             seen[cid] = 0
-        cells.append(Cell(cid, axes, config, static_skip_reason(config)))
+        cells.append(Cell(cid, axes, config, static_skip_reason(config, spec.skip_emulated)))
     return cells
 
 

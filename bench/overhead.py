@@ -1,5 +1,5 @@
-"""``python -m bench.overhead``: the matrix runner's samples/s against a bare hand-written PyTorch loop,
-side by side in alternating rounds (:mod:`bench.harness_overhead`)."""
+"""``python -m bench.overhead [--workload cnn|lm]``: the matrix runner's throughput against a bare
+hand-written PyTorch loop, side by side in alternating rounds (:mod:`bench.harness_overhead`)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,20 @@ from bench._cli import make_parser, run_cli
 from bench.contract import MeasureConfig
 from bench.harness_overhead import PRECISION_DTYPES, compare, row_line
 from trainer_core.provenance import environment_info
+from trainer_core.text import write_sample_text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = make_parser("bench.overhead", "Harness overhead: runner samples/s vs a bare PyTorch loop.")
+    p = make_parser("bench.overhead", "Harness overhead: runner throughput vs a bare PyTorch loop.")
+    p.add_argument(
+        "--workload",
+        choices=["cnn", "lm"],
+        default="cnn",
+        help="cnn: SimpleCNN on images (samples/s); lm: the baby GPT of configs/gpt_char.yaml (tokens/s)",
+    )
     p.add_argument("--precision", action="append", choices=sorted(PRECISION_DTYPES), help="default: fp32 and bf16")
-    p.add_argument("--batch-size", action="append", type=int, help="default: 64 and 256")
+    p.add_argument("--batch-size", action="append", type=int, help="default: 64 and 256 (cnn), 12 (lm)")
+    p.add_argument("--text", help="lm: the text file (default data/shakespeare/input.txt, else a generated sample)")
     p.add_argument("--rounds", type=int, default=5, help="rounds per configuration (median of per-round ratios)")
     p.add_argument("--min-time-s", type=float, default=1.5, help="timed seconds per repeat on each side")
     p.add_argument("--out", default="results", help="folder for overhead-<time>.json")
@@ -31,14 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     measure = MeasureConfig(min_time_s=args.min_time_s, max_time_s=max(10.0, args.min_time_s), repeats=3)
-    stem = Path(args.out) / f"overhead-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    stem = Path(args.out) / f"overhead-{args.workload}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    text = Path(args.text) if args.text else Path("data/shakespeare/input.txt")
+    if args.workload == "lm" and not text.is_file():
+        text = write_sample_text(stem.with_name(stem.name + "-sample.txt"))
+    batches = args.batch_size or ([12] if args.workload == "lm" else [64, 256])
     rows = compare(
+        args.workload,
         args.precision or ["fp32", "bf16"],
-        args.batch_size or [64, 256],
+        batches,
         args.rounds,
         measure,
         threads,
         stem.with_name(stem.name + "-cells"),
+        text,
     )
     for row in rows:
         print(row_line(row))

@@ -10,6 +10,9 @@ as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire 
 | nondeterministic | determinism | noise from a generator seeded by the clock, outside the seeded RNGs |
 | hidden_state   | resume       | a call counter that changes the output but is not in the state_dict  |
 | raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
+
+``lm_never_learns``, ``lm_emits_nan``, ``lm_nondeterministic``, ``lm_hidden_state``: the same faults for
+the causal_lm workload (token ids in, logits over the vocabulary out).
 """
 
 from __future__ import annotations
@@ -94,3 +97,61 @@ def hidden_state(in_features: int = 2, classes: int = 2) -> nn.Module:
 
 def raises(in_features: int = 2, classes: int = 2) -> nn.Module:
     return Raises(in_features, classes)
+
+
+# ------------------------------------------------------------------------ language-model variants
+# The same four faults for the causal_lm workload: token ids [B, T] in, logits [B, T, vocab] out.
+class _TinyLM(nn.Module):
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, 16)
+        self.head = nn.Linear(16, vocab_size)
+
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(idx))
+
+
+class LMNeverLearns(_TinyLM):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*idx.shape, self.head.out_features) + 0.0 * self.head.bias.sum()
+
+
+class LMEmitsNaN(_TinyLM):
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits(idx) * float("nan")
+
+
+class LMNondeterministic(_TinyLM):
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.g = torch.Generator().manual_seed(time.time_ns())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out = self.logits(idx)
+        return out + 0.1 * torch.randn(out.shape, generator=self.g)
+
+
+class LMHiddenState(_TinyLM):
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.calls = 0
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.logits(idx) * (1.0 + 0.1 * self.calls)
+
+
+def lm_never_learns(vocab_size: int = 32) -> nn.Module:
+    return LMNeverLearns(vocab_size)
+
+
+def lm_emits_nan(vocab_size: int = 32) -> nn.Module:
+    return LMEmitsNaN(vocab_size)
+
+
+def lm_nondeterministic(vocab_size: int = 32) -> nn.Module:
+    return LMNondeterministic(vocab_size)
+
+
+def lm_hidden_state(vocab_size: int = 32) -> nn.Module:
+    return LMHiddenState(vocab_size)

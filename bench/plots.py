@@ -47,7 +47,7 @@ def _label(axes: dict[str, Any], drop: tuple[str, ...]) -> str:
 
 
 def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
-    """samples/s against batch size: one line per combination of the other axes, coloured by precision."""
+    """Throughput (the workload's unit) against batch size: one line per combination of the other axes."""
     ok = [r for r in records if r.status == OK and "data.batch_size" in r.axes]
     if not ok:
         return None
@@ -56,7 +56,7 @@ def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
     series: dict[str, list[tuple[int, float]]] = {}
     for r in ok:
         series.setdefault(_label(r.axes, ("data.batch_size", *constant)), []).append(
-            (r.axes["data.batch_size"], r.samples_per_s)
+            (r.axes["data.batch_size"], r.rate)
         )
     fig, ax = plt.subplots(figsize=(9, 5))
     for label, pts in sorted(series.items()):
@@ -64,7 +64,7 @@ def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
-    ax.set_ylabel("samples/s (median step)")
+    ax.set_ylabel(f"{ok[0].unit} (median step)")
     ax.set_title("Throughput vs batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

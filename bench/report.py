@@ -20,6 +20,8 @@ METRIC_COLUMNS = [
     "status",
     "reason",
     "samples_per_s",
+    "throughput",
+    "throughput_unit",
     "step_ms_median",
     "step_ms_p10",
     "step_ms_p90",
@@ -29,6 +31,7 @@ METRIC_COLUMNS = [
     "peak_mem_mb",
     "tflops",
     "pct_of_peak",
+    "mfu_pct",
     "emulated",
     "skipped_fp16_steps",
     "compile_s",
@@ -86,55 +89,66 @@ def _guard_marks(record: CellRecord) -> str:
     return " ".join(f"{name[:3]}:{GUARD_MARK.get(g.status, '-')}" for name, g in record.guards.items())
 
 
-def _row(r: CellRecord, axes: list[str], compact: bool) -> list[Any]:
+def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
     note = r.reason or ""  # skip/failure reason, or the precision policy's note (e.g. emulated fp16)
+    guards = _guard_marks(r)
     if compact:
         return [
             r.cell_id,
             r.status,
-            _fmt(r.samples_per_s, 0),
+            _rate(r, rate),
             _fmt(r.step_ms_median, 2),
             _fmt(r.data_wait_pct),
-            _guard_marks(r),
+            guards,
             note[:60],
         ]
-    spread = (
-        f"{_fmt(r.step_ms_median, 2)} ({_fmt(r.step_ms_p10, 2)}-{_fmt(r.step_ms_p90, 2)})" if r.status == OK else ""
-    )
+    ms = f"{_fmt(r.step_ms_median, 2)} ({_fmt(r.step_ms_p10, 2)}-{_fmt(r.step_ms_p90, 2)})" if r.status == OK else ""
     return [
         r.cell_id,
         *(_fmt(r.axes.get(k)) for k in axes),
         r.status,
-        _fmt(r.samples_per_s, 0),
-        spread,
+        _rate(r, rate),
+        ms,
         _fmt(r.data_wait_pct),
         _fmt(r.peak_mem_mb, 0),
         _fmt(r.tflops, 3),
         _fmt(r.pct_of_peak),
-        _guard_marks(r),
+        _fmt(r.mfu_pct),
+        guards,
         note,
     ]
 
 
+def rate_header(records: list[CellRecord]) -> str:
+    """The throughput column's title: its unit when every measured cell has the same one."""
+    units = {r.unit for r in records if r.status == OK}
+    return units.pop() if len(units) == 1 else "throughput"
+
+
+def _rate(r: CellRecord, header: str) -> str:
+    return _fmt(r.rate, 0) + (f" {r.unit}" if header == "throughput" and r.rate is not None else "")
+
+
 def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
-    axes = axis_keys(records)
+    axes, rate = axis_keys(records), rate_header(records)
     head = [
         "cell",
         *axes,
         "status",
-        "samples/s",
+        rate,
         "step ms (p10-p90)",
         "data-wait %",
         "peak MB",
         "TFLOP/s",
         "% peak",
+        "MFU %",
         "guards",
         "note",
     ]
     if compact:
-        head = ["cell", "status", "samples/s", "step ms", "data-wait %", "guards", "note"]
+        head = ["cell", "status", rate, "step ms", "data-wait %", "guards", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in _row(r, axes, compact)) + " |" for r in records]
+    lines += ["| " + " | ".join(str(c) for c in _row(r, axes, compact, rate)) + " |" for r in records]
     return "\n".join(lines)
 
 
@@ -157,7 +171,7 @@ def speedups_vs_fp32(records: list[CellRecord]) -> list[dict[str, Any]]:
             "cell_id": r.cell_id,
             "vs": ref.cell_id,
             "precision": r.axes["precision"],
-            "speedup": r.samples_per_s / ref.samples_per_s,
+            "speedup": r.rate / ref.rate,
             "guards_ok": r.guards_ok,
         }
         for r, ref in pair_with_reference(records, "precision", "fp32")
@@ -176,7 +190,7 @@ def compile_break_even(records: list[CellRecord]) -> list[dict[str, Any]]:
                 "cell_id": r.cell_id,
                 "vs": ref.cell_id,
                 "compile_s": r.compile_s,
-                "speedup": r.samples_per_s / ref.samples_per_s,
+                "speedup": r.rate / ref.rate,
                 "break_even_steps": (1e3 * r.compile_s / saved_ms) if saved_ms > 0 else None,
             }
         )
@@ -190,7 +204,7 @@ def fastest_per_device(records: list[CellRecord]) -> dict[str, CellRecord]:
         if r.status != OK or not r.guards_ok:
             continue
         dev = r.device or "?"
-        if dev not in best or r.samples_per_s > best[dev].samples_per_s:
+        if dev not in best or r.rate > best[dev].rate:
             best[dev] = r
     return best
 
@@ -204,7 +218,7 @@ def fastest_section(records: list[CellRecord]) -> list[str]:
     for dev, r in best.items():
         axes = ", ".join(f"{k}={v}" for k, v in r.axes.items())
         lines.append(
-            f"- **{dev}**: `{r.cell_id}` ({axes}): {r.samples_per_s:,.0f} samples/s, "
+            f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}, "
             f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%"
         )
     failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
@@ -256,7 +270,7 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
     notes += [
         f"`{r.cell_id}`: {w}"
         for r in records
-        for w in (r.mixed_precision_warning, r.trace_warning, r.profile_error)
+        for w in (r.mixed_precision_warning, r.trace_warning, r.profile_error, r.flops_warning)
         if w
     ]
     lines = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
@@ -278,36 +292,10 @@ def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
 def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
     """bench.compare's table (plain text, or Markdown for a CI comment)."""
     lines = [f"A: {result['a']}", f"B: {result['b']}"] + [f"WARNING: {w}" for w in result["warnings"]] + [""]
-    head = ["cell", "A samples/s", "B samples/s", "B/A", "95% CI", "noise", "verdict", "guards"]
-    body = []
-    for r in result["rows"]:
-        if "ratio" in r:
-            n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
-            body.append(
-                [
-                    r["cell_id"],
-                    f"{r['samples_per_s_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
-                    f"{r['samples_per_s_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""),
-                    f"{r['ratio']:.3f}",
-                    f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
-                    f"±{r['noise_threshold_pct']:.1f}%",
-                    r["verdict"],
-                    ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "ok",
-                ]
-            )
-        else:
-            body.append(
-                [
-                    r["cell_id"],
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    f"{r['verdict']} ({r['status_a']} / {r['status_b']})",
-                    ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else "",
-                ]
-            )
+    units = {r["unit"] for r in result["rows"] if "ratio" in r}
+    unit = units.pop() if len(units) == 1 else "throughput"
+    head = ["cell", f"A {unit}", f"B {unit}", "B/A", "95% CI", "noise", "verdict", "guards"]
+    body = [_comparison_row(r) for r in result["rows"]]
     if markdown:
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -319,3 +307,20 @@ def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
         if missing:
             lines.append(f"only in {side.upper()}: " + "; ".join(missing))
     return "\n".join(lines)
+
+
+def _comparison_row(r: dict[str, Any]) -> list[str]:
+    regressed = ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else ""
+    if "ratio" not in r:
+        return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", regressed]
+    n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
+    return [
+        r["cell_id"],
+        f"{r['throughput_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
+        f"{r['throughput_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""),
+        f"{r['ratio']:.3f}",
+        f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+        f"±{r['noise_threshold_pct']:.1f}%",
+        r["verdict"],
+        regressed or "ok",
+    ]

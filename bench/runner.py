@@ -163,7 +163,7 @@ class Progress:
             self.bar.update(1)
             return
         eta = self.measuring_s / self.measured * (self.to_measure - self.measured) if self.measured else float("nan")
-        what = f"{record.samples_per_s:,.0f} samples/s" if record.samples_per_s else (record.reason or "")
+        what = f"{record.rate:,.0f} {record.unit}" if record.rate else (record.reason or "")
         print(f"[{i}/{self.total}] {record.cell_id}: {record.status} {what} (ETA {eta:.0f} s)", flush=True)
 
     def close(self) -> None:

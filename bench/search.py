@@ -141,7 +141,7 @@ class Searcher:
 
     def readings(self, values: dict[str, Any]) -> list[float]:
         """samples/s of this configuration's guard-passing readings so far."""
-        return [r.samples_per_s for r in self._records(values) if r.usable]
+        return [r.rate for r in self._records(values) if r.usable]
 
     def score(self, values: dict[str, Any]) -> float:
         """Pooled samples/s; 0 if any reading failed or broke a guard (a flaky guard disqualifies)."""
@@ -360,7 +360,7 @@ def contributions(
                 "to": winner[axis],
                 "status": record.status,
                 "guards_ok": record.guards_ok,
-                "speedup": (record.samples_per_s / base_sps) if record.usable and base.usable and base_sps else None,
+                "speedup": (record.rate / base_sps) if record.usable and base.usable and base_sps else None,
             }
         )
     return rows

@@ -47,7 +47,13 @@ def settled(times: Sequence[float], window: int, tolerance: float) -> bool:
     return abs(a - b) <= tolerance * max(a, b)
 
 
-def cell_statistics(steps: list[dict[str, float]], repeat_of_step: list[int], batch_size: int) -> dict[str, Any]:
+def cell_statistics(
+    steps: list[dict[str, float]],
+    repeat_of_step: list[int],
+    batch_size: int,
+    items_per_step: float | None = None,
+    unit: str = "samples",
+) -> dict[str, Any]:
     """Throughput figures of a cell from per-step records (keys: step_s, data_s, h2d_s, ...)."""
     step_s = [s["step_s"] for s in steps]
     st = summarize(step_s)
@@ -64,6 +70,9 @@ def cell_statistics(steps: list[dict[str, float]], repeat_of_step: list[int], ba
         "step_ms_p90": st["p90"] * 1e3,
         "step_ms_iqr": st["iqr"] * 1e3,
         "samples_per_s": batch_size / st["median"] if st["median"] > 0 else math.nan,
+        "items_per_step": float(items_per_step or batch_size),
+        "throughput": (items_per_step or batch_size) / st["median"] if st["median"] > 0 else math.nan,
+        "throughput_unit": f"{unit}/s",
         "samples_per_s_repeats": repeat_sps,
         "repeat_spread_pct": 100.0 * (max(repeat_sps) - min(repeat_sps)) / statistics.median(repeat_sps)
         if repeat_sps

@@ -24,14 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._cli import add_overrides, make_parser, run_cli
-from bench.profiling import ProfilerHook, maybe_profile
-from bench.training import finish, how_to_extend, start_run
-from trainer_core import checkpoint as ck
+from bench.training import TrainRequest, launch_ranks, train
+from trainer_core import distributed
 from trainer_core.config import RunConfig, load_config
-from trainer_core.factory import build_run
-from trainer_core.hooks import EpochPrinter
-from trainer_core.run_dir import METRICS_NAME, RunDir
-from trainer_core.trainer import FitResult
+from trainer_core.precision import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,67 +79,26 @@ def resolve_run_dir(args: argparse.Namespace, config: RunConfig) -> Path:
     return Path("runs") / f"{config.name}-{stamp}"
 
 
-def main(args: argparse.Namespace) -> int:
-    wall0 = time.perf_counter()
-    config = resolve_config(args)
-    run_dir = RunDir(resolve_run_dir(args, config), config.checkpoint.dir)
-    resume_from = run_dir.resume_point(args.resume)
-    # Build everything (device, data, model, precision) and read the checkpoint before writing anything,
-    # so a failed start, or a run that is already complete, leaves the run dir untouched.
-    run = build_run(config, checkpoint_dir=run_dir.checkpoints)
-    trainer = run.trainer
-    done = None
-    if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
-        if args.continue_early_stopped:
-            trainer.reopen()
-        done = trainer.completion()
-        if done and (run_dir.root / METRICS_NAME).exists():
-            print(f"run {run_dir.root} is complete ({done}); nothing was changed. {how_to_extend(trainer)}.")
-            return 0
-
-    logger = start_run(run, run_dir, resume_from, done)
-    trainer.hooks.append(EpochPrinter())
-    hook = ProfilerHook()
-    if args.profile:
-        trainer.hooks.append(hook)
-    trace_dir = Path("profiles") / run_dir.root.name / "train"
-    try:
-        if done:  # complete, but killed before its final outputs were written: write them, train nothing
-            result = FitResult(
-                trainer.history,
-                False,
-                trainer.end_reason == ck.END_EARLY_STOPPED,
-                trainer.global_step,
-                trainer.end_reason,
-            )
-        else:
-            # wait=1: the first step (allocations, lazy init) is not what a user wants to look at.
-            with maybe_profile(args.profile, trace_dir, run.device, wait=1, warmup=1, active=3, hook=hook):
-                result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=args.stop_after_steps)
-        if args.profile:
-            print(f"trace: {trace_dir} (python -m bench.trace {trace_dir})")
-        if result.interrupted:
-            print(
-                f"stopped after step {trainer.global_step} "
-                f"(epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}); "
-                f"resume with --resume auto --out {run_dir.root}"
-            )
-            print(f"run dir: {run_dir.root}")
-            return 0
-        metrics = finish(run, run_dir, result, wall0, logger)
-    finally:
-        logger.close()
-    print(
-        f"test_accuracy {metrics['test_accuracy']:.4f}  training_time {metrics['training_time_seconds']:.1f}s  "
-        f"samples/s {metrics['samples_per_second'] or 0:.0f}" + ("  (early stopped)" if result.early_stopped else "")
+def main(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    config = distributed.adopt_launch_environment(resolve_config(args))
+    request = TrainRequest(
+        resolve_run_dir(args, config), args.resume, args.continue_early_stopped, args.profile, args.stop_after_steps
     )
-    print(f"run dir: {run_dir.root}")
-    return 0
+    if config.train.strategy != "single" and distributed.env_info() is None:
+        # The ranks re-run this command; all of them must agree on the run folder.
+        return launch_ranks(config, [*argv, *([] if args.out else ["--out", str(request.run_dir)])])
+    if distributed.env_info() is None:
+        return train(config, request)
+    distributed.init(config, resolve_device(config.device))
+    try:
+        return train(config, request)
+    finally:
+        distributed.destroy()
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    return run_cli(main, build_parser(), argv)
+    given = list(sys.argv[1:] if argv is None else argv)  # the ranks of a data-parallel run get the same
+    return run_cli(lambda args: main(args, given), build_parser(), argv)
 
 
 if __name__ == "__main__":

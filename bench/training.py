@@ -1,5 +1,6 @@
-"""bench.train's work apart from parsing: how a run ends (test evaluation, metrics.json, learning
-curves, the earlier finish kept aside) and what to tell a user whose run is already complete."""
+"""bench.train's work apart from parsing: one run in this process (build, resume, train, finish), the
+ranks of a data-parallel run started as torchrun would, how a run ends (test evaluation, metrics.json,
+learning curves, the earlier finish kept aside) and what to tell a user whose run is already complete."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
 from bench.plots import plot_learning_curves
+from bench.profiling import ProfilerHook, maybe_profile
 from trainer_core import checkpoint as ck
-from trainer_core.factory import Run
+from trainer_core import distributed
+from trainer_core.config import RunConfig
+from trainer_core.errors import ConfigError
+from trainer_core.factory import Run, build_run
+from trainer_core.hooks import EpochPrinter
+from trainer_core.precision import resolve_device
 from trainer_core.provenance import environment_info, utc_timestamp
 from trainer_core.run_dir import CURVES_NAME, METRICS_NAME, RunDir
 from trainer_core.run_logger import RunLogger
@@ -47,7 +58,10 @@ def final_metrics(
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "samples_per_second": trainer_counters["samples_seen"] / train_s if train_s > 0 else None,
+        "items_per_second": trainer_counters.get("items_seen", 0) / train_s if train_s > 0 else None,
         "skipped_steps": int(trainer_counters["skipped_steps"]),
+        # the workload's other metrics (a language model's perplexity)
+        **{f"test_{k}": v for k, v in test.items() if k not in ("loss", "accuracy", "samples")},
     }
 
 
@@ -68,6 +82,7 @@ def finish(run: Run, run_dir: RunDir, result: FitResult, wall0: float, logger: R
     trainer = run.trainer
     test = trainer.evaluate(run.data.test_loader)
     metrics = final_metrics(result.history, trainer.counters, test, trainer.best_epoch, time.perf_counter() - wall0)
+    metrics["throughput_unit"] = f"{trainer.workload.unit}/s"
     metrics.update(
         early_stopped=result.early_stopped,
         end_reason=trainer.end_reason,
@@ -110,3 +125,111 @@ def start_run(run: Run, run_dir: RunDir, resume_from: Path | None, done: str | N
             + (f" ({done}: writing its final outputs)" if done else "")
         )
     return logger
+
+
+def final_line(metrics: dict[str, Any]) -> str:
+    """bench.train's last figures: test accuracy (and perplexity for a language model), time, throughput."""
+    extra = f"  test_perplexity {metrics['test_perplexity']:.3f}" if "test_perplexity" in metrics else ""
+    unit = metrics.get("throughput_unit", "samples/s")
+    rate = metrics.get("items_per_second") if unit != "samples/s" else metrics.get("samples_per_second")
+    return (
+        f"test_accuracy {metrics['test_accuracy']:.4f}{extra}  test_loss {metrics['test_loss']:.4f}  "
+        f"training_time {metrics['training_time_seconds']:.1f}s  {unit} {rate or 0:.0f}"
+    )
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What bench.train was asked to do, besides the config."""
+
+    run_dir: Path
+    resume: str | None = None  # 'auto' or a checkpoint path
+    continue_early_stopped: bool = False
+    profile: bool = False
+    stop_after_steps: int | None = None
+
+
+def launch_ranks(config: RunConfig, argv: Sequence[str]) -> int:
+    """Start ``train.world_size`` ranks of ``python -m bench.train ARGV`` through the elastic launcher,
+    as torchrun would: the exit code of the first rank that failed, else 0."""
+    reason = distributed.fsdp_skip_reason(config.train.strategy, resolve_device(config.device))
+    if reason:
+        raise ConfigError(f"train.strategy: {reason}")
+    try:
+        distributed.launch(config, sys.executable, "-m", "bench.train", *argv)
+    except ChildFailedError as e:
+        rank, code = distributed.failed_rank(e)
+        print(f"bench.train: rank {rank} of {config.train.world_size} failed (exit code {code})", file=sys.stderr)
+        return code
+    return 0
+
+
+def train(config: RunConfig, request: TrainRequest) -> int:
+    """bench.train's run in this process (one rank of several, or the only one): build, resume, train,
+    finish; rank 0 alone prints and writes."""
+    wall0 = time.perf_counter()
+    main_rank = distributed.current().is_main
+    run_dir = RunDir(request.run_dir, config.checkpoint.dir)
+    resume_from = run_dir.resume_point(request.resume)
+    # Build everything (device, data, model, precision) and read the checkpoint before writing anything,
+    # so a failed start, or a run that is already complete, leaves the run dir untouched.
+    run = build_run(config, checkpoint_dir=run_dir.checkpoints)
+    trainer = run.trainer
+    done = None
+    if resume_from is not None:
+        trainer.load_checkpoint(resume_from)
+        if request.continue_early_stopped:
+            trainer.reopen()
+        done = trainer.completion()
+        if done and (run_dir.root / METRICS_NAME).exists():
+            if main_rank:
+                print(f"run {run_dir.root} is complete ({done}); nothing was changed. {how_to_extend(trainer)}.")
+            return 0
+    if not main_rank:  # the other ranks train in step with rank 0 and write nothing
+        run.trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=request.stop_after_steps)
+        return 0
+    return train_and_report(run, run_dir, request, resume_from, done, wall0)
+
+
+def train_and_report(
+    run: Run, run_dir: RunDir, request: TrainRequest, resume_from: Path | None, done: str | None, wall0: float
+) -> int:
+    """Rank 0's (or the only process's) part: the run's outputs around the training."""
+    trainer = run.trainer
+    logger = start_run(run, run_dir, resume_from, done)
+    trainer.hooks.append(EpochPrinter())
+    hook = ProfilerHook()
+    if request.profile:
+        trainer.hooks.append(hook)
+    trace_dir = Path("profiles") / run_dir.root.name / "train"
+    try:
+        if done:  # complete, but killed before its final outputs were written: write them, train nothing
+            result = FitResult(
+                trainer.history,
+                False,
+                trainer.end_reason == ck.END_EARLY_STOPPED,
+                trainer.global_step,
+                trainer.end_reason,
+            )
+        else:
+            # wait=1: the first step (allocations, lazy init) is not what a user wants to look at.
+            with maybe_profile(request.profile, trace_dir, run.device, wait=1, warmup=1, active=3, hook=hook):
+                result = trainer.fit(
+                    run.data.train_loader, run.data.val_loader, stop_after_steps=request.stop_after_steps
+                )
+        if request.profile:
+            print(f"trace: {trace_dir} (python -m bench.trace {trace_dir})")
+        if result.interrupted:
+            print(
+                f"stopped after step {trainer.global_step} "
+                f"(epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}); "
+                f"resume with --resume auto --out {run_dir.root}"
+            )
+            print(f"run dir: {run_dir.root}")
+            return 0
+        metrics = finish(run, run_dir, result, wall0, logger)
+    finally:
+        logger.close()
+    print(final_line(metrics) + ("  (early stopped)" if result.early_stopped else ""))
+    print(f"run dir: {run_dir.root}")
+    return 0

@@ -75,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     setup = prepare(args.config, args.overrides, args.axes, args.max_batch)
     plan = TunePlan(args.budget_s, setup.start, setup.space, args.finalists, args.rounds)
-    run_dir, threads = open_tune_dir(Path(args.out), setup, args.resume)
+    run_dir, threads, peaks = open_tune_dir(Path(args.out), setup, args.resume)
     print(f"{run_dir}: searching {', '.join(setup.space)} from {args.config} within {args.budget_s:.0f} s", flush=True)
-    measure = CellMeasure(setup, run_dir, threads)
+    measure = CellMeasure(setup, run_dir, threads, peaks=peaks)
     searcher, result = search(setup, measure, plan, args.mem_cap_mb or default_mem_cap_mb())
     out = conclude(setup, measure, searcher, result, plan)
     if args.check_accuracy:

@@ -6,12 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 
+def _mfu(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else ""
+
+
 def _changes(values: dict[str, Any], start: dict[str, Any], sep: str = "=") -> str:
     return ", ".join(f"{k}{sep}{v}" for k, v in values.items() if v != start.get(k))
 
 
 def trials_section(result: dict[str, Any]) -> list[str]:
     start, rechecked = result["start"], result.get("rechecks") or []
+    with_mfu = any(t.get("mfu_pct") is not None for t in result["trials"])
     lines = [
         f"# bench.tune: {result['config']}",
         "",
@@ -19,14 +24,15 @@ def trials_section(result: dict[str, Any]) -> list[str]:
         + (" (time budget reached)" if result["budget_exhausted"] else "")
         + (
             f"; {len(rechecked)} readings taken again for close calls (within {result['recheck_band']:.0%}), "
-            "where samples/s is the geometric mean of the two readings"
+            "where the throughput is the geometric mean of the two readings"
             if rechecked
             else ""
         )
         + ".",
         "",
-        "| configuration (changes from start) | status | samples/s | readings | guards |",
-        "|---|---|---:|---|---|",
+        f"| configuration (changes from start) | status | {result.get('unit', 'samples/s')} | readings | guards |"
+        + (" MFU % |" if with_mfu else ""),
+        "|---|---|---:|---|---|" + ("---:|" if with_mfu else ""),
     ]
     for t in result["trials"]:
         readings = t.get("readings") or []
@@ -38,7 +44,8 @@ def trials_section(result: dict[str, Any]) -> list[str]:
         if g == "ok" and not t.get("score"):  # a passing first reading scores 0 only when its second one failed
             g += " (second reading FAILED)"
         why = f": {t['reason']}" if t.get("reason") and t["status"] != "ok" else ""
-        lines.append(f"| {_changes(t['values'], start) or '(start)'} | {t['status']}{why} | {sps} | {both} | {g} |")
+        row = f"| {_changes(t['values'], start) or '(start)'} | {t['status']}{why} | {sps} | {both} | {g} |"
+        lines.append(row + (f" {_mfu(t.get('mfu_pct'))} |" if with_mfu else ""))
     unmeasured = len(result["trials"]) < 2
     changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in result["winner"].items() if v != start.get(k))
     changes = changes or (
@@ -58,15 +65,18 @@ def final_section(result: dict[str, Any]) -> list[str]:
         if f.get("rounds_asked", f["rounds"]) > f["rounds"]
         else ""
     )
+    with_mfu = any(fin.get("mfu_pct") is not None for fin in f["finalists"])
     lines = [
         "",
         f"Finalists re-measured side by side with the start ({f['rounds']} rounds, rotating order{short}):",
         "",
-        "| configuration | samples/s (pooled median) |",
-        "|---|---:|",
+        f"| configuration | {result.get('unit', 'samples/s')} (pooled median) |" + (" MFU % |" if with_mfu else ""),
+        "|---|---:|" + ("---:|" if with_mfu else ""),
     ]
     lines += [
-        f"| {_changes(fin['values'], start) or '(start)'} | {fin['samples_per_s']:,.0f} |" for fin in f["finalists"]
+        f"| {_changes(fin['values'], start) or '(start)'} | {fin['samples_per_s']:,.0f} |"
+        + (f" {_mfu(fin.get('mfu_pct'))} |" if with_mfu else "")
+        for fin in f["finalists"]
     ]
     lines += [
         "",
@@ -84,7 +94,7 @@ def levers_section(result: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "What each lever gives on its own (start + that one change; one reading each, against the start's "
-            f"samples/s pooled over its {result.get('start_readings', 1)} readings):",
+            f"{result.get('unit', 'samples/s')} pooled over its {result.get('start_readings', 1)} readings):",
             "",
             "| lever | from | to | speedup | guards |",
             "|---|---|---|---:|---|",
@@ -101,11 +111,12 @@ def levers_section(result: dict[str, Any]) -> list[str]:
         ]
     acc = result.get("accuracy")
     if acc:
+        side = {k: f"{acc[k]['val_accuracy']:.4f}, loss {acc[k]['val_loss']:.4f}" for k in ("start", "winner")}
         lines += [
             "",
             f"Same wall time ({acc['seconds']:.0f} s of training each), validation accuracy: "
-            f"start {acc['start']['val_accuracy']:.4f} ({acc['start']['samples']:,} samples), "
-            f"winner {acc['winner']['val_accuracy']:.4f} ({acc['winner']['samples']:,} samples)",
+            f"start {side['start']} ({acc['start']['samples']:,} samples), "
+            f"winner {side['winner']} ({acc['winner']['samples']:,} samples)",
         ]
     return lines
 

@@ -39,7 +39,7 @@ from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_ov
 from trainer_core.datasets import dataset_info
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
-from trainer_core.precision import check_support, resolve_device
+from trainer_core.precision import COMPUTE_DTYPES, check_support, resolve_device
 from trainer_core.provenance import environment_info
 
 # Order matters: each lever is judged with the levers before it already set, and the budget may end
@@ -168,8 +168,16 @@ def prepare(config_path: str, overrides: list[str], axes: list[str], max_batch: 
 class CellMeasure:
     """The search's measurement: one cell per configuration, in its own process, recorded in cells.jsonl."""
 
-    def __init__(self, setup: TuneSetup, run_dir: Path, threads: int, measure: MeasureConfig = TUNE_MEASURE) -> None:
+    def __init__(
+        self,
+        setup: TuneSetup,
+        run_dir: Path,
+        threads: int,
+        measure: MeasureConfig = TUNE_MEASURE,
+        peaks: dict[str, float] | None = None,
+    ) -> None:
         self.setup, self.run_dir, self.threads, self.measure = setup, run_dir, threads, measure
+        self.peaks = peaks or {}  # matmul FLOP/s per precision on the tuned device: the MFU reference
 
     def config(self, values: dict[str, Any]) -> RunConfig:
         return validate_config(apply_overrides(self.setup.base, values), source=self.setup.source)
@@ -199,11 +207,12 @@ class CellMeasure:
                 measure=self.measure,
                 guards=QUICK_GUARDS,
                 profile=ProfileConfig(),
+                peaks=self.peaks,
                 role=role,
             )
             record = launch_cell(spec, self.run_dir / "cells")
         append_record(self.run_dir / "cells.jsonl", record)
-        sps = f"{record.samples_per_s:,.0f} samples/s" if record.samples_per_s else (record.reason or "")
+        sps = f"{record.rate:,.0f} {record.unit}" if record.rate else (record.reason or "")
         guards = "" if record.status != OK else ("guards ok" if record.guards_ok else "GUARD FAILED")
         print(f"[{number}] {cell_id}: {record.status} {sps} {guards}", flush=True)
         return record
@@ -264,8 +273,9 @@ def rounds_that_fit(asked: int, spent_s: float, budget_s: float, cost_s: Any) ->
 
 
 # --------------------------------------------------------------------------------- search & finals
-def open_tune_dir(out: Path, setup: TuneSetup, resume: str | None) -> tuple[Path, int]:
-    """(run folder, threads): a new ``tune-<name>-<time>`` folder, or the one ``resume`` names; env.json written."""
+def open_tune_dir(out: Path, setup: TuneSetup, resume: str | None) -> tuple[Path, int, dict[str, float]]:
+    """(run folder, threads, matmul peaks per precision): a new ``tune-<name>-<time>`` folder, or the one
+    ``resume`` names; env.json written (a resumed run keeps the peaks it measured, so MFU stays comparable)."""
     if resume:
         run_dir = out / resume
         if not (run_dir / "cells.jsonl").exists():
@@ -274,9 +284,27 @@ def open_tune_dir(out: Path, setup: TuneSetup, resume: str | None) -> tuple[Path
         run_dir = out / f"tune-{setup.config.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         run_dir.mkdir(parents=True)
     threads = torch.get_num_threads()
-    env = {**environment_info(), "command": sys.argv, "config": setup.source, "space": setup.space, "threads": threads}
+    old = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
+    peaks = old.get("peaks") or tune_peaks(setup)
+    env = {
+        **environment_info(),
+        "command": sys.argv,
+        "config": setup.source,
+        "space": setup.space,
+        "threads": threads,
+        "peaks": peaks,
+    }
     (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
-    return run_dir, threads
+    return run_dir, threads, peaks
+
+
+def tune_peaks(setup: TuneSetup) -> dict[str, float]:
+    """Matmul FLOP/s on the tuned device for each precision the search may measure."""
+    from bench.measure import matmul_peak_flops
+
+    device = resolve_device(setup.config.device)
+    precisions = sorted({setup.config.precision, *setup.space.get("precision", [])})
+    return {p: matmul_peak_flops(device, COMPUTE_DTYPES[p])["flops_per_s"] for p in precisions}
 
 
 def default_mem_cap_mb() -> float:
@@ -313,23 +341,26 @@ def side_by_side(
     measure: CellMeasure, start: dict[str, Any], candidates: list[dict[str, Any]], rounds: int
 ) -> dict[str, Any]:
     """Start and each finalist re-measured in rotating order for ``rounds`` rounds; the winner is the
-    finalist with the best pooled median step; its speedup over the start gets a 95% CI from a
+    finalist with the best pooled throughput; its speedup over the start gets a 95% CI from a
     bootstrap over rounds and steps (so the machine's drift between rounds widens it)."""
     names = ["start"] + [f"f{i + 1}" for i in range(len(candidates))]
     configs = dict(zip(names, [start, *candidates]))
-    steps = rotating_rounds(measure, configs, rounds)
+    steps, items, flops = rotating_rounds(measure, configs, rounds)
 
-    def throughput(name: str) -> float:
-        return (
-            configs[name].get("data.batch_size", 1) / float(np.median(np.concatenate(steps[name])))
-            if steps[name]
-            else 0.0
-        )
+    def throughput(name: str) -> float:  # items (samples or tokens) per second at the pooled median step
+        return items[name] / float(np.median(np.concatenate(steps[name]))) if steps[name] else 0.0
 
-    finals = [{"values": configs[n], "samples_per_s": throughput(n)} for n in names]
-    start_rounds = [start.get("data.batch_size", 1) / float(np.median(s)) for s in steps["start"]]
+    def mfu(name: str) -> float | None:  # analytic FLOP/s at the pooled median step, % of the matmul peak
+        peak = measure.peaks.get(measure.config(configs[name]).precision)
+        if not (steps[name] and flops.get(name) and peak):
+            return None
+        return 100.0 * flops[name] / float(np.median(np.concatenate(steps[name]))) / peak
+
+    finals = [{"values": configs[n], "samples_per_s": throughput(n), "mfu_pct": mfu(n)} for n in names]
+    start_rounds = [items["start"] / float(np.median(s)) for s in steps["start"]]
     best = max(names[1:], key=throughput) if len(names) > 1 else "start"
     if best == "start" or not steps[best]:
+        note = "every finalist failed or broke a guard when re-measured: the start stands"
         return {
             "winner": start,
             "speedup": 1.0,
@@ -339,17 +370,17 @@ def side_by_side(
             "speedup_per_round": [],
             "finalists": finals,
             "start_samples_per_s_per_round": start_rounds,
-            "note": "every finalist failed or broke a guard when re-measured: the start stands",
+            "note": note,
         }
-    bs_ratio = configs[best].get("data.batch_size", 1) / start.get("data.batch_size", 1)
+    scale = items[best] / items["start"]  # step-time ratios -> throughput ratios (batch or block size changed)
     ratio, lo, hi = bootstrap_ratio_rounds(steps["start"], steps[best])
     return {
         "winner": configs[best],
-        "speedup": ratio * bs_ratio,
-        "ci_low": lo * bs_ratio,
-        "ci_high": hi * bs_ratio,
+        "speedup": ratio * scale,
+        "ci_low": lo * scale,
+        "ci_high": hi * scale,
         "rounds": rounds,
-        "speedup_per_round": [r * bs_ratio for r in round_ratios(steps["start"], steps[best])],
+        "speedup_per_round": [r * scale for r in round_ratios(steps["start"], steps[best])],
         "finalists": finals,
         "start_samples_per_s_per_round": start_rounds,
     }
@@ -357,11 +388,14 @@ def side_by_side(
 
 def rotating_rounds(
     measure: CellMeasure, configs: dict[str, dict[str, Any]], rounds: int
-) -> dict[str, list[list[float]]]:
-    """Per configuration, the step times of each round; a finalist that fails or breaks a guard on
-    re-measurement is out (its list emptied); the start failing ends the run."""
+) -> tuple[dict[str, list[list[float]]], dict[str, float], dict[str, float]]:
+    """Per configuration, the step times of each round, its items per step and its analytic FLOPs per
+    step (where the workload has a formula); a finalist that fails or breaks a guard on re-measurement
+    is out (its list emptied); the start failing ends the run."""
     names = list(configs)
     steps: dict[str, list[list[float]]] = {n: [] for n in names}
+    items = {n: float(configs[n].get("data.batch_size", 1)) for n in names}
+    flops: dict[str, float] = {}
     dropped: set[str] = set()
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate so no one always goes first
@@ -370,12 +404,15 @@ def rotating_rounds(
             rec = measure(configs[name], label=f"final-{name}-r{r}")
             if rec.usable:
                 steps[name].append(rec.step_s)
+                items[name] = rec.items_per_step or items[name]
+                if rec.flops_analytic_per_step:
+                    flops[name] = float(rec.flops_analytic_per_step)
             elif name == "start":
                 raise ConfigError(f"final re-measurement of the start configuration failed: {why_unusable(rec)}")
             else:
                 dropped.add(name)
                 steps[name] = []
-    return steps
+    return steps, items, flops
 
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
@@ -409,7 +446,9 @@ def brief(values: dict[str, Any], record: CellRecord) -> dict[str, Any]:
         "cell_id": record.cell_id,
         "status": record.status,
         "reason": record.reason,
-        "samples_per_s": record.samples_per_s,
+        "samples_per_s": record.rate,
+        "unit": record.unit,
+        "mfu_pct": record.mfu_pct,
         "guards_ok": record.guards_ok,
     }
 
@@ -422,7 +461,7 @@ def conclude(
     search_seconds = plan.elapsed()
     candidates = finalists(result, k=plan.finalists)
     rounds = plan.rounds_that_fit(searcher)
-    final_measure = CellMeasure(setup, measure.run_dir, measure.threads, measure=FINAL_MEASURE)
+    final_measure = CellMeasure(setup, measure.run_dir, measure.threads, FINAL_MEASURE, measure.peaks)
     final = side_by_side(final_measure, setup.start, candidates, rounds) if candidates else None
     winner = setup.start
     if final:
@@ -436,6 +475,7 @@ def conclude(
     winner_yaml.write_text(yaml.safe_dump(measure.config(winner).to_dict(), sort_keys=False))
     return {
         "config": setup.source,
+        "unit": result.start_record.unit,
         "space": setup.space,
         "start": setup.start,
         "winner": winner,

@@ -14,6 +14,7 @@ from bench.contract import CellSpec, GuardsConfig, MeasureConfig, ProfileConfig
 from bench.measure import StepTimer
 from bench.report import summary_markdown
 from trainer_core.config import apply_overrides
+from trainer_core.text import write_sample_text
 
 MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
 
@@ -56,3 +57,35 @@ def test_an_oversized_trace_is_flagged_in_the_record_and_the_summary(tmp_path: P
     assert f"`c`: {record.trace_warning}" in summary_markdown([record], {"matrix_name": "t"})
     quiet = run_cell(_spec(tmp_path / "b", {"enabled": True, "wait": 0, "warmup": 1, "active": 2}))
     assert quiet.trace_warning is None
+
+
+def test_a_language_model_cell_counts_tokens_and_reports_mfu(tmp_path: Path) -> None:
+    text = write_sample_text(tmp_path / "t.txt", words=3000)
+    config = apply_overrides(
+        {},
+        tiny_overrides(
+            **{
+                "data.name": "text",
+                "data.path": str(text),
+                "data.batch_size": 4,
+                "data.n_samples": 4000,
+                "data.n_test_samples": 16,
+                "model.name": "GPT",
+                "model.kwargs": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16},
+            }
+        ),
+    )
+    spec = CellSpec(
+        cell_id="lm",
+        threads=torch.get_num_threads(),
+        config=config,
+        measure=MEASURE,
+        guards=GuardsConfig(enabled=["finite"]),
+        peaks={"fp32": 1e11},
+    )
+    record = run_cell(spec)
+    assert record.throughput_unit == "tokens/s" and record.items_per_step == 4 * 16
+    assert record.throughput == pytest.approx(record.samples_per_s * 16)
+    assert record.flops_analytic_per_step > 0 and abs(record.flops_analytic_per_step / record.flops_per_step - 1) < 0.1
+    assert record.mfu_pct == pytest.approx(100 * record.flops_analytic_per_step / (record.step_ms_median / 1e3) / 1e11)
+    assert record.guards["finite"].status == "pass"

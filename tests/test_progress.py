@@ -160,7 +160,7 @@ def test_overhead_streams_rounds_and_reports_a_ratio(tmp_path: Path) -> None:
     assert sum(" round " in ln for ln in lines) == 2
     (result,) = tmp_path.glob("overhead-*.json")
     row = json.loads(result.read_text())["rows"][0]
-    assert row["bare_samples_per_s"] > 0 and row["runner_samples_per_s"] > 0 and len(row["round_ratios"]) == 2
+    assert row["bare"] > 0 and row["runner"] > 0 and len(row["round_ratios"]) == 2 and row["unit"] == "samples/s"
     assert row["ratio"] == pytest.approx(sorted(row["round_ratios"])[0] / 2 + sorted(row["round_ratios"])[1] / 2)
     assert any(ln.startswith("lowest runner/bare ratio: ") for ln in lines)
 

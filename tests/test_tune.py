@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO, tiny_overrides
 
 from bench import train as train_cli
@@ -11,6 +12,7 @@ from bench import tune as tune_cli
 from bench.tune_report import format_report
 from bench.tuning import default_space, ordered, parse_axes, rounds_that_fit, train_for_seconds
 from trainer_core.config import load_config
+from trainer_core.text import write_sample_text
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
 
@@ -116,6 +118,32 @@ def test_a_budget_spent_on_the_start_says_so(tmp_path: Path, capsys: pytest.Capt
     report = capsys.readouterr().out
     assert "none: the budget ran out before any other configuration was measured (raise --budget-s)" in report
     assert "the start is fastest" not in report  # it was never compared with anything
+
+
+def test_tune_on_a_language_model_searches_tokens_per_s_and_reports_mfu(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    text = write_sample_text(tmp_path / "t.txt", words=3000)
+    config = tmp_path / "lm.yaml"
+    lm = {
+        "name": "lm",
+        "workload": "causal_lm",
+        "model": {"name": "GPT", "kwargs": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16}},
+        "data": {"name": "text", "path": str(text), "batch_size": 4, "n_samples": 2000, "n_test_samples": 16},
+        "optim": {"name": "adamw", "lr": 0.01},
+        "logging": {"tensorboard": False, "jsonl": False, "progress_bar": "off"},
+    }
+    config.write_text(yaml.safe_dump(lm))
+    argv = ["--config", str(config), "--axes", "data.batch_size=4,16", "--rounds", "1", "--out", str(tmp_path / "t")]
+    assert tune_cli.cli(argv) == 0
+    (run_dir,) = list((tmp_path / "t").iterdir())
+    result = json.loads((run_dir / "tune.json").read_text())
+    assert result["unit"] == "tokens/s" and all(t["guards_ok"] for t in result["trials"])
+    assert all(0 < t["mfu_pct"] < 100 for t in result["trials"])
+    assert all(0 < f["mfu_pct"] < 100 for f in result["final"]["finalists"])
+    assert json.loads((run_dir / "env.json").read_text())["peaks"]["fp32"] > 0
+    report = (run_dir / "tune.md").read_text()
+    assert "| tokens/s | readings | guards | MFU % |" in report and "| tokens/s (pooled median) | MFU % |" in report
 
 
 def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -1,7 +1,33 @@
-"""A user model factory, loaded by import path in tests (``user_models:make_tiny``)."""
+"""Your own model, workload, dataset and loss, loaded by import path in tests (``user_models:make_tiny``, ...)."""
 
+import torch
 from torch import nn
+from torch.utils.data import TensorDataset
+
+from trainer_core.workloads import Classification
 
 
 def make_tiny(in_features: int = 2, classes: int = 2) -> nn.Module:
     return nn.Sequential(nn.Linear(in_features, 8), nn.ReLU(), nn.Linear(8, classes))
+
+
+class HalfLossWorkload(Classification):
+    """A user workload by import path: classification with half the loss."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return 0.5 * super().loss(outputs, targets)
+
+
+def xor_datasets(n: int = 512) -> tuple[TensorDataset, TensorDataset, None]:
+    """A user dataset factory: XOR of two bits plus noise; (train, val, test=None)."""
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(0, 2, (n, 2), generator=g)
+    x = bits.float() + 0.1 * torch.randn(n, 2, generator=g)
+    y = (bits[:, 0] ^ bits[:, 1]).long()
+    cut = n * 3 // 4
+    return TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:]), None
+
+
+def smoothed_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """A user loss by import path: cross-entropy with label smoothing."""
+    return torch.nn.functional.cross_entropy(outputs.float(), targets, label_smoothing=0.1)

@@ -43,6 +43,8 @@ KEY_TIMESTAMP = "timestamp"
 # Why training ended (None while it is in progress). Optional: checkpoints written before it existed
 # lack it, and the reason is then inferred from the epoch, step and early-stopping state.
 KEY_END_REASON = "end_reason"
+# Optional: every rank's RNG states, in rank order, when the run was data-parallel (KEY_RNG is rank 0's).
+KEY_RNG_PER_RANK = "rng_per_rank"
 END_EPOCHS, END_MAX_STEPS, END_EARLY_STOPPED, END_STOPPED = "epochs", "max_steps", "early_stopped", "stopped"
 
 REQUIRED_KEYS = (

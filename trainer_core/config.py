@@ -33,11 +33,18 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name: str = Field(
         "SimpleMLP",
-        description="Registered model name (SimpleMLP, SimpleCNN, ResNet18) or an import path "
-        "'package.module:factory'.",
+        description="Registered model name (SimpleMLP, SimpleCNN, ResNet18, GPT), a torchvision classification "
+        "model as 'torchvision:<name>' (weights=None), or an import path 'package.module:factory'.",
     )
     kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments for the model factory; checked against its signature."
+        default_factory=dict,
+        description="Keyword arguments for the model factory, checked against its signature; facts of the data "
+        "(classes, input channels and size, vocabulary) fill the arguments not given.",
+    )
+    loss: str | None = Field(
+        None,
+        description="Your own loss as 'package.module:function', called as loss(outputs, targets); "
+        "None: the workload's.",
     )
     memory_format: Literal["contiguous", "channels_last"] = Field(
         "contiguous", description="Memory format of 4-D parameters and input batches."
@@ -48,18 +55,39 @@ class DataConfig(_Section):
     name: str = Field(
         "synthetic_blobs",
         description="Dataset: a name registered in trainer_core/datasets.py (synthetic_blobs, synthetic_images, "
-        "mnist, fashion_mnist, ...).",
+        "mnist, fashion_mnist, image_folder, synthetic_jpegs, text), or 'package.module:factory' returning "
+        "(train, val, test) torch Datasets.",
     )
     root: str | None = Field(
-        None, description="Directory with the IDX files; else $TRAINBENCH_DATA, then /usr/share/datasets/<name>."
+        None,
+        description="Data folder: IDX files (else $TRAINBENCH_DATA, then /usr/share/datasets/<name>), an image "
+        "folder (one subfolder per class, or train/ and val/ of them), or where synthetic_jpegs writes.",
+    )
+    path: str | None = Field(None, description="text: the UTF-8 text file to train on.")
+    tokenizer: Literal["char", "byte"] = Field(
+        "char", description="text: characters of the file (vocabulary from the file) or UTF-8 bytes (256)."
+    )
+    block_size: int | None = Field(
+        None, ge=2, description="text: tokens per training window; None: the model's model.kwargs.block_size."
+    )
+    image_shape: list[int] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="[C, H, W] of the images the model sees: synthetic_images (default [1, 28, 28]), or the crop "
+        "of image_folder and synthetic_jpegs (default [3, 224, 224]).",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of a dataset factory given by import path."
     )
     download: bool = Field(
         False, description="Allow torchvision to download MNIST/Fashion-MNIST when no local copy is found."
     )
-    pipeline: Literal["classic", "tensor"] = Field(
+    pipeline: Literal["classic", "tensor", "v2"] = Field(
         "tensor",
-        description="'classic': per-sample PIL->ToTensor->Normalize; 'tensor': uint8 split in memory, "
-        "normalised per batch.",
+        description="'classic': per-sample PIL -> transforms -> ToTensor -> Normalize; 'tensor': the split in memory "
+        "as uint8, normalised per batch on the device; 'v2' (image folders): torchvision.io.decode_jpeg + "
+        "transforms.v2 on uint8 tensors, normalised per batch on the device.",
     )
     batch_size: int = Field(64, ge=1, description="Training batch size (samples per optimizer step).")
     eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
@@ -80,8 +108,12 @@ class DataConfig(_Section):
     limit_train_samples: int | None = Field(
         None, ge=1, description="Use only the first N training samples (quick runs and tests)."
     )
-    n_samples: int = Field(2000, ge=10, description="Synthetic datasets: number of training samples generated.")
-    n_test_samples: int = Field(1000, ge=10, description="Synthetic datasets: number of test samples generated.")
+    n_samples: int = Field(
+        2000, ge=10, description="Synthetic datasets: training samples generated; text: training windows per epoch."
+    )
+    n_test_samples: int = Field(
+        1000, ge=10, description="Synthetic datasets: test samples generated; text: validation windows evaluated."
+    )
     n_features: int = Field(2, ge=1, description="synthetic_blobs: input dimension.")
     noise: float = Field(0.8, ge=0.0, description="Synthetic datasets: standard deviation of the Gaussian noise.")
 
@@ -90,8 +122,10 @@ class DataConfig(_Section):
     def _known_dataset(cls, v: str) -> str:
         from trainer_core.datasets import DATASETS  # the registry imports this module: looked up at validation time
 
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; expected one of {', '.join(DATASETS)}")
+        if v not in DATASETS and ":" not in v:
+            raise ValueError(
+                f"unknown dataset {v!r}; expected one of {', '.join(DATASETS)} or 'package.module:factory'"
+            )
         return v
 
     @model_validator(mode="after")
@@ -106,7 +140,9 @@ class DataConfig(_Section):
 class OptimConfig(_Section):
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
     lr: float = Field(1e-3, gt=0, description="Learning rate (peak learning rate for onecycle).")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    weight_decay: float = Field(
+        0.0, ge=0, description="Weight decay (AdamW: of matrices and embeddings only, not of biases and norm scales)."
+    )
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (ignored by Adam/AdamW).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW betas.")
     scheduler: Literal["none", "step", "cosine", "onecycle"] = Field(
@@ -116,6 +152,7 @@ class OptimConfig(_Section):
     gamma: float = Field(0.1, gt=0, le=1, description="step: multiplicative LR decay.")
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of steps spent warming up.")
+    warmup_steps: int = Field(0, ge=0, description="cosine: steps of linear warm-up from lr/100 before the decay.")
     foreach: bool | None = Field(
         None, description="Multi-tensor (foreach) optimizer kernels; None = torch's default for the device."
     )
@@ -165,6 +202,29 @@ class TrainLoopConfig(_Section):
         description="Host malloc policy, process-wide: 'retain' keeps freed buffers in the heap so each step "
         "reuses pages instead of faulting fresh ones in (glibc only).",
     )
+    strategy: Literal["single", "ddp", "fsdp"] = Field(
+        "single",
+        description="Data parallelism: one process, DistributedDataParallel, or FSDP2 (CUDA/NCCL only) "
+        "over train.world_size processes; data.batch_size is per rank.",
+    )
+    world_size: int = Field(
+        1, ge=1, description="Processes (ranks) on this node for ddp/fsdp; torchrun's environment overrides it."
+    )
+    nnodes: int = Field(1, ge=1, description="Nodes for ddp/fsdp (more than 1 needs train.rdzv_endpoint).")
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port of the rendezvous for multi-node runs (default: a free port on this host)."
+    )
+    dist_timeout_s: float = Field(
+        300.0, gt=0, description="Collective timeout: a rank that waits longer on another fails instead of hanging."
+    )
+
+    @model_validator(mode="after")
+    def _parallel(self) -> TrainLoopConfig:
+        if self.strategy == "single" and (self.world_size > 1 or self.nnodes > 1):
+            raise ValueError("world_size/nnodes above 1 need train.strategy ddp or fsdp")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("nnodes above 1 needs train.rdzv_endpoint (host:port reachable from every node)")
+        return self
 
 
 class CheckpointConfig(_Section):
@@ -207,6 +267,11 @@ class RunConfig(_Section):
     seed: int = Field(42, description="Seed for model init, shuffling, dropout and workers.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: str = Field("fp32", description=f"Numeric precision policy: one of {', '.join(PRECISIONS)}.")
+    workload: str = Field(
+        "auto",
+        description="How a batch becomes a loss and what throughput counts: classification, causal_lm, "
+        "'package.module:Class', or auto (causal_lm for text data, else classification).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model section.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data section.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and LR schedule.")

@@ -22,18 +22,25 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
 
 from trainer_core.config import DataConfig
+from trainer_core.models import DataFacts
 
 
 # -------------------------------------------------------------------------------------- datasets
 class ClassicImageDataset(Dataset):
-    """Per-sample pipeline, as torchvision's MNIST: uint8 -> PIL -> ToTensor -> Normalize."""
+    """Per-sample pipeline, as torchvision's MNIST: uint8 -> PIL -> ToTensor -> Normalize. Images are
+    [N, H, W] (grayscale) or [N, C, H, W] (C = 3: RGB)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> None:
         from torchvision import transforms
 
-        self.images = images
+        self.images = (
+            images if images.ndim == 3 else np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        )  # PIL wants HWC
         self.labels = labels
-        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+        channels = 1 if images.ndim == 3 else images.shape[1]
+        self.transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((mean,) * channels, (std,) * channels)]
+        )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,7 +48,8 @@ class ClassicImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
+        img = self.images[i]
+        return self.transform(Image.fromarray(img, mode="L" if img.ndim == 2 else "RGB")), int(self.labels[i])
 
 
 class TensorBatchDataset(Dataset):
@@ -60,14 +68,20 @@ class TensorBatchDataset(Dataset):
 
 
 class NormalizeBatch:
-    """uint8 images -> float32 normalised, applied per batch on the target device."""
+    """uint8 images -> float32 normalised, applied per batch on the target device. ``mean``/``std``: one
+    value for every channel, or one per channel of [N, C, H, W] batches."""
 
-    def __init__(self, mean: float, std: float) -> None:
+    def __init__(self, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> None:
         self.mean = mean
         self.std = std
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # One multiply-add instead of /255, -mean, /std: fewer passes over memory.
+        if isinstance(self.mean, tuple):
+            shape = (1, len(self.mean), 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(shape)
+            mean = torch.tensor(self.mean, device=x.device).view(shape)
+            return x.to(torch.float32).mul_(1.0 / (255.0 * std)).sub_(mean / std)
         return x.to(torch.float32).mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
 
     def __repr__(self) -> str:
@@ -76,11 +90,18 @@ class NormalizeBatch:
 
 # ---------------------------------------------------------------------------------------- sampler
 class ResumableSampler(Sampler[int]):
-    """Epoch-seeded permutation that can start at any position inside the epoch.
+    """Epoch-seeded permutation that can start at any position inside the epoch, sharded across ranks.
 
     The permutation of epoch ``e`` depends only on (seed, e), never on global RNG state, so a run
     resumed at (epoch, position) continues with exactly the indices the uninterrupted run used.
     It also reseeds the DataLoader's generator per epoch (worker base seeds come from it).
+
+    With ``shard(rank, world_size, batch_size)`` the epoch's order is cut into global batches of
+    ``world_size * batch_size`` and rank r takes the r-th ``batch_size`` slice of each, so the ranks'
+    k-th batches together are exactly the k-th batch a single process would take with the global
+    batch size. A last, short global batch is split evenly (every rank gets at least one sample, else
+    it is dropped: at most world_size - 1 samples an epoch), so every rank takes the same number of steps.
+    ``start`` counts this rank's own indices.
     """
 
     def __init__(self, n: int, shuffle: bool, seed: int, loader_generator: torch.Generator | None = None) -> None:
@@ -90,6 +111,10 @@ class ResumableSampler(Sampler[int]):
         self.loader_generator = loader_generator
         self.epoch = 0
         self.start = 0
+        self.rank, self.world_size, self.batch_size = 0, 1, 1
+
+    def shard(self, rank: int, world_size: int, batch_size: int) -> None:
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch's permutation and skip its first ``start`` indices."""
@@ -101,16 +126,34 @@ class ResumableSampler(Sampler[int]):
     def _epoch_seed(self) -> int:
         return (self.seed * 1_000_003 + self.epoch) % (2**63 - 1)
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> torch.Tensor:
+        """Every index of the epoch, in order, before sharding."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(self._epoch_seed())
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
-        return iter(order[self.start :].tolist())
+            return torch.randperm(self.n, generator=torch.Generator().manual_seed(self._epoch_seed()))
+        return torch.arange(self.n)
+
+    def _mine(self) -> torch.Tensor:
+        key = (self.epoch, self.rank, self.world_size, self.batch_size)
+        if getattr(self, "_cached", (None,))[0] != key:  # len() and iter() of one epoch share the order
+            self._cached = (key, self._shard_of(self.epoch_order()))
+        return self._cached[1]
+
+    def _shard_of(self, order: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return order
+        g, b, r = self.world_size * self.batch_size, self.batch_size, self.rank
+        full = len(order) // g * g
+        mine = order[:full].view(-1, g)[:, r * b : (r + 1) * b].reshape(-1)
+        tail = order[full:]
+        if len(tail) >= self.world_size:
+            mine = torch.cat([mine, tail.tensor_split(self.world_size)[r]])
+        return mine
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._mine()[self.start :].tolist())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self._mine()) - self.start
 
 
 def find_resumable_sampler(loader: DataLoader) -> ResumableSampler | None:
@@ -142,6 +185,12 @@ class DataBundle:
     input_shape: tuple[int, ...]
     class_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int | None = None  # token data: the vocabulary (the model's input and output size)
+    block_size: int | None = None  # token data: tokens per window
+
+    def facts(self) -> DataFacts:
+        """What a model built for this data must take (filled into its arguments the config leaves out)."""
+        return DataFacts(self.input_shape, self.num_classes, self.vocab_size, self.block_size)
 
 
 def make_loader(
@@ -154,10 +203,14 @@ def make_loader(
     batched_dataset: bool,
     use_pin_memory: bool,
     num_workers: int,
+    sampler: ResumableSampler | None = None,
 ) -> DataLoader:
-    """The one DataLoader factory. ``batched_dataset``: the dataset takes a list of indices per item."""
+    """The one DataLoader factory. ``batched_dataset``: the dataset takes a list of indices per item.
+    ``sampler``: a :class:`ResumableSampler` of the dataset's own (default: a permutation of its indices)."""
     generator = torch.Generator()
-    sampler = ResumableSampler(len(dataset), shuffle=train and cfg.shuffle, seed=seed, loader_generator=generator)  # type: ignore[arg-type]
+    if sampler is None:
+        sampler = ResumableSampler(len(dataset), shuffle=train and cfg.shuffle, seed=seed)  # type: ignore[arg-type]
+    sampler.loader_generator = generator
     worker_kw: dict[str, Any] = {}
     if num_workers > 0:
         worker_kw = {"worker_init_fn": seed_worker, "persistent_workers": train and cfg.persistent_workers}
@@ -209,9 +262,10 @@ class ArraySplits:
 def _pipeline(
     cfg: DataConfig, splits: ArraySplits, tr_idx: np.ndarray
 ) -> tuple[Callable[[np.ndarray, np.ndarray], Dataset], Any, tuple[int, ...]]:
-    """(dataset maker, per-batch transform, input shape) for images (N, H, W) or flat features (N, F)."""
+    """(dataset maker, per-batch transform, input shape) for images ([N, H, W] grayscale or [N, C, H, W])
+    or flat features ([N, F])."""
     xtr = splits.x_train
-    if xtr.ndim != 3:
+    if xtr.ndim not in (3, 4):
 
         def make_flat(xs: np.ndarray, ys: np.ndarray) -> Dataset:
             tx, ty = torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(ys)
@@ -220,17 +274,19 @@ def _pipeline(
         return make_flat, None, tuple(xtr.shape[1:])
     if splits.normalisation is not None:
         mean, std = splits.normalisation
-    else:
-        sample = xtr[tr_idx].astype(np.float32) / 255.0
+    else:  # grayscale: over the whole split; colour (large images): over its first 256
+        sample = (xtr[tr_idx] if xtr.ndim == 3 else xtr[tr_idx[:256]]).astype(np.float32) / 255.0
         mean, std = float(sample.mean()), float(sample.std())
     splits.meta.update(mean=mean, std=std)
 
     def make_images(xs: np.ndarray, ys: np.ndarray) -> Dataset:
         if cfg.pipeline == "classic":
             return ClassicImageDataset(np.ascontiguousarray(xs), ys, mean, std)
-        return TensorBatchDataset(torch.from_numpy(np.ascontiguousarray(xs)).unsqueeze(1), torch.from_numpy(ys))
+        tx = torch.from_numpy(np.ascontiguousarray(xs))
+        return TensorBatchDataset(tx.unsqueeze(1) if tx.dim() == 3 else tx, torch.from_numpy(ys))
 
-    return make_images, (NormalizeBatch(mean, std) if cfg.pipeline == "tensor" else None), (1, *xtr.shape[1:])
+    shape = (1, *xtr.shape[1:]) if xtr.ndim == 3 else tuple(xtr.shape[1:])
+    return make_images, (NormalizeBatch(mean, std) if cfg.pipeline == "tensor" else None), shape
 
 
 def bundle_from_arrays(cfg: DataConfig, seed: int, device: torch.device, splits: ArraySplits) -> DataBundle:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -20,43 +21,64 @@ from trainer_core.config import DataConfig
 from trainer_core.data import ArraySplits, DataBundle, bundle_from_arrays
 from trainer_core.errors import ConfigError
 from trainer_core.idx import load_idx_split, locate_idx_dir
+from trainer_core.images import check_folder, image_folder_bundle, write_synthetic_jpegs
 from trainer_core.synthetic import make_blobs, make_synthetic_images
+from trainer_core.text import read_text, text_bundle
 
 Builder = Callable[[DataConfig, int, torch.device], DataBundle]
+
+
+Kind = Literal["image", "tabular", "text"]
+ARRAY_PIPELINES = ("classic", "tensor")
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    kind: Literal["image", "tabular", "text"]
+    kind: Kind
     build: Builder
     preflight: Callable[[DataConfig], None] | None = None
+    pipelines: tuple[str, ...] = ARRAY_PIPELINES  # the data.pipeline values it serves
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(
-    name: str, *, kind: Literal["image", "tabular", "text"], preflight: Callable[[DataConfig], None] | None = None
+    name: str,
+    *,
+    kind: Kind,
+    preflight: Callable[[DataConfig], None] | None = None,
+    pipelines: tuple[str, ...] = ARRAY_PIPELINES,
 ) -> Callable[[Builder], Builder]:
     def add(build: Builder) -> Builder:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is registered twice")
-        DATASETS[name] = DatasetInfo(name, kind, build, preflight)
+        DATASETS[name] = DatasetInfo(name, kind, build, preflight, pipelines)
         return build
 
     return add
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+    """A registered dataset, or a user factory given as ``package.module:factory``."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if ":" in name:
+        from trainer_core.user_data import user_dataset_info
+
+        return user_dataset_info(name)
+    raise ConfigError(
+        f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or 'package.module:factory'"
+    )
 
 
 def build_data(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
     """Load or generate the dataset, split it, and build its train/val/test loaders."""
-    return dataset_info(cfg.name).build(cfg, seed, device)
+    info = dataset_info(cfg.name)
+    if cfg.pipeline not in info.pipelines:
+        raise ConfigError(f"data.pipeline={cfg.pipeline}: {cfg.name} serves {' or '.join(info.pipelines)}")
+    return info.build(cfg, seed, device)
 
 
 def preflight_data(cfg: DataConfig) -> None:
@@ -77,9 +99,10 @@ def synthetic_blobs(cfg: DataConfig, seed: int, device: torch.device) -> DataBun
 
 @register_dataset("synthetic_images", kind="image")
 def synthetic_images(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
-    """MNIST-shaped images with learnable class structure."""
-    xtr, ytr = make_synthetic_images(cfg.n_samples, cfg.noise, seed=cfg.split_seed)
-    xte, yte = make_synthetic_images(cfg.n_test_samples, cfg.noise, seed=cfg.split_seed + 1)
+    """Images with learnable class structure, of ``data.image_shape`` (default MNIST's [1, 28, 28])."""
+    shape = tuple(cfg.image_shape or (1, 28, 28))
+    xtr, ytr = make_synthetic_images(cfg.n_samples, cfg.noise, seed=cfg.split_seed, shape=shape)
+    xte, yte = make_synthetic_images(cfg.n_test_samples, cfg.noise, seed=cfg.split_seed + 1, shape=shape)
     return bundle_from_arrays(cfg, seed, device, ArraySplits(xtr, ytr, xte, yte, {"source": "generated"}))
 
 
@@ -123,3 +146,37 @@ FASHION_CLASSES = [
 def fashion_mnist(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
     """Fashion-MNIST from IDX files (Debian: ``apt-get install dataset-fashion-mnist``)."""
     return _idx_bundle(cfg, seed, device, (0.2860, 0.3530), FASHION_CLASSES)
+
+
+# --------------------------------------------------------------------------------- decoded per sample
+def _folder_preflight(cfg: DataConfig) -> None:
+    check_folder(cfg)
+
+
+@register_dataset("image_folder", kind="image", preflight=_folder_preflight, pipelines=("classic", "v2"))
+def image_folder(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """A folder of images, one subfolder per class (or train/ and val/ of them), decoded and augmented per sample."""
+    return image_folder_bundle(cfg, seed, device)
+
+
+@register_dataset("synthetic_jpegs", kind="image", pipelines=("classic", "v2"))
+def synthetic_jpegs(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """A generated folder of class-structured JPEGs (written once, to data.root or ~/.cache/trainbench/jpegs),
+    then read exactly like image_folder: the real decode pipeline, no download."""
+    _, h, w = cfg.image_shape or (3, 224, 224)
+    root = Path(cfg.root).expanduser() if cfg.root else Path.home() / ".cache" / "trainbench" / "jpegs"
+    folder = write_synthetic_jpegs(
+        root, cfg.n_samples, cfg.n_test_samples, (round(h * 8 / 7), round(w * 8 / 7)), seed=cfg.split_seed
+    )
+    return image_folder_bundle(cfg, seed, device, root=folder)
+
+
+def _text_preflight(cfg: DataConfig) -> None:
+    if not cfg.path or not Path(cfg.path).expanduser().is_file():
+        read_text(cfg.path)  # raises the one-line error
+
+
+@register_dataset("text", kind="text", preflight=_text_preflight, pipelines=("tensor",))
+def text(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
+    """A UTF-8 text file as token windows for a causal language model (see trainer_core/text.py)."""
+    return text_bundle(cfg, seed, device)

@@ -30,6 +30,7 @@ class StepResult:
     loss: torch.Tensor
     grad_norm: torch.Tensor | None
     skipped: bool  # fp16: GradScaler found inf/NaN gradients and skipped the update
+    items: int = 0  # what throughput counts in this batch: samples, or tokens for a language model
 
 
 class StepHook(Protocol):

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +14,8 @@ from torch import nn
 
 from trainer_core.config import ModelConfig
 from trainer_core.errors import ModelError
+from trainer_core.gpt import GPT
+from trainer_core.imports import import_callable
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -116,24 +119,72 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+TORCHVISION_PREFIX = "torchvision:"
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the data says about the model it needs (filled into model arguments the config leaves out)."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    vocab_size: int | None = None
+    block_size: int | None = None
+
+    def candidates(self) -> dict[str, Any]:
+        """Argument names a factory may take for each fact."""
+        out: dict[str, Any] = {
+            "num_classes": self.num_classes,
+            "output_dim": self.num_classes,
+            "classes": self.num_classes,
+            "input_dim": math.prod(self.input_shape),
+            "in_features": math.prod(self.input_shape),
+        }
+        if len(self.input_shape) == 3:
+            out["in_channels"] = self.input_shape[0]
+        if self.vocab_size is not None:
+            out["vocab_size"] = self.vocab_size
+        if self.block_size is not None:
+            out["block_size"] = self.block_size
+        return out
+
+
 def resolve_factory(name: str) -> Callable[..., nn.Module]:
-    """A registered name, or ``package.module:factory`` imported on demand."""
+    """A registered name, ``torchvision:<model>`` (a classification builder of torchvision.models), or
+    ``package.module:factory`` imported on demand."""
     if name in MODEL_REGISTRY:
         return MODEL_REGISTRY[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_builder(name[len(TORCHVISION_PREFIX) :])
     if ":" not in name:
         raise ModelError(
-            f"model.name: unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)} "
-            "or 'package.module:factory'"
+            f"model.name: unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)}, "
+            "'torchvision:<name>' or 'package.module:factory'"
         )
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelError(f"model.name: cannot import module {module_name!r} ({e})") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ModelError(f"model.name: {module_name!r} has no callable {attr!r}")
-    return factory
+    return import_callable(name, "model.name", ModelError)
+
+
+def _torchvision_builder(arch: str) -> Callable[..., nn.Module]:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)  # the classification models (not detection, segmentation, video)
+    if arch not in known:
+        raise ModelError(
+            f"model.name: torchvision has no classification model {arch!r} (e.g. {', '.join(known[:6])}, ...)"
+        )
+
+    def build(num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None, **kwargs: Any) -> nn.Module:
+        if in_channels != 3:
+            raise ModelError(
+                f"model.name: torchvision:{arch} takes 3-channel images; the data gives {in_channels} "
+                "(set data.image_shape: [3, H, W])"
+            )
+        if image_size is not None and arch.startswith("vit_"):
+            kwargs["image_size"] = image_size  # ViT's position embeddings are sized for the input
+        return tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)  # weights=None: no download
+
+    build.__name__ = f"torchvision:{arch}"
+    return build
 
 
 def check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
@@ -152,14 +203,32 @@ def check_kwargs(factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> N
         )
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Instantiate the configured model (on CPU, in fp32; the Trainer moves it)."""
+def fact_kwargs(factory: Callable[..., nn.Module], facts: DataFacts | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The facts of the data a factory takes as named arguments, unless the config gives them."""
+    if facts is None:
+        return {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    out = {k: v for k, v in facts.candidates().items() if k in params and k not in given}
+    if "image_size" in params and "image_size" not in given and len(facts.input_shape) == 3:
+        out["image_size"] = facts.input_shape[1]
+    return out
+
+
+def build_model(cfg: ModelConfig, facts: DataFacts | None = None) -> nn.Module:
+    """Instantiate the configured model (on CPU, in fp32; the Trainer moves it), the data's facts filling
+    the arguments the config leaves out."""
     factory = resolve_factory(cfg.name)
     check_kwargs(factory, cfg.kwargs)
     try:
-        model = factory(**cfg.kwargs)
+        model = factory(**{**fact_kwargs(factory, facts, cfg.kwargs), **cfg.kwargs})
     except (TypeError, ValueError) as e:
         raise ModelError(f"model.kwargs: {cfg.name} rejected its arguments: {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+register_model("GPT")(GPT)

@@ -17,20 +17,29 @@ def make_blobs(n: int, n_features: int = 2, noise: float = 0.8, seed: int = 0) -
 
 
 def make_synthetic_images(
-    n: int, noise: float = 0.8, seed: int = 0, num_classes: int = 10
+    n: int, noise: float = 0.8, seed: int = 0, num_classes: int = 10, shape: tuple[int, int, int] = (1, 28, 28)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-shaped uint8 images with learnable class structure.
+    """uint8 images with learnable class structure: [N, H, W] for one channel, [N, C, H, W] for more.
 
-    Each class has a fixed smooth 28x28 prototype (same for every split: generated from a fixed seed);
-    a sample is its prototype, randomly shifted by up to 2 pixels, plus Gaussian noise scaled by ``noise``.
+    Each class has a fixed smooth prototype (a random 7x7 grid per channel, scaled up in blocks; the same
+    for every split: generated from a fixed seed); a sample is its prototype, randomly shifted by up to
+    2 pixels (more in large images), plus Gaussian noise scaled by ``noise``. Generated in chunks, so large
+    images do not need a float copy of the whole set.
     """
+    c, h, w = shape
     proto_rng = np.random.default_rng(12345)
-    coarse = proto_rng.random((num_classes, 7, 7))
-    protos = np.kron(coarse, np.ones((4, 4)))  # 7x7 -> 28x28 blocks: smooth, distinct per class
+    coarse = proto_rng.random((num_classes, c, 7, 7))
+    k = -(-max(h, w) // 7)
+    protos = np.kron(coarse, np.ones((k, k)))[..., :h, :w]  # 7x7 blocks scaled up: smooth, distinct per class
     rng = np.random.default_rng(seed)
     y = rng.integers(0, num_classes, size=n).astype(np.int64)
-    shifts = rng.integers(-2, 3, size=(n, 2))
-    x = protos[y]
-    x = np.stack([np.roll(img, tuple(s), axis=(0, 1)) for img, s in zip(x, shifts)]) if n else x
-    x = x + rng.normal(0.0, noise * 0.35, size=x.shape)
-    return (np.clip(x, 0.0, 1.0) * 255).round().astype(np.uint8), y
+    reach = max(2, max(h, w) // 14)
+    shifts = rng.integers(-reach, reach + 1, size=(n, 2))
+    out = np.empty((n, c, h, w), dtype=np.uint8)
+    for i in range(0, n, 256):
+        block = np.stack(
+            [np.roll(protos[label], tuple(s), axis=(1, 2)) for label, s in zip(y[i : i + 256], shifts[i : i + 256])]
+        )
+        block = block + rng.normal(0.0, noise * 0.35, size=block.shape)
+        out[i : i + 256] = (np.clip(block, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return (out[:, 0] if c == 1 else out), y

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer_core import checkpoint as ck
+from trainer_core import distributed
 from trainer_core.config import RunConfig
 from trainer_core.data import find_resumable_sampler
 from trainer_core.errors import CheckpointError, ConfigError
@@ -32,6 +33,7 @@ from trainer_core.progress import EpochProgress
 from trainer_core.provenance import git_commit, utc_timestamp
 from trainer_core.reproducibility import capture_rng_state, restore_rng_state
 from trainer_core.run_logger import RunLogger
+from trainer_core.workloads import Classification, Workload
 
 _NULL = contextlib.nullcontext()
 __all__ = ["PHASES", "BaseHook", "EarlyStopping", "FitResult", "StepHook", "StepResult", "Trainer"]
@@ -92,8 +94,15 @@ def _build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.op
     impl = {k: v for k, v in (("foreach", o.foreach), ("fused", o.fused)) if v is not None}
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **impl)
-    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
+    # AdamW decays matrices and embeddings only, not biases and norm scales (GPT-2, nanoGPT, HF).
+    params = list(params)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=o.betas, **impl)
 
 
 def _build_scheduler(
@@ -114,8 +123,20 @@ def _build_scheduler(
         step_size = o.step_size_epochs * (steps_per_epoch or total)
         return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=o.gamma)
     if o.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=o.min_lr)
+        warm = min(o.warmup_steps, total - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=o.min_lr)
+        if not warm:
+            return cosine
+        linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warm)
+        return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warm])
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.pct_start)
+
+
+def _schedule_length(state: dict[str, Any], key: str) -> int | None:
+    """A schedule's length entry (``total_steps``, ``T_max``), also inside a SequentialLR's parts."""
+    if key in state:
+        return state[key]
+    return next((sub[key] for sub in state.get("_schedulers", []) if key in sub), None)
 
 
 class Trainer:
@@ -132,6 +153,7 @@ class Trainer:
         logger: RunLogger | None = None,
         hooks: Iterable[StepHook] = (),
         checkpoint_dir: str | Path | None = None,
+        workload: Workload | None = None,
     ) -> None:
         self.config = config
         self.device = torch.device(device)
@@ -142,14 +164,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The module the training step calls: compiled when train.compile is on. Checkpoints and
         # evaluation use self.model, so state_dict keys never get the compiler's '_orig_mod.' prefix.
-        self.step_model: nn.Module = self.model
-        if config.train.compile != "off":
-            mode = None if config.train.compile == "default" else config.train.compile
-            self.step_model = torch.compile(self.model, mode=mode)  # compiles lazily, at the first step
+        self.dist = distributed.current()
+        self.step_model = self._step_module(config)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _build_optimizer(config, self.params)
         self.scheduler = _build_scheduler(config, self.optimizer, steps_per_epoch)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.workload = workload if workload is not None else Classification()
         self.input_transform = input_transform
         self.logger = logger
         self.hooks: list[StepHook] = list(hooks)
@@ -165,7 +185,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.loss_history: list[float] = []
         self.history: list[dict[str, Any]] = []
-        self.counters: dict[str, float] = {"skipped_steps": 0, "samples_seen": 0, "train_seconds": 0.0}
+        # items: what throughput counts (samples, or tokens for a language model).
+        self.counters: dict[str, float] = {"skipped_steps": 0, "samples_seen": 0, "items_seen": 0, "train_seconds": 0.0}
         self._pending_losses: list[torch.Tensor] = []
         self._pending_norms: list[torch.Tensor] = []
         self._epoch_norms: list[float] = []
@@ -175,6 +196,18 @@ class Trainer:
         self.end_reason: str | None = None  # why training ended (checkpoint.END_*), saved in checkpoints
         # (loader, (epoch, samples_in_epoch), iterator) of a fit() interrupted by stop_after_steps
         self._live_batches: tuple[DataLoader, tuple[int, int], Iterator[Any]] | None = None
+
+    def _step_module(self, config: RunConfig) -> nn.Module:
+        """The module the training step calls. Data-parallel: DistributedDataParallel, which all-reduces
+        (averages) the gradients during backward; compiled when train.compile is on. Checkpoints and
+        evaluation use self.model, so state_dict keys never get a 'module.' or '_orig_mod.' prefix."""
+        module: nn.Module = self.model
+        if self.dist.distributed and config.train.strategy != "single":
+            module = distributed.wrap_data_parallel(self.model, config.train.strategy, self.device)
+        if config.train.compile != "off":
+            mode = None if config.train.compile == "default" else config.train.compile
+            module = torch.compile(module, mode=mode)  # compiles lazily, at the first step
+        return module
 
     # ------------------------------------------------------------------------------------ phases
     def _phase(self, name: str) -> ContextManager[Any]:
@@ -207,7 +240,7 @@ class Trainer:
         # fp32 whatever the logits' dtype (autocast already does this for cross-entropy; bf16-true logits
         # would otherwise give a bf16 log-softmax).
         with self._phase("forward"), self.policy.autocast():
-            loss = self.loss_fn(self.step_model(x).float(), y)
+            loss = self.workload.loss(self.step_model(x), y)
         with self._phase("backward"):
             self.optimizer.zero_grad(set_to_none=self.config.train.zero_grad_set_to_none)
             scaler = self.policy.scaler
@@ -215,7 +248,9 @@ class Trainer:
         with self._phase("optimizer"):
             grad_norm, skipped = self._optimizer_step()
         self.global_step += 1
-        result = StepResult(self.global_step, int(y.shape[0]), loss.detach(), grad_norm, skipped)
+        result = StepResult(
+            self.global_step, int(y.shape[0]), loss.detach(), grad_norm, skipped, self.workload.items(y)
+        )
         # Losses are kept as device tensors and read in bulk later: a .item() per step would force
         # a host-device sync every step on accelerators.
         self._pending_losses.append(result.loss)
@@ -274,34 +309,55 @@ class Trainer:
             self._pending_norms.clear()
 
     # ------------------------------------------------------------------------------------- eval
+    @property
+    def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The workload's training loss of (outputs, targets)."""
+        return self.workload.loss
+
     @torch.no_grad()
     def predict(self, loader: DataLoader) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Predicted classes, targets (both on CPU) and the mean loss over ``loader``."""
-        was_training = self.model.training
-        self.model.eval()
-        preds, targets = [], []
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        n = 0
-        try:
-            for x, y in loader:
-                x, y = self.to_device(x, y)
-                with self.policy.autocast():
-                    out = self.model(x)
-                    loss = self.loss_fn(out.float(), y)
-                loss_sum += loss.double() * y.shape[0]
-                n += int(y.shape[0])
-                preds.append(out.argmax(dim=1).cpu())
-                targets.append(y.cpu())
-        finally:
-            self.model.train(was_training)
+        """Classification: predicted classes, targets (both on CPU) and the mean loss over ``loader``."""
+        preds, targets, loss_sum, n = [], [], 0.0, 0
+        for out, y, loss in self._eval_batches(loader):
+            loss_sum += float(loss) * y.shape[0]
+            n += int(y.shape[0])
+            preds.append(out.argmax(dim=1).cpu())
+            targets.append(y.cpu())
         if n == 0:
             return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), float("nan")
-        return torch.cat(preds), torch.cat(targets), float(loss_sum) / n
+        return torch.cat(preds), torch.cat(targets), loss_sum / n
 
-    def evaluate(self, loader: DataLoader) -> dict[str, float]:
-        preds, targets, loss = self.predict(loader)
-        acc = float((preds == targets).float().mean()) if len(targets) else float("nan")
-        return {"loss": loss, "accuracy": acc, "samples": int(len(targets))}
+    def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """The workload's metrics over ``loader`` (any iterable of (x, y) batches: loss averaged over
+        items, accuracy, ...) and the sample count."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        samples = items = 0
+        for out, y, loss in self._eval_batches(loader):
+            n = self.workload.items(y)
+            loss_sum += loss.double() * n
+            correct += self.workload.correct(out, y)
+            items += n
+            samples += int(y.shape[0])
+        mean = float(loss_sum) / items if items else float("nan")
+        return {**self.workload.summary(mean, int(correct), items), "samples": samples}
+
+    def _eval_batches(
+        self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(outputs, targets, loss) per batch, the model in eval mode and no gradients (restored after)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for x, y in loader:
+                    x, y = self.to_device(x, y)
+                    with self.policy.autocast():
+                        out = self.model(x)
+                        loss = self.workload.loss(out, y)
+                    yield out, y, loss
+        finally:
+            self.model.train(was_training)
 
     # -------------------------------------------------------------------------------------- fit
     def _max_steps_reached(self) -> bool:
@@ -382,7 +438,9 @@ class Trainer:
             taken += 1
             self.batch_in_epoch += 1
             self.samples_in_epoch += result.batch_size
-            self.counters["samples_seen"] += result.batch_size
+            # Global counts: every rank takes a batch of the same size per step (data.batch_size is per rank).
+            self.counters["samples_seen"] += result.batch_size * self.dist.world_size
+            self.counters["items_seen"] = self.counters.get("items_seen", 0) + result.items * self.dist.world_size
             bar.update(self.global_step, result.batch_size)
             t0 = self._after_step(t0)
         self.counters["train_seconds"] += time.perf_counter() - t0
@@ -444,6 +502,11 @@ class Trainer:
             "train_seconds_total": train_s,
             "samples_per_second": self.counters["samples_seen"] / train_s if train_s > 0 else None,
         }
+        # Metrics of the workload beyond loss and accuracy (a language model's perplexity), and its throughput unit.
+        record.update({f"val_{k}": v for k, v in val.items() if k not in ("loss", "accuracy", "samples")})
+        if self.workload.unit != "samples":
+            items = self.counters.get("items_seen", 0)
+            record[f"{self.workload.unit}_per_second"] = items / train_s if train_s > 0 else None
         self.history.append(record)
         self._epoch_norms = []
         for h in self.hooks:
@@ -522,12 +585,15 @@ class Trainer:
         self._best_n.append((val_loss, path))
         self._best_n.sort(key=lambda t: t[0])
         for _, old in self._best_n[n:]:
-            old.unlink(missing_ok=True)
+            if self.dist.is_main:
+                old.unlink(missing_ok=True)
         self._best_n = self._best_n[:n]
 
     def state_dict(self) -> dict[str, Any]:
-        """The full training state as one dict of named entries (keys from :mod:`checkpoint`)."""
+        """The full training state as one dict of named entries (keys from :mod:`checkpoint`). Data-parallel:
+        a collective (every rank's RNG states are gathered), so every rank calls it at the same point."""
         self.flush()
+        rng = distributed.all_gather_object(capture_rng_state())
         return {
             ck.KEY_FORMAT: ck.FORMAT_VERSION,
             ck.KEY_MODEL: self.model.state_dict(),
@@ -541,7 +607,8 @@ class Trainer:
             ck.KEY_BEST_METRIC: self.best_metric,
             ck.KEY_BEST_EPOCH: self.best_epoch,
             ck.KEY_EARLY_STOPPING: self.early_stopping.state_dict(),
-            ck.KEY_RNG: capture_rng_state(),
+            ck.KEY_RNG: rng[0],
+            ck.KEY_RNG_PER_RANK: rng if len(rng) > 1 else None,
             ck.KEY_LOSS_HISTORY: list(self.loss_history),
             ck.KEY_HISTORY: [dict(h) for h in self.history],
             ck.KEY_COUNTERS: dict(self.counters),
@@ -553,8 +620,12 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the state atomically: rank 0 writes, every rank waits until it is on disk."""
         path = Path(path)
-        ck.atomic_save(self.state_dict(), path)
+        state = self.state_dict()
+        if self.dist.is_main:
+            ck.atomic_save(state, path)
+        distributed.barrier()
         return path
 
     def load_checkpoint(self, path: str | Path) -> dict[str, Any]:
@@ -593,6 +664,7 @@ class Trainer:
                 if obj is self.scheduler:
                     self._check_schedule_length(saved, source)
                 obj.load_state_dict(saved)
+        self._check_world_size(state, source)
         self.epoch = int(state[ck.KEY_EPOCH])
         self.global_step = int(state[ck.KEY_GLOBAL_STEP])
         self.batch_in_epoch = int(state[ck.KEY_BATCH_IN_EPOCH])
@@ -610,7 +682,20 @@ class Trainer:
         self._pending_norms.clear()
         self._live_batches = None
         self._best_n = self._kept_best_n()
-        restore_rng_state(state[ck.KEY_RNG])
+        per_rank = state.get(ck.KEY_RNG_PER_RANK)
+        mine = per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size else state[ck.KEY_RNG]
+        restore_rng_state(mine)
+
+    def _check_world_size(self, state: dict[str, Any], source: str) -> None:
+        """A position inside an epoch counts this rank's samples of a sharded order: it means the same
+        thing only with the same number of ranks (an epoch boundary is the same for any number)."""
+        train = state[ck.KEY_CONFIG].get("train", {})
+        saved = int(train.get("world_size", 1)) * int(train.get("nnodes", 1))
+        if saved != self.dist.world_size and int(state[ck.KEY_SAMPLES_IN_EPOCH]) > 0:
+            raise CheckpointError(
+                f"{source}: saved mid-epoch by {saved} rank(s); resume it with {saved} "
+                f"(this run has {self.dist.world_size}), or from an epoch-end checkpoint"
+            )
 
     def _check_schedule_length(self, saved: dict[str, Any], source: str) -> None:
         """A restored schedule keeps the length it was built for; refuse a config that asks for another
@@ -618,12 +703,12 @@ class Trainer:
         or fail there (onecycle)."""
         fresh = self.scheduler.state_dict() if self.scheduler is not None else {}
         for key in ("total_steps", "T_max"):
-            if key in saved and key in fresh and saved[key] != fresh[key]:
+            if _schedule_length(saved, key) != _schedule_length(fresh, key):
                 raise CheckpointError(
-                    f"{source}: optim.scheduler={self.config.optim.scheduler} was sized for {saved[key]} steps; "
-                    f"this config (train.epochs={self.config.train.epochs}, "
-                    f"train.max_steps={self.config.train.max_steps}) sizes it for {fresh[key]}: a schedule cannot "
-                    "be stretched mid-run. Resume with the run's own length, or start a new run"
+                    f"{source}: optim.scheduler={self.config.optim.scheduler} was sized for "
+                    f"{_schedule_length(saved, key)} steps; this config (train.epochs={self.config.train.epochs}, "
+                    f"train.max_steps={self.config.train.max_steps}) sizes it for {_schedule_length(fresh, key)}: "
+                    "a schedule cannot be stretched mid-run. Resume with the run's own length, or start a new run"
                 )
 
     def _kept_best_n(self) -> list[tuple[float, Path]]:

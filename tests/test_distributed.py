@@ -1,0 +1,135 @@
+"""Data parallelism: the sharded sampler, bench.train with train.strategy=ddp (ranks started by the
+elastic launcher, as torchrun would), equivalence with one process at the global batch, rank-0-only
+outputs, a failing rank, and a kill -9 of one rank followed by --resume auto (bit-identical)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, tiny_overrides
+
+from trainer_core.config import apply_overrides, load_config
+from trainer_core.data import ResumableSampler
+from trainer_core.errors import ConfigError
+
+
+def _batches(sampler: ResumableSampler, b: int) -> list[list[int]]:
+    idx = list(sampler)
+    return [idx[i : i + b] for i in range(0, len(idx), b)]
+
+
+@pytest.mark.parametrize("n", [64, 70, 65])
+def test_ranks_take_the_global_batch_a_single_process_would(n: int) -> None:
+    single = ResumableSampler(n, shuffle=True, seed=3)
+    single.set_epoch(2)
+    want = _batches(single, 16)
+    ranks = []
+    for r in range(2):
+        s = ResumableSampler(n, shuffle=True, seed=3)
+        s.shard(r, 2, 8)
+        s.set_epoch(2)
+        ranks.append(_batches(s, 8))
+    assert len(ranks[0]) == len(ranks[1])  # the same number of steps on every rank
+    merged = [a + b for a, b in zip(*ranks)]
+    full = n // 16
+    assert merged[:full] == want[:full]  # each global batch is the single process's batch
+    seen = [i for batch in merged for i in batch]
+    assert len(seen) == len(set(seen)) and len(seen) >= n - 1  # every sample at most once, at most 1 dropped
+    resumed = ResumableSampler(n, shuffle=True, seed=3)
+    resumed.shard(1, 2, 8)
+    resumed.set_epoch(2, start=8)
+    assert list(resumed) == [i for b in ranks[1] for i in b][8:]
+
+
+def test_a_single_strategy_cannot_ask_for_ranks() -> None:
+    with pytest.raises(ConfigError, match="train: .*need train.strategy ddp or fsdp"):
+        load_config(None, tiny_overrides(**{"train.world_size": 2}))
+
+
+def _config(tmp_path: Path, name: str, **extra: Any) -> Path:
+    over = tiny_overrides(
+        **{
+            "model.kwargs": {"input_dim": 2, "hidden_dims": [16], "output_dim": 2, "dropout": 0.0},
+            "data.n_samples": 512,
+            **extra,
+        }
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(apply_overrides({"name": name}, over)))
+    return path
+
+
+def _train(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.train", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last_model.pt", weights_only=True)["model"]
+
+
+def test_two_ranks_match_one_process_at_the_global_batch(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "ddp")
+    ddp = _train("--config", str(cfg), "--set", "data.batch_size=16", "--set", "train.strategy=ddp",
+                 "--set", "train.world_size=2", "--out", str(tmp_path / "ddp"))  # fmt: skip
+    _train("--config", str(cfg), "--set", "data.batch_size=32", "--out", str(tmp_path / "one"))
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "one")
+    for k in a:  # the same samples per step; only the order of the gradient sum differs
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # rank 0 alone prints and writes: one line per epoch, one metrics file, global samples/s
+    assert ddp.stdout.count("epoch   1 ") == 1
+    files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "bad", **{"model.name": "bench.planted:raises", "model.kwargs": {}})
+    t0 = time.monotonic()
+    proc = _train("--config", str(cfg), "--set", "train.strategy=ddp", "--set", "train.world_size=2",
+                  "--out", str(tmp_path / "bad"), check=False)  # fmt: skip
+    assert proc.returncode != 0 and time.monotonic() - t0 < 120
+    assert "rank " in proc.stderr and "failed (exit code" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_kill_9_of_a_rank_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    extra = {"data.n_samples": 4096, "data.batch_size": 8, "train.epochs": 3, "checkpoint.every_n_steps": 7}
+    cfg = _config(tmp_path, "kill", **extra)
+    ddp = ["--config", str(cfg), "--set", "train.strategy=ddp", "--set", "train.world_size=2"]
+    _train(*ddp, "--out", str(tmp_path / "straight"))
+    run = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.train", *ddp, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    last = run / "checkpoints" / "last_model.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside the run, after its first checkpoint
+    ranks = _children(proc.pid)  # the launcher's workers: one process per rank
+    assert ranks, "no rank processes found"
+    os.kill(random.choice(ranks), signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert proc.returncode != 0, "the run finished before the kill: make it longer"
+    _train(*ddp, "--out", str(run), "--resume", "auto")
+    a, b = _weights(tmp_path / "straight"), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
