@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bench.cell_ranks import CommTimer, is_multi_rank, run_ranks
 from bench.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards import FiniteWatch, run_guards
 from bench.measure import (
@@ -29,13 +30,14 @@ from bench.measure import (
     run_steps,
     synchronize,
 )
-from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, trace_files
+from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.stats import cell_statistics, summarize
 from bench.trace_analysis import breakdown, load_trace
 from trainer_core.config import RunConfig, apply_overrides, validate_config
 from trainer_core.factory import Run, build_run
 from trainer_core.phases import PHASES
 from trainer_core.precision import resolve_device
+from trainer_core.provenance import machine_identity
 
 
 @dataclass
@@ -47,6 +49,7 @@ class CellSetup:
     watch: FiniteWatch
     prof_hook: ProfilerHook | None
     rss_start: int
+    comm: CommTimer | None = None  # a data-parallel rank's all-reduce timer
 
 
 def set_up(spec: CellSpec) -> CellSetup:
@@ -63,7 +66,17 @@ def set_up(spec: CellSpec) -> CellSetup:
     timer, watch = StepTimer(device), FiniteWatch()
     prof_hook = ProfilerHook() if spec.profile.enabled and spec.trace_dir else None
     run = build_run(config, hooks=[timer, watch] + ([prof_hook] if prof_hook else []))
-    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start)
+    comm = CommTimer.attach(run.trainer.step_model)  # before the first backward, as DDP requires
+    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start, comm)
+
+
+def timed_steps(setup: CellSetup, spec: CellSpec) -> tuple[dict[str, Any], float | None]:
+    """The warm-up and timed repeats (raw samples), and the all-reduce time per step of a data-parallel rank."""
+    trainer, comm = setup.run.trainer, setup.comm
+    steps_before, comm_before = trainer.global_step, comm.seconds if comm else 0.0
+    raw = measure(trainer, setup.run.data.train_loader, setup.timer, spec.measure)
+    steps = trainer.global_step - steps_before
+    return raw, (1e3 * (comm.seconds - comm_before) / steps if comm and steps else None)
 
 
 def first_step_seconds(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -80,7 +93,9 @@ def first_step_seconds(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> fl
 def eager_flops(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> int:
     """FLOPs of one step, counted on the eager module: FlopCounterMode cannot see inside a compiled graph."""
     trainer = setup.run.trainer
-    compiled, trainer.step_model = trainer.step_model, trainer.model
+    # The module under the compiler: the model, or its DistributedDataParallel wrapper (whose all-reduce
+    # keeps the ranks' weights equal through this step).
+    compiled, trainer.step_model = trainer.step_model, getattr(trainer.step_model, "_orig_mod", trainer.step_model)
     try:
         return flops_per_step(trainer, x, y)
     finally:
@@ -137,6 +152,7 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
     files = trace_files(trace_dir)
     if not files:
         return {"profile_error": f"no trace written to {trace_dir}"}
+    stamp_distributed_info(files)
     size_mb = sum(f.stat().st_size for f in files) / 2**20
     b = breakdown(load_trace(files[-1]))
     share = b["reduced_precision_share"]
@@ -160,7 +176,13 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
 
 
 def run_cell(spec: CellSpec) -> CellRecord:
-    """Measure then guard one cell."""
+    """Measure then guard one cell: in this process, or in the ranks of a data-parallel cell."""
+    config = validate_config(spec.config, source=f"cell {spec.cell_id}")
+    return run_ranks(spec) if is_multi_rank(config) else measure_cell(spec)
+
+
+def measure_cell(spec: CellSpec) -> CellRecord:
+    """Measure then guard one cell in this process (one rank of a data-parallel cell: the same steps)."""
     t_start = time.perf_counter()
     setup = set_up(spec)
     trainer = setup.run.trainer
@@ -168,7 +190,7 @@ def run_cell(spec: CellSpec) -> CellRecord:
     first_s = first_step_seconds(setup, x, y)
     flops = eager_flops(setup, x, y)
     analytic = trainer.workload.flops_per_step(trainer.model, x)
-    raw = measure(trainer, setup.run.data.train_loader, setup.timer, spec.measure)
+    raw, comm_ms = timed_steps(setup, spec)
     items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
     stats = cell_statistics(
         raw["steps"], raw["repeat_of_step"], setup.config.data.batch_size, items, trainer.workload.unit
@@ -213,4 +235,6 @@ def run_cell(spec: CellSpec) -> CellRecord:
         guards_ok=guards_ok(guards),
         skipped_fp16_steps=int(trainer.counters["skipped_steps"]),
         cell_seconds=time.perf_counter() - t_start,
+        comm_ms_per_step=comm_ms,
+        machine=machine_identity(),
     )

@@ -137,6 +137,7 @@ def compare(path_a: str | Path, path_b: str | Path, min_threshold_pct: float = 2
         if k in env_a and k in env_b and env_a[k] != env_b[k]
     ]
     rows = [compare_cell(cells_a[k], cells_b[k], min_threshold_pct) | {"axes": k} for k in cells_a if k in cells_b]
+    warnings += hardware_warnings([(cells_a[k], cells_b[k]) for k in cells_a if k in cells_b])
     return {
         "a": str(path_a),
         "b": str(path_b),
@@ -145,6 +146,21 @@ def compare(path_a: str | Path, path_b: str | Path, min_threshold_pct: float = 2
         "only_in_a": sorted(k for k in cells_a if k not in cells_b),
         "only_in_b": sorted(k for k in cells_b if k not in cells_a),
     }
+
+
+def hardware_warnings(pairs: list[tuple[Readings, Readings]]) -> list[str]:
+    """One line per pair of differing machines among the compared cells (records that name theirs)."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for a, b in pairs:
+        ha = next((r.hardware for r in a.measured if r.hardware), None)
+        hb = next((r.hardware for r in b.measured if r.hardware), None)
+        if ha and hb and ha != hb:
+            seen.setdefault((ha, hb), []).append(b.cell_id or "?")
+    return [
+        f"different hardware: {len(cells)} compared cell(s) ran on {ha!r} in A and {hb!r} in B "
+        f"(e.g. {cells[0]}): the ratios compare machines as well as code"
+        for (ha, hb), cells in seen.items()
+    ]
 
 
 def failures(result: dict[str, Any], fail_threshold_pct: float | None) -> list[str]:

@@ -182,7 +182,7 @@ class CellRecord(BaseModel):
     role: str | None = Field(None, description="Why it was measured (bench.tune roles), None for a matrix cell.")
     precision: str | None = Field(None, description="Precision policy of the cell.")
     device: str | None = Field(None, description="Device it ran on.")
-    batch_size: int | None = Field(None, description="Samples per optimizer step.")
+    batch_size: int | None = Field(None, description="Samples per optimizer step and rank (data.batch_size).")
     emulated: bool | None = Field(None, description="The precision has no native instructions on this device.")
     threads: int | None = Field(None, description="torch intra-op threads in the cell process.")
     steps_timed: int | None = Field(None, description="Timed steps over all repeats.")
@@ -255,6 +255,23 @@ class CellRecord(BaseModel):
     guards_ok: bool | None = Field(None, description="No guard failed or errored.")
     skipped_fp16_steps: int | None = Field(None, description="fp16 steps the GradScaler skipped (inf/NaN gradients).")
     cell_seconds: float | None = Field(None, description="Wall time of the whole cell process, s.")
+    machine: dict[str, Any] | None = Field(
+        None, description="Where it ran: hostname, CPU model, GPUs, NVIDIA driver (trainer_core.provenance)."
+    )
+    world_size: int = Field(1, description="Ranks (processes) of a data-parallel cell; 1 for one process.")
+    threads_per_rank: int | None = Field(None, description="torch threads in each rank of a data-parallel cell.")
+    rank_step_ms_median: list[float] = Field(
+        default_factory=list, description="Data-parallel: each rank's median step time, ms, in rank order."
+    )
+    straggler_pct: float | None = Field(
+        None, description="Data-parallel: (slowest - fastest) / fastest of the ranks' median steps, %."
+    )
+    comm_ms_per_step: float | None = Field(
+        None,
+        description="Data-parallel: time DDP's gradient all-reduces were in flight per step, ms (rank 0; "
+        "they overlap the backward, so this is an upper bound on what communication costs the step).",
+    )
+    comm_pct: float | None = Field(None, description="comm_ms_per_step as a share of the median step, %.")
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +293,15 @@ class CellRecord(BaseModel):
     @property
     def unit(self) -> str:
         return self.throughput_unit or "samples/s"
+
+    @property
+    def hardware(self) -> str | None:
+        """The parts of its machine that decide speed (not the host name: a cluster's nodes are alike)."""
+        m = self.machine
+        if not m:
+            return None
+        gpus = ", ".join(m.get("gpus") or []) or "no GPU"
+        return f"{m.get('cpu')}; {gpus}" + (f"; driver {m['driver']}" if m.get("driver") else "")
 
     @property
     def usable(self) -> bool:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.contract import GuardsConfig, MeasureConfig, ProfileConfig
 from trainer_core.config import RunConfig, apply_overrides, format_validation_error, read_yaml, validate_config
+from trainer_core.distributed import fsdp_skip_reason
 from trainer_core.errors import ConfigError, PrecisionError
 from trainer_core.host_memory import malloc_unsupported_reason
 from trainer_core.precision import check_support
@@ -38,7 +39,9 @@ class MatrixSpec(_Section):
         default_factory=list, description="Partial cells to drop (every given key matches)."
     )
     include: list[dict[str, Any]] = Field(
-        default_factory=list, description="Extra cells; keys not given take the base config's value."
+        default_factory=list,
+        description="Extra cells; keys not given take the base config's value. An optional 'name' names the "
+        "cell (its id: the name, then its values on the axes) instead of spelling every key in the id.",
     )
     measure: MeasureConfig = Field(default_factory=MeasureConfig, description="Timing method.")
     guards: GuardsConfig = Field(default_factory=GuardsConfig, description="Correctness guards.")
@@ -133,7 +136,7 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
         and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     ):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
-    reason = malloc_unsupported_reason(config.train.malloc)
+    reason = malloc_unsupported_reason(config.train.malloc) or fsdp_skip_reason(config.train.strategy, device)
     if reason:
         return reason
     if config.optim.fused:
@@ -153,6 +156,9 @@ def static_skip_reason(config: RunConfig, skip_emulated: bool = False) -> str | 
         index = int(dev.split(":")[1]) if ":" in dev else 0
         if index >= torch.cuda.device_count():
             return f"{dev} not present ({torch.cuda.device_count()} CUDA device(s))"
+        ranks = config.train.world_size if config.train.strategy != "single" else 1
+        if ranks > torch.cuda.device_count():
+            return f"{ranks} ranks need {ranks} CUDA devices ({torch.cuda.device_count()} here)"
     elif config.data.pin_memory:
         return "pin_memory has no effect without an accelerator"
     lever = lever_skip_reason(config, torch.device(dev))
@@ -186,6 +192,9 @@ def _matches(axes: dict[str, Any], partial: dict[str, Any]) -> bool:
     return all(k in axes and axes[k] == v for k, v in partial.items())
 
 
+INCLUDE_NAME = "name"  # in an include entry: the cell's name, not a config key
+
+
 def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
     """Cartesian product of the axes, minus excludes, plus includes; every cell config validated."""
     for key in spec.axes:
@@ -196,7 +205,8 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
                 raise ConfigError(f"{source}: exclude[{i}].{key}: not an axis (axes: {', '.join(spec.axes)})")
     for i, part in enumerate(spec.include):
         for key in part:
-            _check_key(key, f"include[{i}].", source)
+            if key != INCLUDE_NAME:
+                _check_key(key, f"include[{i}].", source)
     validate_config(spec.base, source=f"{source}: base")
 
     keys = list(spec.axes)
@@ -208,13 +218,16 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
 
     cells: list[Cell] = []
     seen: dict[str, int] = {}
-    for axes in combos:
+    for combo in combos:
+        axes = {k: v for k, v in combo.items() if k != INCLUDE_NAME}
         flat_overrides = dict(axes)
         try:
             config = validate_config(apply_overrides(spec.base, flat_overrides), source=source, overridden=set())
         except ConfigError as e:
             raise ConfigError(f"{e} (cell {axes})") from None
         cid = cell_id_for(axes)
+        if INCLUDE_NAME in combo:
+            cid = "-".join([str(combo[INCLUDE_NAME]), cell_id_for({k: v for k, v in axes.items() if k in spec.axes})])
         if cid in seen:  # two value sets that shorten to the same id: keep ids unique and stable
             seen[cid] += 1
             cid = f"{cid}-{seen[cid]}"

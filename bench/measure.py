@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from bench.contract import MeasureConfig
 from bench.stats import settled
+from trainer_core import distributed
 from trainer_core.trainer import BaseHook, StepResult, Trainer
 
 # Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
@@ -129,12 +130,16 @@ def measure(trainer: Trainer, loader: DataLoader, timer: StepTimer, cfg: Measure
         timer.start()
         run_steps(trainer, loader, cfg.settle_window)
         warm += [r["step_s"] for r in timer.stop()]
-        if len(warm) >= cfg.warmup_steps and settled(warm, cfg.settle_window, cfg.settle_tolerance):
+        # Ranks of a data-parallel cell decide together (each step is a collective): settled when every
+        # rank has settled, out of warm-up time when any rank is, and rank 0's repeat length for all.
+        if len(warm) >= cfg.warmup_steps and distributed.all_true(
+            settled(warm, cfg.settle_window, cfg.settle_tolerance)
+        ):
             is_settled = True
             break
-        if len(warm) >= cfg.warmup_steps and time.perf_counter() - t0 > cfg.max_warmup_s:
+        if len(warm) >= cfg.warmup_steps and not distributed.all_true(time.perf_counter() - t0 <= cfg.max_warmup_s):
             break
-    n = cfg.steps_per_repeat(statistics.median(warm[-cfg.settle_window :]))
+    n = distributed.broadcast_object(cfg.steps_per_repeat(statistics.median(warm[-cfg.settle_window :])))
     steps: list[dict[str, float]] = []
     repeat_of_step: list[int] = []
     for r in range(cfg.repeats):

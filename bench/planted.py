@@ -10,6 +10,7 @@ as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire 
 | nondeterministic | determinism | noise from a generator seeded by the clock, outside the seeded RNGs |
 | hidden_state   | resume       | a call counter that changes the output but is not in the state_dict  |
 | raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
+| rank_dependent | ddp_equivalence | ranks but 0 see their batch reversed against its labels          |
 
 ``lm_never_learns``, ``lm_emits_nan``, ``lm_nondeterministic``, ``lm_hidden_state``: the same faults for
 the causal_lm workload (token ids in, logits over the vocabulary out).
@@ -79,6 +80,22 @@ class Raises(nn.Module):
         raise RuntimeError("planted failure in forward")
 
 
+class RankDependent(nn.Module):
+    """Healthy in one process; in a data-parallel run every rank but 0 trains on its batch reversed
+    (inputs no longer matched to their labels), so the averaged gradient is not the global batch's."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16), nn.ReLU(), nn.Linear(16, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if self.training and dist.is_initialized() and dist.get_rank() > 0:
+            x = x.flip(0)
+        return self.net(x)
+
+
 def never_learns(in_features: int = 2, classes: int = 2) -> nn.Module:
     return NeverLearns(classes)
 
@@ -97,6 +114,10 @@ def hidden_state(in_features: int = 2, classes: int = 2) -> nn.Module:
 
 def raises(in_features: int = 2, classes: int = 2) -> nn.Module:
     return Raises(in_features, classes)
+
+
+def rank_dependent(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return RankDependent(in_features, classes)
 
 
 # ------------------------------------------------------------------------ language-model variants

@@ -93,3 +93,27 @@ def trace_files(trace_dir: str | Path) -> list[Path]:
     return (
         sorted(p for p in d.iterdir() if p.name.endswith((".pt.trace.json", ".pt.trace.json.gz"))) if d.is_dir() else []
     )
+
+
+def stamp_distributed_info(files: list[Path]) -> None:
+    """Write this rank's place in the job into its traces' ``distributedInfo`` (rank, world size,
+    backend), which HolisticTraceAnalysis reads to load a folder of traces as one multi-rank job. The
+    profiler records it only in some builds; without it every rank's trace claims to be rank 0 of 1."""
+    import gzip
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    info = {"backend": dist.get_backend(), "rank": dist.get_rank(), "world_size": dist.get_world_size()}
+    for path in files:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as f:
+            trace = json.load(f)
+        if trace.get("distributedInfo", {}).get("world_size") == info["world_size"]:
+            continue
+        trace["distributedInfo"] = {**trace.get("distributedInfo", {}), **info}
+        tmp = path.with_name(path.name + ".tmp")
+        with opener(tmp, "wt") as f:
+            json.dump(trace, f)
+        tmp.replace(path)

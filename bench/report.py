@@ -35,6 +35,10 @@ METRIC_COLUMNS = [
     "emulated",
     "skipped_fp16_steps",
     "compile_s",
+    "world_size",
+    "threads",
+    "straggler_pct",
+    "comm_pct",
     # from the cell's torch.profiler trace (blank when profiling is off)
     *(f"prof_{p}_pct" for p in PROFILE_PHASES),
     "profiler_slowdown",
@@ -198,12 +202,13 @@ def compile_break_even(records: list[CellRecord]) -> list[dict[str, Any]]:
 
 
 def fastest_per_device(records: list[CellRecord]) -> dict[str, CellRecord]:
-    """The fastest cell per device among those whose guards all passed."""
+    """The fastest cell per device among those whose guards all passed (per device and throughput unit
+    when a matrix mixes workloads: samples/s and tokens/s do not compare)."""
+    ok = [r for r in records if r.status == OK and r.guards_ok]
+    mixed = len({r.unit for r in ok}) > 1
     best: dict[str, CellRecord] = {}
-    for r in records:
-        if r.status != OK or not r.guards_ok:
-            continue
-        dev = r.device or "?"
+    for r in ok:
+        dev = (r.device or "?") + (f" ({r.unit})" if mixed else "")
         if dev not in best or r.rate > best[dev].rate:
             best[dev] = r
     return best
@@ -264,6 +269,59 @@ def speedup_sections(records: list[CellRecord]) -> list[str]:
     return lines
 
 
+def scaling_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
+    """Each data-parallel cell against the one-process cell with the same other axis values (the axis that
+    sets the number of ranks is ``train.world_size``): speedup and scaling efficiency T(N) / (N * T(1))."""
+    rows = []
+    for r, one in pair_with_reference(records, "train.world_size", 1):
+        if not (r.rate and one.rate):
+            continue
+        speedup = r.rate / one.rate
+        rows.append(
+            {
+                "cell_id": r.cell_id,
+                "vs": one.cell_id,
+                "ranks": r.world_size,
+                "threads": f"{r.world_size} x {r.threads_per_rank or r.threads}",
+                "threads_one": one.threads,
+                "rate": r.rate,
+                "rate_one": one.rate,
+                "unit": r.unit,
+                "speedup": speedup,
+                "efficiency": speedup / r.world_size,
+                "comm_pct": r.comm_pct,
+                "straggler_pct": r.straggler_pct,
+                "guards_ok": bool(r.guards_ok and one.guards_ok),
+            }
+        )
+    return rows
+
+
+def scaling_section(records: list[CellRecord]) -> list[str]:
+    rows = scaling_rows(records)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Scaling: data-parallel ranks against one process (same per-rank batch)",
+        "",
+        "Efficiency = T(N) / (N x T(1)), T the throughput. Threads: ranks x threads per rank against the one "
+        "process's threads (the same total when the ranks share out the cell's thread budget). All-reduce: "
+        "time DDP's gradient all-reduce was in flight, as a share of the step (it overlaps the backward).",
+        "",
+        "| cell | vs | ranks | threads | throughput | one process | speedup | efficiency | all-reduce % | "
+        "straggler % | guards |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['cell_id']} | {x['vs']} | {x['ranks']} | {x['threads']} vs {x['threads_one']} | "
+            f"{x['rate']:,.0f} {x['unit']} | {x['rate_one']:,.0f} | {x['speedup']:.2f}x | {x['efficiency']:.0%} | "
+            f"{_fmt(x['comm_pct'])} | {_fmt(x['straggler_pct'])} | {'ok' if x['guards_ok'] else 'FAILED'} |"
+        )
+    return lines
+
+
 def notes_sections(records: list[CellRecord]) -> list[str]:
     # Records written before cells kept their notes as a list have only the joined line.
     notes = sorted({n for r in records if r.status == OK for n in (r.notes or ([r.reason] if r.reason else []))})
@@ -273,6 +331,11 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
         for w in (r.mixed_precision_warning, r.trace_warning, r.profile_error, r.flops_warning)
         if w
     ]
+    machines = sorted({r.hardware for r in records if r.status == OK and r.hardware})
+    if len(machines) > 1:
+        notes.append(
+            f"cells ran on {len(machines)} kinds of machine ({'; '.join(machines)}): compare cells of one kind only"
+        )
     lines = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
     skipped = sorted({r.reason for r in records if r.status == SKIPPED and r.reason})
     if skipped:
@@ -285,7 +348,8 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
 
 
 def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
-    lines = summary_head(records, env) + fastest_section(records) + speedup_sections(records) + notes_sections(records)
+    lines = summary_head(records, env) + fastest_section(records) + speedup_sections(records)
+    lines += scaling_section(records) + notes_sections(records)
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._cli import EXIT_FAILED, make_parser, run_cli
+from bench.executors import build_executor, check_options, parse_options
 from bench.matrix import expand, load_matrix, parse_filter, preflight_cells, select
 from bench.runner import closing_lines, dry_run_listing, open_run, run_cells, succeeded, write_outputs
 from trainer_core.errors import ConfigError
@@ -34,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run every cell on this device (replaces the device axis)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in every cell (default: torch's default here)")
     p.add_argument(
+        "--executor",
+        default="local",
+        help="where cells run: local (here, one after another) or submitit (one job per cell: Slurm when "
+        "present, else submitit's local executor)",
+    )
+    p.add_argument(
+        "--executor-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="executor setting (repeatable), e.g. --executor-opt partition=gpu --executor-opt gpus_per_node=1",
+    )
+    p.add_argument(
         "--profiles", default="profiles", help="parent folder of trace folders <run-id>/<cell-id>/ (default profiles/)"
     )
     return p
@@ -47,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
         if not cells:
             raise ConfigError(f"--filter {' '.join(args.filter)}: matches no cell of {args.matrix}")
     preflight_cells(cells, args.matrix)
+    options = parse_options(args.executor_opt)
+    check_options(args.executor, options)
     if args.dry_run:
         print(dry_run_listing(cells))
         return 0
@@ -67,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        run_cells(todo, spec, run, Path(args.profiles))
+        run_cells(todo, spec, run, Path(args.profiles), build_executor(args.executor, options, run.run_dir))
     except KeyboardInterrupt:
         print(
             f"interrupted; finished cells are kept. Continue with: python -m bench.run --matrix {args.matrix} "

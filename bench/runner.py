@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from bench.contract import FAILED, OK, SKIPPED, CellRecord, CellSpec
+from bench.executors import Executor
 from bench.launcher import append_record, launch_cell, read_records
 from bench.matrix import Cell, MatrixSpec
 from bench.report import fastest_section, markdown_table, summary_head, summary_markdown, write_csv
@@ -109,13 +110,21 @@ def skipped_record(cell: Cell, role: str | None = None) -> CellRecord:
     )
 
 
-def measure_cell(cell: Cell, spec: MatrixSpec, run: MatrixRun, profiles: Path, role: str | None = None) -> CellRecord:
-    """The cell's record: measured in its own process, or skipped with its reason."""
+def measure_cell(
+    cell: Cell,
+    spec: MatrixSpec,
+    run: MatrixRun,
+    profiles: Path,
+    role: str | None = None,
+    executor: Executor | None = None,
+) -> Callable[[], CellRecord]:
+    """A handle to the cell's record: measured in its own process (by ``executor``: this machine by
+    default), or skipped with its reason."""
     if cell.skip_reason:
-        return skipped_record(cell, role)
-    return launch_cell(
-        cell_spec(cell, spec, run, profiles / run.run_dir.name / cell.cell_id, role), run.run_dir / "cells"
-    )
+        return lambda: skipped_record(cell, role)
+    cell_dir = run.run_dir / "cells"
+    cspec = cell_spec(cell, spec, run, profiles / run.run_dir.name / cell.cell_id, role)
+    return (executor or (lambda s, d: lambda: launch_cell(s, d)))(cspec, cell_dir)
 
 
 def write_cell_scalars(root: Path, record: CellRecord) -> None:
@@ -171,13 +180,17 @@ class Progress:
             self.bar.close()
 
 
-def run_cells(todo: list[Cell], spec: MatrixSpec, run: MatrixRun, profiles: Path) -> None:
-    """Each cell in turn, its record appended to cells.jsonl as soon as it exists."""
+def run_cells(
+    todo: list[Cell], spec: MatrixSpec, run: MatrixRun, profiles: Path, executor: Executor | None = None
+) -> None:
+    """Every cell handed to the executor (which may start them at once, on a cluster), then each record
+    in matrix order, appended to cells.jsonl as soon as it exists."""
     progress = Progress(todo)
+    handles = [measure_cell(cell, spec, run, profiles, executor=executor) for cell in todo]
     try:
-        for i, cell in enumerate(todo, start=1):
+        for i, (cell, handle) in enumerate(zip(todo, handles), start=1):
             with progress.cell(i, cell) as out:
-                record = measure_cell(cell, spec, run, profiles)
+                record = handle()
                 append_record(run.cells_path, record)
                 write_cell_scalars(profiles / run.run_dir.name / "scalars", record)
                 out.append(record)

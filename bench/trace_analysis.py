@@ -148,6 +148,23 @@ def breakdown(doc: dict[str, Any], top: int = 10) -> dict[str, Any]:
         "matmul_conv_ops_with_dtype": len(typed),
         "reduced_precision_share": (len(reduced) / len(typed)) if typed else None,
         "has_device_kernels": bool(kernels),
+        "communication": communication(doc, n),
+    }
+
+
+def communication(doc: dict[str, Any], steps: int) -> dict[str, Any] | None:
+    """A data-parallel rank's trace: its place in the job (``distributedInfo``) and the time its
+    collectives (``gloo:``/``nccl:`` annotations, e.g. DDP's gradient all-reduce) took per profiled step."""
+    info = doc.get("distributedInfo") or {}
+    if int(info.get("world_size", 1)) <= 1:
+        return None
+    comm = [e for e in _complete_events(doc) if str(e["name"]).startswith(("gloo:", "nccl:"))]
+    return {
+        "rank": info.get("rank"),
+        "world_size": info.get("world_size"),
+        "backend": info.get("backend"),
+        "collective_ms_per_step": sum(e["dur"] for e in comm) / 1e3 / max(1, steps),
+        "collectives": sorted({str(e["name"]) for e in comm}),
     }
 
 
@@ -175,5 +192,12 @@ def format_breakdown(path: Path, b: dict[str, Any]) -> str:
         lines.append(
             f"\nmatmul/conv ops in reduced precision (bf16/fp16): {100 * share:.0f}% "
             f"of {b['matmul_conv_ops_with_dtype']}"
+        )
+    c = b.get("communication")
+    if c:
+        share = 100 * c["collective_ms_per_step"] / m["step_ms"]
+        lines.append(
+            f"rank {c['rank']} of {c['world_size']} ({c['backend']}): collectives {c['collective_ms_per_step']:.3f} "
+            f"ms/step ({share:.1f}% of the step; {', '.join(c['collectives'])})"
         )
     return "\n".join(lines)

@@ -154,3 +154,15 @@ def test_repeated_readings_are_pooled_and_their_drift_widens_the_interval(tmp_pa
     _, lo, hi = bootstrap_ratio(all_steps(a), all_steps(b))
     assert row["ci_high"] - row["ci_low"] > 2 * (hi - lo)
     assert row["verdict"] == SAME  # same true speed, drift only
+
+
+def test_cells_measured_on_different_hardware_are_flagged(tmp_path: Path) -> None:
+    from bench.comparison import Readings, hardware_warnings
+    from bench.contract import CellRecord
+
+    def rec(cpu: str) -> Readings:
+        machine = {"hostname": "node1", "cpu": cpu, "gpus": [], "driver": None}
+        return Readings([CellRecord(cell_id="c", status="ok", step_s=[0.1], machine=machine)])
+
+    (line,) = hardware_warnings([(rec("Xeon"), rec("EPYC")), (rec("Xeon"), rec("Xeon"))])
+    assert line.startswith("different hardware: 1 compared cell(s) ran on 'Xeon; no GPU' in A and 'EPYC; no GPU'")

@@ -35,6 +35,9 @@ def test_preflight_finds_missing_files_without_loading(tmp_path: Path) -> None:
         DataConfig(name="mnist", root=str(tmp_path / "none"), download=True)
     )  # may download: left to the run
     preflight_data(DataConfig(name="synthetic_images"))  # generated: nothing to find
+    (tmp_path / "t.txt").write_text("some text\n")
+    with pytest.raises(ConfigError, match="data.pipeline=classic: text serves tensor"):  # said before a run starts
+        preflight_data(DataConfig(name="text", path=str(tmp_path / "t.txt"), pipeline="classic"))
 
 
 def test_a_new_dataset_is_one_registered_function(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,6 +95,14 @@ def test_two_ranks_match_one_process_at_the_global_batch(tmp_path: Path) -> None
     assert ddp.stdout.count("epoch   1 ") == 1
     files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # torchrun's ranks run the same code path (the strategy follows the launch): the same weights, bit for bit
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bench.train",
+           "--config", str(cfg), "--set", "data.batch_size=16", "--out", str(tmp_path / "torchrun")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    c = _weights(tmp_path / "torchrun")
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path: Path) -> None:

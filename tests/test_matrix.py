@@ -61,6 +61,17 @@ def test_product_exclude_include(tmp_path: Path) -> None:
     assert cells[ids.index("bf16-bs32")].config.data.batch_size == 32
 
 
+def test_a_named_include_gets_a_short_id(tmp_path: Path) -> None:
+    cells = _expand(
+        tmp_path,
+        axes={"precision": ["fp32", "bf16"]},
+        include=[{"name": "wide", "precision": "fp32", "model.kwargs": {"hidden_dims": [64, 64]}}],
+    )
+    wide = cells[-1]
+    assert wide.cell_id == "wide-fp32" and wide.config.model.kwargs["hidden_dims"] == [64, 64]
+    assert "name" not in wide.axes and wide.config.name != "wide"  # a label, not the config's name
+
+
 def test_cell_ids_are_deterministic_and_safe() -> None:
     cid = cell_id_for(
         {"precision": "bf16", "data.num_workers": 2, "data.pin_memory": True, "model.name": "a.b:c", "device": "cuda:1"}

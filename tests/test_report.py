@@ -7,6 +7,7 @@ from bench.report import (
     METRIC_COLUMNS,
     fastest_per_device,
     markdown_table,
+    scaling_rows,
     speedups_vs_fp32,
     summary_markdown,
     write_csv,
@@ -97,3 +98,23 @@ def test_policy_notes_are_listed_whole_once() -> None:
     summary = summary_markdown(recs + [old], {"matrix_name": "t"})
     assert summary.count(f"- {note}\n") == 1 and "- check accuracy" not in summary
     assert "- fp16 emulated on this CPU\n" in summary
+
+
+def test_scaling_table_gives_speedup_and_efficiency_against_one_process() -> None:
+    def cell(cid: str, ranks: int, sps: float, **extra: object) -> CellRecord:
+        rec = _rec(cid, "fp32", 64, sps, world_size=ranks, threads=2 // ranks, **extra)
+        return rec.model_copy(update={"axes": {"train.world_size": ranks, "precision": "fp32"}})
+
+    records = [cell("one", 1, 1000.0), cell("two", 2, 1500.0, threads_per_rank=1, comm_pct=12.5, straggler_pct=3.0)]
+    (row,) = scaling_rows(records)
+    assert row["vs"] == "one" and row["speedup"] == 1.5 and row["efficiency"] == 0.75
+    summary = summary_markdown(records, {"matrix_name": "t"})
+    assert "## Scaling: data-parallel ranks against one process" in summary
+    assert "| two | one | 2 | 2 x 1 vs 2 | 1,500 samples/s | 1,000 | 1.50x | 75% | 12.5 | 3.0 | ok |" in summary
+    assert "## Scaling" not in summary_markdown(RECORDS, {"matrix_name": "t"})  # no ranks, no table
+
+
+def test_fastest_is_chosen_per_unit_when_workloads_are_mixed() -> None:
+    lm = _rec("lm", "fp32", 12, 10.0, throughput=20_000.0, throughput_unit="tokens/s")
+    best = fastest_per_device([*RECORDS, lm])
+    assert best["cpu (samples/s)"].cell_id == "b" and best["cpu (tokens/s)"].cell_id == "lm"

@@ -16,12 +16,16 @@ import yaml
 from conftest import REPO
 
 from bench import run as run_cli
-from bench.guards import GUARDS
+from bench.guards import GUARD_APPLIES, GUARDS
 from bench.report import METRIC_COLUMNS
 from trainer_core.phases import PHASES
 
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
 TESTS = str(Path(__file__).resolve().parent)
+
+
+# the guards a one-process cell runs (ddp_equivalence applies to multi-rank cells only)
+ONE_PROCESS_GUARDS = [g for g in GUARDS if g not in GUARD_APPLIES]
 
 
 def _run_dir(out: Path) -> Path:
@@ -78,7 +82,7 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         "data.pin_memory",
         "device",
         *METRIC_COLUMNS,
-        *(f"guard_{g}" for g in GUARDS),
+        *(f"guard_{g}" for g in ONE_PROCESS_GUARDS),
         "guards_ok",
     ]
     assert list(rows[0]) == expected_columns
@@ -95,7 +99,7 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
                     "peak_mem_mb",
                     "tflops",
                     "pct_of_peak",
-                    *(f"guard_{g}" for g in GUARDS),
+                    *(f"guard_{g}" for g in ONE_PROCESS_GUARDS),
                     "prof_forward_pct",
                     "profiler_slowdown",
                     "reduced_precision_pct",
@@ -329,3 +333,20 @@ def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: 
         "no cell was measured successfully: exit code 1",
     ]
     assert lines[-1].startswith("results: ")
+
+
+def test_cells_dispatched_as_submitit_jobs_give_the_same_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # submitit's local executor here; on a cluster the same code submits Slurm jobs (README)
+    argv = ["--matrix", SMOKE, "--filter", "device=cpu", "--filter", "data.pin_memory=false",
+            "--profiles", str(tmp_path / "profiles"), "--executor", "submitit"]  # fmt: skip
+    assert run_cli.cli([*argv, "--out", str(tmp_path / "results")]) == 0
+    d = _run_dir(tmp_path / "results")
+    records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
+    assert [r["cell_id"] for r in records] == ["fp32-bs16-pinF-cpu", "fp32-bs32-pinF-cpu", "bf16-bs32-pinF-cpu"]
+    assert all(r["status"] == "ok" and r["guards_ok"] and r["machine"]["hostname"] for r in records)
+    assert list((d / "submitit").iterdir())  # submitit's job folders (logs, pickled results)
+    # a bad option is one line before anything runs
+    capsys.readouterr()
+    assert run_cli.cli([*argv, "--executor-opt", "nodes=2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--executor-opt nodes: unknown; expected one of cluster, partition" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

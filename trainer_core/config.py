@@ -89,7 +89,9 @@ class DataConfig(_Section):
         "as uint8, normalised per batch on the device; 'v2' (image folders): torchvision.io.decode_jpeg + "
         "transforms.v2 on uint8 tensors, normalised per batch on the device.",
     )
-    batch_size: int = Field(64, ge=1, description="Training batch size (samples per optimizer step).")
+    batch_size: int = Field(
+        64, ge=1, description="Training batch size per rank (samples per optimizer step in each process)."
+    )
     eval_batch_size: int = Field(1000, ge=1, description="Batch size for validation and test evaluation.")
     val_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of the training split held out for validation (deterministic split)."

@@ -76,9 +76,13 @@ def dataset_info(name: str) -> DatasetInfo:
 def build_data(cfg: DataConfig, seed: int, device: torch.device) -> DataBundle:
     """Load or generate the dataset, split it, and build its train/val/test loaders."""
     info = dataset_info(cfg.name)
+    check_pipeline(cfg, info)
+    return info.build(cfg, seed, device)
+
+
+def check_pipeline(cfg: DataConfig, info: DatasetInfo) -> None:
     if cfg.pipeline not in info.pipelines:
         raise ConfigError(f"data.pipeline={cfg.pipeline}: {cfg.name} serves {' or '.join(info.pipelines)}")
-    return info.build(cfg, seed, device)
 
 
 def preflight_data(cfg: DataConfig) -> None:
@@ -86,6 +90,7 @@ def preflight_data(cfg: DataConfig) -> None:
     info = dataset_info(cfg.name)
     if info.preflight is not None:
         info.preflight(cfg)
+    check_pipeline(cfg, info)
 
 
 # ----------------------------------------------------------------------------------------- built-ins

@@ -118,6 +118,20 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def mean_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of ``t`` over the ranks (``t`` itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def all_true(flag: bool) -> bool:
+    """True when ``flag`` is true on every rank (``flag`` when not distributed)."""
+    return all(all_gather_object(bool(flag)))
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not (dist.is_available() and dist.is_initialized()):

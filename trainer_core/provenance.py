@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import platform
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,20 @@ def utc_timestamp() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def machine_identity() -> dict[str, Any]:
+    """Which machine a result came from: host, CPU model, GPUs and the NVIDIA driver (cells of one run may
+    run on different machines of a cluster; comparing them is only fair on the same hardware)."""
+    driver = None
+    nvidia = Path("/proc/driver/nvidia/version")
+    if nvidia.is_file():
+        match = re.search(r"Kernel Module\s+([\d.]+)", nvidia.read_text())
+        driver = match.group(1) if match else None
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {"hostname": socket.gethostname(), "cpu": cpu_model_name(), "gpus": gpus, "driver": driver}
+
+
 def environment_info() -> dict[str, Any]:
     """Everything a reader needs to judge whether two results are comparable."""
     info: dict[str, Any] = {
@@ -54,6 +70,7 @@ def environment_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "git_commit": git_commit(),
+        "hostname": socket.gethostname(),
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -302,7 +302,12 @@ class Trainer:
     def flush(self) -> None:
         """Move pending device-side losses and grad norms into host lists (one sync)."""
         if self._pending_losses:
-            self.loss_history.extend(torch.stack(self._pending_losses).float().cpu().tolist())
+            losses = torch.stack(self._pending_losses).float()
+            if self.dist.distributed and self.config.train.strategy != "single":
+                # The global batch's loss (every rank's mean, averaged): what one process would record,
+                # and the same history on every rank. A collective: every rank flushes at the same points.
+                losses = distributed.mean_across_ranks(losses)
+            self.loss_history.extend(losses.cpu().tolist())
             self._pending_losses.clear()
         if self._pending_norms:
             self._epoch_norms.extend(torch.stack(self._pending_norms).float().cpu().tolist())

@@ -39,6 +39,10 @@ class Workload:
         """How many throughput items a batch holds."""
         return int(targets.shape[0])
 
+    def tiny_batch(self, x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` samples of a batch: what an overfit check memorises."""
+        return x[:n], y[:n]
+
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Correct predictions in a batch (a device tensor: read in bulk after evaluation)."""
         return (outputs.argmax(dim=-1) == targets).sum()
@@ -79,6 +83,13 @@ class CausalLM(Workload):
     throughput counts tokens."""
 
     unit = "tokens"
+    tiny_context = 32  # tokens per window in a tiny batch
+
+    def tiny_batch(self, x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` windows cut to their first ``tiny_context`` tokens: whole windows of a few hundred tokens
+        sit at the edge of what a small model memorises in a few dozen steps, and whether it escapes the
+        unigram plateau in time then depends on which windows were drawn."""
+        return x[:n, : self.tiny_context], y[:n, : self.tiny_context]
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(outputs.float().reshape(-1, outputs.shape[-1]), targets.reshape(-1))

@@ -1,0 +1,99 @@
+"""Data-parallel cells: ranks launched from the cell, their records merged (global throughput, per-rank
+steps, all-reduce time), the four guards and the ddp-equivalence guard on every rank, which passes on a
+healthy model and catches a rank-dependent one; one trace per rank with its distributed info."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from bench.cell_ranks import merge
+from bench.cell_run import run_cell
+from bench.contract import CellRecord, CellSpec, GuardResult, GuardsConfig, MeasureConfig, ProfileConfig
+from bench.trace_analysis import breakdown
+from trainer_core.config import apply_overrides
+
+MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
+GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=40, short_run_steps=2)
+
+
+def _spec(tmp_path: Path, model: str = "SimpleMLP", **extra: Any) -> CellSpec:
+    over = tiny_overrides(
+        **{
+            "data.n_samples": 1024,
+            "data.batch_size": 16,
+            "train.strategy": "ddp",
+            "train.world_size": 2,
+            **({"model.name": model, "model.kwargs": {}} if model != "SimpleMLP" else {}),
+        }
+    )
+    return CellSpec(
+        cell_id="ddp",
+        threads=2,
+        config=apply_overrides({}, over),
+        measure=MEASURE,
+        guards=GUARDS,
+        trace_dir=str(tmp_path / "trace"),
+        peaks={"fp32": 1e11},
+        **extra,
+    )
+
+
+def test_a_two_rank_cell_is_measured_merged_and_guarded(tmp_path: Path) -> None:
+    record = run_cell(_spec(tmp_path, profile=ProfileConfig(enabled=True, wait=1, warmup=1, active=2)))
+    assert record.status == "ok", record.reason
+    assert record.world_size == 2 and record.threads_per_rank == 1 and len(record.rank_step_ms_median) == 2
+    assert record.items_per_step == 2 * 16  # the global batch
+    assert record.samples_per_s == pytest.approx(32 / (record.step_ms_median / 1e3))
+    assert record.step_ms_median >= min(record.rank_step_ms_median) * 0.999  # the job steps at its slowest rank
+    assert record.comm_ms_per_step is not None and record.comm_ms_per_step > 0
+    assert sorted(record.guards) == ["ddp_equivalence", "determinism", "finite", "overfit", "resume"]
+    assert record.guards_ok, {k: g.detail for k, g in record.guards.items()}
+    for rank in (0, 1):  # one trace per rank, which HTA reads as a two-rank job
+        (trace,) = list((tmp_path / "trace" / f"rank{rank}").glob("*.pt.trace.json*"))
+        doc = json.loads(trace.read_text())
+        info = doc["distributedInfo"]
+        assert info["rank"] == rank and info["world_size"] == 2 and info["backend"] == "gloo"
+        comm = breakdown(doc)["communication"]  # what bench.trace prints per rank
+        assert comm["rank"] == rank and comm["collectives"] == ["gloo:all_reduce"]
+
+
+def test_the_equivalence_guard_catches_a_rank_dependent_model(tmp_path: Path) -> None:
+    record = run_cell(_spec(tmp_path, "bench.planted:rank_dependent"))
+    assert record.status == "ok"
+    assert record.guards["ddp_equivalence"].status == "fail", record.guards["ddp_equivalence"].detail
+    assert record.guards["determinism"].status == "pass" and not record.guards_ok
+
+
+def test_merge_takes_the_slowest_rank_per_step_and_the_worst_verdict() -> None:
+    def rank(steps: list[float], guard: str) -> CellRecord:
+        return CellRecord(
+            status="ok",
+            batch_size=8,
+            items_per_step=8,
+            throughput_unit="samples/s",
+            step_s=steps,
+            step_ms_median=1e3 * sorted(steps)[len(steps) // 2],
+            peak_mem_mb=100.0 + len(guard),
+            threads=1,
+            guards={"resume": GuardResult(name="resume", status=guard, detail=guard)},
+        )
+
+    merged = merge([rank([0.1, 0.3, 0.1], "pass"), rank([0.2, 0.1, 0.2], "fail")])
+    assert merged.step_s == [0.2, 0.3, 0.2] and merged.world_size == 2
+    assert merged.samples_per_s == pytest.approx(16 / 0.2) and merged.items_per_step == 16
+    assert merged.guards["resume"].status == "fail" and merged.guards_ok is False
+    assert merged.peak_mem_mb == 104.0 and merged.straggler_pct == pytest.approx(100.0)
+
+
+def test_fsdp_is_skipped_with_the_reason_on_cpu() -> None:
+    from bench.matrix import lever_skip_reason
+    from trainer_core.config import load_config
+
+    config = load_config(None, tiny_overrides(**{"train.strategy": "fsdp", "train.world_size": 2}))
+    assert "fsdp needs CUDA/NCCL" in lever_skip_reason(config, torch.device("cpu"))
