@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench._cli import EXIT_FAILED, make_parser, run_cli
 from bench.executors import build_executor, check_options, parse_options
+from bench.history_db import record_in_history
 from bench.matrix import expand, load_matrix, parse_filter, preflight_cells, select
 from bench.runner import closing_lines, dry_run_listing, open_run, run_cells, succeeded, write_outputs
 from trainer_core.errors import ConfigError
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", help="run every cell on this device (replaces the device axis)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in every cell (default: torch's default here)")
+    p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
     p.add_argument(
         "--executor",
         default="local",
@@ -95,6 +97,7 @@ def main(args: argparse.Namespace) -> int:
     records = [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
     paths = write_outputs(run.run_dir, records, run.env)
     print("\n".join(closing_lines(records, run.env, paths)))
+    print(f"history: {record_in_history(Path(args.history or Path(args.out) / 'history.sqlite'), run.run_dir)}")
     print(f"results: {run.run_dir}")
     return 0 if succeeded(records) else EXIT_FAILED
 

@@ -146,3 +146,25 @@ def _two_level_bootstrap(
         ratios[i] = np.median(ra) / np.median(rb)
     point = float(np.median(np.concatenate(a)) / np.median(np.concatenate(b)))
     return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def step_change(values: Sequence[float], window: int = 5, min_effect_pct: float = 5.0) -> dict[str, Any] | None:
+    """Is the latest of a throughput series (higher is better, oldest first) a regression against the
+    runs before it? The baseline is the median of up to ``window`` previous readings; the threshold is
+    the larger of ``min_effect_pct`` and twice their relative median absolute deviation (their own
+    noise), so a noisy cell needs a larger drop. None when fewer than 3 earlier readings exist."""
+    if len(values) < 4:
+        return None
+    prev = np.asarray(values[-1 - window : -1], dtype=float)
+    base = float(np.median(prev))
+    mad_pct = 100.0 * float(np.median(np.abs(prev - base))) / base if base > 0 else math.inf
+    threshold = max(min_effect_pct, 2.0 * mad_pct)
+    change = 100.0 * (values[-1] / base - 1.0) if base > 0 else math.nan
+    return {
+        "latest": float(values[-1]),
+        "baseline": base,
+        "change_pct": change,
+        "threshold_pct": threshold,
+        "regression": bool(change < -threshold),
+        "improvement": bool(change > threshold),
+    }

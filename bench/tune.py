@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._cli import add_overrides, make_parser, run_cli
+from bench.history_db import record_in_history
 from bench.tune_report import format_report
 from bench.tuning import (
     MIN_ROUNDS,
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy"
     )
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
+    p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a tune run: configurations already measured are reused")
     return p
 
@@ -91,6 +93,7 @@ def main(args: argparse.Namespace) -> int:
     text = format_report(out)
     (run_dir / "tune.md").write_text(text)
     print(f"\n{text}\ntotal {out['total_seconds']:.0f} s")
+    print(f"history: {record_in_history(Path(args.history or Path(args.out) / 'history.sqlite'), run_dir, 'tune')}")
     print(f"results: {run_dir}")
     return 0
 

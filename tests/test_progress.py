@@ -189,7 +189,7 @@ def test_tune_streams_and_checks_accuracy(tmp_path: Path) -> None:
         "res/*/tune.md",
         tmp_path,
     )
-    (run_dir,) = (tmp_path / "res").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "res").iterdir() if p.is_dir()]
     acc = json.loads((run_dir / "tune.json").read_text())["accuracy"]
     for side in ("start", "winner"):
         assert acc[side]["train_seconds"] >= 0.5 and acc[side]["samples"] > 0 and 0.5 < acc[side]["val_accuracy"] <= 1

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from bench import history_db
 from bench import run as run_cli
 from bench.guards import GUARD_APPLIES, GUARDS
 from bench.report import METRIC_COLUMNS
@@ -54,6 +55,9 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert (d / name).is_file(), name
     records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
     assert len(records) == 12  # 2x2x2x2 minus the two excluded (bf16, bs16) x 2 x 2 = 12
+    db = history_db.connect(tmp_path / "results" / "history.sqlite")  # the run is in the results history
+    assert [(r["run_id"], r["cells"]) for r in history_db.runs(db)] == [(d.name, 12)]
+    db.close()
     measured = [r for r in records if r["status"] == "ok"]
     skipped = [r for r in records if r["status"] == "skipped"]
     assert len(measured) + len(skipped) == 12 and measured

@@ -136,7 +136,7 @@ def test_tune_on_a_language_model_searches_tokens_per_s_and_reports_mfu(
     config.write_text(yaml.safe_dump(lm))
     argv = ["--config", str(config), "--axes", "data.batch_size=4,16", "--rounds", "1", "--out", str(tmp_path / "t")]
     assert tune_cli.cli(argv) == 0
-    (run_dir,) = list((tmp_path / "t").iterdir())
+    (run_dir,) = [p for p in (tmp_path / "t").iterdir() if p.is_dir()]
     result = json.loads((run_dir / "tune.json").read_text())
     assert result["unit"] == "tokens/s" and all(t["guards_ok"] for t in result["trials"])
     assert all(0 < t["mfu_pct"] < 100 for t in result["trials"])

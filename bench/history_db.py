@@ -1,0 +1,207 @@
+"""The results history: every run's cells in one SQLite database (``results/history.sqlite`` by default).
+
+Tables: ``runs`` (one per results folder: its id, kind, time, git commit and dirty flag, machine,
+torch/CUDA versions, threads, the whole env.json) and ``cells`` (one per cell record: axes, status,
+throughput and unit, median step, repeat spread, guards, the record itself with its per-step timings).
+A run is written in one transaction, so a killed writer leaves the database as it was; SQLite's own
+locking (with a busy timeout) makes concurrent writers safe. ``PRAGMA user_version`` holds the schema
+version; :data:`MIGRATIONS` brings an older database up to date. stdlib ``sqlite3`` only: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench.contract import CellRecord
+from trainer_core.errors import TrainbenchError
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {  # version -> the SQL that brings version - 1 to it
+    1: """
+        CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            timestamp TEXT,
+            git_commit TEXT,
+            git_dirty INTEGER,
+            hostname TEXT,
+            cpu TEXT,
+            gpus TEXT,
+            torch TEXT,
+            cuda TEXT,
+            threads INTEGER,
+            env_json TEXT NOT NULL
+        );
+        CREATE TABLE cells (
+            run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            cell_id TEXT,
+            axes_json TEXT NOT NULL,
+            status TEXT NOT NULL,
+            throughput REAL,
+            unit TEXT,
+            step_ms_median REAL,
+            repeat_spread_pct REAL,
+            guards_ok INTEGER,
+            record_json TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE INDEX cells_by_id ON cells(cell_id);
+    """,
+}
+
+
+class HistoryError(TrainbenchError):
+    """The history database cannot be read or written."""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """Open (creating it and its folder if needed) and migrate the database at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, timeout=30.0)  # waits for another writer's transaction instead of failing
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+    except sqlite3.DatabaseError as e:
+        raise HistoryError(f"{path}: not a trainbench history database ({e})") from None
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise HistoryError(f"history schema {version} is newer than this trainbench ({SCHEMA_VERSION}): upgrade it")
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        with transaction(db):
+            db.executescript(MIGRATIONS[v])
+            db.execute(f"PRAGMA user_version = {v}")
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """All or nothing: commit at the end, roll back on any error (or a kill, which never commits)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
+
+
+def record_run(db: sqlite3.Connection, run_id: str, kind: str, env: dict[str, Any], records: list[CellRecord]) -> bool:
+    """Store a run and its cells; False (and nothing changed) when ``run_id`` is already there, so a
+    finished run is never rewritten by recording it again."""
+    if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+        return False
+    machine = next((r.machine for r in records if r.machine), None) or {}
+    commit = str(env.get("git_commit") or "")
+    with transaction(db):
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                kind,
+                datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                env.get("timestamp") or env.get("started"),
+                commit.removesuffix("-dirty") or None,
+                int(commit.endswith("-dirty")) if commit else None,
+                machine.get("hostname") or env.get("hostname"),
+                machine.get("cpu") or env.get("cpu"),
+                json.dumps(machine.get("gpus") or env.get("gpus") or []),
+                env.get("torch"),
+                env.get("cuda"),
+                env.get("threads") or env.get("torch_threads"),
+                json.dumps(env, default=str),
+            ),
+        )
+        db.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _cell_rows(run_id, records))
+    return True
+
+
+def _cell_rows(run_id: str, records: list[CellRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            run_id,
+            i,
+            r.cell_id,
+            json.dumps(r.axes, sort_keys=True, default=str),
+            r.status,
+            r.rate,
+            r.unit,
+            r.step_ms_median,
+            r.repeat_spread_pct,
+            None if r.guards_ok is None else int(r.guards_ok),
+            r.model_dump_json(),
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def runs(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every run, oldest first, with its count of cells and of measured ones."""
+    rows = db.execute(
+        "SELECT r.run_id, r.kind, r.recorded_at, r.git_commit, r.git_dirty, r.hostname, r.cpu, "
+        "COUNT(c.seq), SUM(c.status = 'ok') FROM runs r LEFT JOIN cells c USING (run_id) "
+        "GROUP BY r.run_id ORDER BY r.recorded_at, r.run_id"
+    ).fetchall()
+    keys = ("run_id", "kind", "recorded_at", "git_commit", "git_dirty", "hostname", "cpu", "cells", "measured")
+    return [dict(zip(keys, row)) for row in rows]
+
+
+def series(db: sqlite3.Connection, cell_id: str | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Measured, guard-passing readings per (cell id, machine), oldest run first: the series change
+    detection reads. Only cells of one machine are compared with each other."""
+    query = (
+        "SELECT c.cell_id, r.cpu || ' / ' || r.gpus, r.run_id, r.recorded_at, r.git_commit, r.git_dirty, c.throughput, "
+        "c.unit, c.repeat_spread_pct FROM cells c JOIN runs r USING (run_id) "
+        "WHERE c.status = 'ok' AND c.guards_ok = 1 AND c.throughput IS NOT NULL"
+        + (" AND c.cell_id = ?" if cell_id else "")
+        + " ORDER BY r.recorded_at, r.run_id"
+    )
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    keys = ("run_id", "recorded_at", "git_commit", "git_dirty", "throughput", "unit", "repeat_spread_pct")
+    for row in db.execute(query, (cell_id,) if cell_id else ()):
+        out.setdefault((row[0], row[1]), []).append(dict(zip(keys, row[2:])))
+    return out
+
+
+def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> bool:
+    """Record a finished results folder (its cells.jsonl and env.json); False when it was already there."""
+    from bench.launcher import read_records
+
+    if not (path / "cells.jsonl").is_file():
+        raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder)")
+    env = json.loads((path / "env.json").read_text()) if (path / "env.json").is_file() else {}
+    kind = kind or ("tune" if path.name.startswith("tune-") else "run")
+    return record_run(db, path.name, kind, env, read_records(path / "cells.jsonl"))
+
+
+def check_latest(db: sqlite3.Connection, window: int, min_effect_pct: float) -> list[dict[str, Any]]:
+    """For each (cell, machine) with enough history: the latest reading against the ones before it."""
+    from bench.stats import step_change
+
+    out = []
+    for (cell_id, machine), points in series(db).items():
+        verdict = step_change([p["throughput"] for p in points], window, min_effect_pct)
+        if verdict is not None:
+            out.append({"cell_id": cell_id, "machine": machine, "unit": points[-1]["unit"], **verdict})
+    return out
+
+
+def record_in_history(path: Path, run_dir: Path, kind: str | None = None) -> str:
+    """Record a finished run in the database at ``path``; one line saying where (for the CLIs)."""
+    db = connect(path)
+    try:
+        added = ingest_dir(db, run_dir, kind)
+    finally:
+        db.close()
+    return f"{path} ({'recorded' if added else 'already recorded'})"

@@ -1,0 +1,88 @@
+"""The results history: runs recorded once and transactionally, listed and followed per cell, and the
+change check that flags a planted regression but stays quiet on A/A noise."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import history as history_cli
+from bench import history_db
+from bench.contract import CellRecord, GuardResult
+from bench.launcher import append_record
+
+MACHINE = {"hostname": "h", "cpu": "Xeon", "gpus": [], "driver": None}
+
+
+def _run(root: Path, name: str, rate: float, commit: str = "abc") -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "env.json").write_text(json.dumps({"git_commit": commit, "torch": "2.15.0", "threads": 2}))
+    guard = {"finite": GuardResult(name="finite", status="pass", detail="")}
+    for cid, r in (("fast", rate), ("slow", rate / 10)):
+        append_record(
+            d / "cells.jsonl",
+            CellRecord(
+                cell_id=cid,
+                status="ok",
+                samples_per_s=r,
+                step_s=[0.1],
+                guards=guard,
+                guards_ok=True,
+                machine=MACHINE,
+                axes={"data.batch_size": 64},
+            ),  # fmt: skip
+        )
+    return d
+
+
+def test_runs_are_recorded_once_listed_and_followed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db_path = tmp_path / "h.sqlite"
+    a, b = _run(tmp_path, "run-a", 100.0), _run(tmp_path, "run-b", 110.0, commit="def-dirty")
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(a), str(b)]) == 0
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(a)]) == 0  # a finished run is never changed
+    out = capsys.readouterr().out
+    assert "run-a: recorded" in out and "run-a: already recorded, left as it is" in out
+    db = history_db.connect(db_path)
+    assert [r["run_id"] for r in history_db.runs(db)] == ["run-a", "run-b"]
+    assert history_db.runs(db)[1]["git_dirty"] == 1 and history_db.runs(db)[1]["git_commit"] == "def"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == history_db.SCHEMA_VERSION
+    db.close()
+    assert history_cli.cli(["--history", str(db_path), "show", "fast"]) == 0
+    shown = capsys.readouterr().out
+    assert "fast on Xeon / []:" in shown and "100.0 samples/s" in shown and "110.0 samples/s" in shown
+
+
+def test_a_failed_write_leaves_the_database_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = history_db.connect(tmp_path / "h.sqlite")
+
+    def broken(run_id: str, records: list) -> list:  # the run's row is in, its cells fail
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(history_db, "_cell_rows", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        history_db.ingest_dir(db, _run(tmp_path, "run-a", 100.0))
+    assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("planted", [None, 0.85])
+def test_check_flags_a_planted_regression_and_is_quiet_on_noise(tmp_path: Path, planted: float | None) -> None:
+    rng = np.random.default_rng(0)
+    db_path = tmp_path / "h.sqlite"
+    rates = list(100.0 * (1 + 0.02 * rng.standard_normal(8)))  # A/A: 2% noise run to run
+    if planted:
+        rates[-1] = 100.0 * planted
+    for i, r in enumerate(rates):
+        history_cli.cli(["--history", str(db_path), "ingest", str(_run(tmp_path, f"run-{i}", r))])
+    assert history_cli.cli(["--history", str(db_path), "check"]) == (1 if planted else 0)
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close()
+    with pytest.raises(history_db.HistoryError, match="newer than this trainbench"):
+        history_db.connect(path)
