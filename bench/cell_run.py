@@ -237,4 +237,6 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         cell_seconds=time.perf_counter() - t_start,
         comm_ms_per_step=comm_ms,
         machine=machine_identity(),
+        unstable=raw.get("unstable", False),
+        remeasured=raw.get("remeasured", False),
     )

@@ -53,6 +53,12 @@ class MeasureConfig(_Section):
     )
     max_steps_per_repeat: int = Field(500, ge=3, description="Cap on steps per repeat.")
     repeats: int = Field(3, ge=1, description="Timed repeats per cell; the spread between them is reported.")
+    unstable_spread_pct: float | None = Field(
+        25.0,
+        gt=0,
+        description="Repeats whose samples/s spread ((max - min) / median) exceeds this are timed again, as many "
+        "more repeats; still above it, the cell is marked unstable (None: never).",
+    )
     cell_timeout_s: float = Field(
         600, gt=0, description="A cell still running after this long is killed and marked failed."
     )
@@ -257,6 +263,12 @@ class CellRecord(BaseModel):
     cell_seconds: float | None = Field(None, description="Wall time of the whole cell process, s.")
     machine: dict[str, Any] | None = Field(
         None, description="Where it ran: hostname, CPU model, GPUs, NVIDIA driver (trainer_core.provenance)."
+    )
+    unstable: bool | None = Field(
+        None, description="Its repeats disagreed beyond measure.unstable_spread_pct even when timed again."
+    )
+    remeasured: bool | None = Field(
+        None, description="Its first repeats disagreed and were replaced by (or joined with) a second set."
     )
     world_size: int = Field(1, description="Ranks (processes) of a data-parallel cell; 1 for one process.")
     threads_per_rank: int | None = Field(None, description="torch threads in each rank of a data-parallel cell.")

@@ -140,21 +140,45 @@ def measure(trainer: Trainer, loader: DataLoader, timer: StepTimer, cfg: Measure
         if len(warm) >= cfg.warmup_steps and not distributed.all_true(time.perf_counter() - t0 <= cfg.max_warmup_s):
             break
     n = distributed.broadcast_object(cfg.steps_per_repeat(statistics.median(warm[-cfg.settle_window :])))
-    steps: list[dict[str, float]] = []
-    repeat_of_step: list[int] = []
-    for r in range(cfg.repeats):
+    first = timed_repeats(trainer, loader, timer, n, cfg.repeats)
+    out = {"warmup_steps": len(warm), "warmup_settled": is_settled, "steps_per_repeat": n}
+    limit = cfg.unstable_spread_pct
+    if limit is None or cfg.repeats < 2 or distributed.all_true(repeat_spread_pct(first) <= limit):
+        return {**out, "steps": [s for rep in first for s in rep], "repeat_of_step": _labels(first)}
+    # The repeats disagree: time as many again. A second set that agrees replaces the first (something
+    # disturbed the machine then); one that does not joins it, and the cell is reported unstable.
+    second = timed_repeats(trainer, loader, timer, n, cfg.repeats)
+    stable = distributed.all_true(repeat_spread_pct(second) <= limit)
+    kept = second if stable else first + second
+    return {
+        **out,
+        "steps": [s for rep in kept for s in rep],
+        "repeat_of_step": _labels(kept),
+        "remeasured": True,
+        "unstable": not stable,
+    }
+
+
+def timed_repeats(
+    trainer: Trainer, loader: DataLoader, timer: StepTimer, n: int, repeats: int
+) -> list[list[dict[str, float]]]:
+    """``repeats`` timed stretches of ``n`` steps: each one's step records."""
+    out = []
+    for _ in range(repeats):
         timer.start()
         run_steps(trainer, loader, n)
-        recs = timer.stop()
-        steps += recs
-        repeat_of_step += [r] * len(recs)
-    return {
-        "warmup_steps": len(warm),
-        "warmup_settled": is_settled,
-        "steps_per_repeat": n,
-        "steps": steps,
-        "repeat_of_step": repeat_of_step,
-    }
+        out.append(timer.stop())
+    return out
+
+
+def repeat_spread_pct(repeats: list[list[dict[str, float]]]) -> float:
+    """(max - min) / median of the repeats' throughputs (steps per second of each stretch), %."""
+    rates = [len(r) / sum(s["step_s"] for s in r) for r in repeats if r]
+    return 100.0 * (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
+
+
+def _labels(repeats: list[list[dict[str, float]]]) -> list[int]:
+    return [i for i, rep in enumerate(repeats) for _ in rep]
 
 
 def flops_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> int:

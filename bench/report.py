@@ -35,6 +35,7 @@ METRIC_COLUMNS = [
     "emulated",
     "skipped_fp16_steps",
     "compile_s",
+    "unstable",
     "world_size",
     "threads",
     "straggler_pct",
@@ -95,6 +96,8 @@ def _guard_marks(record: CellRecord) -> str:
 
 def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
     note = r.reason or ""  # skip/failure reason, or the precision policy's note (e.g. emulated fp16)
+    if r.unstable:
+        note = f"UNSTABLE (repeats spread {_fmt(r.repeat_spread_pct)}%)" + (f"; {note}" if note else "")
     guards = _guard_marks(r)
     if compact:
         return [
@@ -177,6 +180,7 @@ def speedups_vs_fp32(records: list[CellRecord]) -> list[dict[str, Any]]:
             "precision": r.axes["precision"],
             "speedup": r.rate / ref.rate,
             "guards_ok": r.guards_ok,
+            "unstable": [c.cell_id for c in (r, ref) if c.unstable],
         }
         for r, ref in pair_with_reference(records, "precision", "fp32")
     ]
@@ -222,9 +226,15 @@ def fastest_section(records: list[CellRecord]) -> list[str]:
         lines.append("No measured cell passed every guard.")
     for dev, r in best.items():
         axes = ", ".join(f"{k}={v}" for k, v in r.axes.items())
+        unstable = (
+            f" **Unstable**: its repeats spread {r.repeat_spread_pct:.0f}% even when timed again; re-run it "
+            "(or compare with bench.compare) before trusting this ranking."
+            if r.unstable
+            else ""
+        )
         lines.append(
             f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}, "
-            f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%"
+            f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%{unstable}"
         )
     failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
     if failed_guards:
@@ -249,11 +259,14 @@ def speedup_sections(records: list[CellRecord]) -> list[str]:
         "",
         "## Speedup against fp32 (same other settings)",
         "",
-        "| cell | vs | speedup | guards |",
-        "|---|---|---:|---|",
+        "| cell | vs | speedup | guards | caution |",
+        "|---|---|---:|---|---|",
     ]
     for s in speedups_vs_fp32(records):
-        lines.append(f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} |")
+        caution = f"unstable: {', '.join(s['unstable'])}" if s["unstable"] else ""
+        lines.append(
+            f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} | {caution} |"
+        )
     compiled = compile_break_even(records)
     if compiled:
         lines += [

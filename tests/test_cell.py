@@ -16,7 +16,16 @@ from bench.report import summary_markdown
 from trainer_core.config import apply_overrides
 from trainer_core.text import write_sample_text
 
-MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
+# unstable_spread_pct=None: these tests count the steps a cell takes (a second set of repeats would add some)
+MEASURE = MeasureConfig(
+    warmup_steps=2,
+    settle_window=2,
+    max_warmup_steps=6,
+    min_steps=4,
+    min_time_s=0.0,
+    repeats=2,
+    unstable_spread_pct=None,
+)
 
 
 def _spec(tmp_path: Path, profile: dict[str, Any]) -> CellSpec:

@@ -32,7 +32,9 @@ def test_step_timer_times_every_phase_and_the_whole_step() -> None:
 def test_measure_warms_up_then_repeats() -> None:
     timer = StepTimer(CPU)
     run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512, "train.epochs": 1000})), hooks=[timer])
-    cfg = MeasureConfig(warmup_steps=2, settle_window=2, min_steps=4, min_time_s=0.0, repeats=3)
+    cfg = MeasureConfig(
+        warmup_steps=2, settle_window=2, min_steps=4, min_time_s=0.0, repeats=3, unstable_spread_pct=None
+    )
     raw = measure(run.trainer, run.data.train_loader, timer, cfg)
     assert raw["warmup_steps"] >= 4
     assert len(raw["steps"]) == 3 * raw["steps_per_repeat"] == len(raw["repeat_of_step"])
@@ -70,3 +72,37 @@ def test_a_run_that_ends_early_is_an_error_not_a_short_measurement() -> None:
     run = build_run(load_config(None, tiny_overrides(**{"train.max_steps": 3})))
     with pytest.raises(RuntimeError, match="asked for 5 steps, the run ended after 3"):
         run_steps(run.trainer, run.data.train_loader, 5)
+
+
+def _disturbed(monkeypatch: pytest.MonkeyPatch, slow_repeats: set[int]) -> dict:
+    """measure() with the named timed repeats (counted from 0 after warm-up) 3x slower than the others, as
+    a busy neighbour would make them (the step times are set, so the machine's own noise plays no part)."""
+    import bench.measure as m
+
+    timer = StepTimer(CPU)
+    run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512, "train.epochs": 1000})), hooks=[timer])
+    real, calls = m.timed_repeats, {"n": 0}
+
+    def timed(trainer, loader, t, n, repeats):  # noqa: ANN001, ANN202
+        out = real(trainer, loader, t, n, repeats)
+        for rep in out:
+            for s in rep:
+                s["step_s"] = 0.03 if calls["n"] in slow_repeats else 0.01
+            calls["n"] += 1
+        return out
+
+    monkeypatch.setattr(m, "timed_repeats", timed)
+    cfg = MeasureConfig(warmup_steps=2, settle_window=2, min_steps=4, min_time_s=0.0, repeats=2)
+    return measure(run.trainer, run.data.train_loader, timer, cfg)
+
+
+def test_disagreeing_repeats_are_timed_again_and_a_calm_second_set_replaces_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raw = _disturbed(monkeypatch, slow_repeats={1})
+    assert raw["remeasured"] and not raw["unstable"] and len(set(raw["repeat_of_step"])) == 2
+
+
+def test_repeats_that_keep_disagreeing_mark_the_cell_unstable(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _disturbed(monkeypatch, slow_repeats={1, 3})
+    assert raw["remeasured"] and raw["unstable"] and len(set(raw["repeat_of_step"])) == 4

@@ -118,3 +118,12 @@ def test_fastest_is_chosen_per_unit_when_workloads_are_mixed() -> None:
     lm = _rec("lm", "fp32", 12, 10.0, throughput=20_000.0, throughput_unit="tokens/s")
     best = fastest_per_device([*RECORDS, lm])
     assert best["cpu (samples/s)"].cell_id == "b" and best["cpu (tokens/s)"].cell_id == "lm"
+
+
+def test_an_unstable_cell_is_said_wherever_it_is_used() -> None:
+    shaky = _rec("b", "bf16", 64, 250.0, unstable=True, repeat_spread_pct=62.0)
+    records = [RECORDS[0], shaky]
+    summary = summary_markdown(records, {"matrix_name": "t"})
+    assert "| b | a | 2.50x | ok | unstable: b |" in summary  # the speedup says so
+    assert "**Unstable**: its repeats spread 62% even when timed again" in summary.split("## Speedup")[0]
+    assert "UNSTABLE (repeats spread 62.0%)" in markdown_table(records)

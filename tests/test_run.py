@@ -66,7 +66,7 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert r["samples_per_s"] > 0 and r["step_ms_p10"] <= r["step_ms_median"] <= r["step_ms_p90"]
         assert 0 <= r["data_wait_pct"] <= 100 and r["peak_mem_mb"] > 0 and r["flops_per_step"] > 0
         assert r["pct_of_peak"] is not None and r["pct_of_peak"] > 0
-        assert len(r["samples_per_s_repeats"]) == 2
+        assert len(r["samples_per_s_repeats"]) in (2, 4)  # 4: its repeats disagreed, timed again, still unstable
         assert r["guards_ok"], r["guards"]
         assert ("; ".join(r["notes"]) or None) == r.get("reason")  # the policy's notes, whole, and the one-line form
         # profile: on in the smoke matrix: one trace per cell folder, its breakdown merged into the row
