@@ -332,11 +332,11 @@ def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: 
     m = _matrix(tmp_path, ["bench.planted:raises"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-3:-1] == [
+    assert lines[-4:-2] == [
         "1 of 1 measured cells failed (reasons in summary.md)",
         "no cell was measured successfully: exit code 1",
     ]
-    assert lines[-1].startswith("results: ")
+    assert lines[-2].startswith("history: ") and lines[-1].startswith("results: ")
 
 
 def test_cells_dispatched_as_submitit_jobs_give_the_same_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
