@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.contract import MeasureConfig
-from bench.stats import settled
+from bench.stats import settled, spread_pct
 from trainer_core import distributed
 from trainer_core.trainer import BaseHook, StepResult, Trainer
 
@@ -172,9 +172,8 @@ def timed_repeats(
 
 
 def repeat_spread_pct(repeats: list[list[dict[str, float]]]) -> float:
-    """(max - min) / median of the repeats' throughputs (steps per second of each stretch), %."""
-    rates = [len(r) / sum(s["step_s"] for s in r) for r in repeats if r]
-    return 100.0 * (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
+    """How much the repeats' throughputs (steps per second of each stretch) disagree, %."""
+    return spread_pct([len(r) / sum(s["step_s"] for s in r) for r in repeats if r])
 
 
 def _labels(repeats: list[list[dict[str, float]]]) -> list[int]:

@@ -74,15 +74,18 @@ def cell_statistics(
         "throughput": (items_per_step or batch_size) / st["median"] if st["median"] > 0 else math.nan,
         "throughput_unit": f"{unit}/s",
         "samples_per_s_repeats": repeat_sps,
-        "repeat_spread_pct": 100.0 * (max(repeat_sps) - min(repeat_sps)) / statistics.median(repeat_sps)
-        if repeat_sps
-        else math.nan,
+        "repeat_spread_pct": spread_pct(repeat_sps) if repeat_sps else math.nan,
         "data_wait_pct": 100.0 * sum(s["data_s"] for s in steps) / total if total > 0 else math.nan,
         "data_wait_ms_median": summarize([s["data_s"] for s in steps])["median"] * 1e3,
     }
     if any("h2d_s" in s for s in steps):
         out["h2d_ms_median"] = summarize([s.get("h2d_s", 0.0) for s in steps])["median"] * 1e3
     return out
+
+
+def spread_pct(rates: Sequence[float]) -> float:
+    """(max - min) / median of repeated throughput readings, %: how much the repeats disagree."""
+    return 100.0 * (max(rates) - min(rates)) / statistics.median(rates) if len(rates) > 1 else 0.0
 
 
 def geometric_mean(values: Sequence[float]) -> float:
