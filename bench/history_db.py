@@ -21,7 +21,7 @@ from typing import Any
 from bench.contract import CellRecord
 from trainer_core.errors import TrainbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, str] = {  # version -> the SQL that brings version - 1 to it
     1: """
         CREATE TABLE runs (
@@ -54,6 +54,21 @@ MIGRATIONS: dict[int, str] = {  # version -> the SQL that brings version - 1 to 
             PRIMARY KEY (run_id, seq)
         );
         CREATE INDEX cells_by_id ON cells(cell_id);
+    """,
+    2: """
+        CREATE TABLE ab_verdicts (
+            run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            a TEXT,
+            b TEXT,
+            ratio REAL,
+            ci_low REAL,
+            ci_high REAL,
+            verdict TEXT,
+            rounds INTEGER,
+            min_effect_pct REAL,
+            PRIMARY KEY (run_id, name)
+        );
     """,
 }
 
@@ -97,9 +112,16 @@ def transaction(db: sqlite3.Connection) -> Iterator[None]:
     db.commit()
 
 
-def record_run(db: sqlite3.Connection, run_id: str, kind: str, env: dict[str, Any], records: list[CellRecord]) -> bool:
-    """Store a run and its cells; False (and nothing changed) when ``run_id`` is already there, so a
-    finished run is never rewritten by recording it again."""
+def record_run(
+    db: sqlite3.Connection,
+    run_id: str,
+    kind: str,
+    env: dict[str, Any],
+    records: list[CellRecord],
+    ab: dict[str, Any] | None = None,
+) -> bool:
+    """Store a run, its cells and (a ``bench.ab`` run) its verdicts; False (and nothing changed) when
+    ``run_id`` is already there, so a finished run is never rewritten by recording it again."""
     if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
         return False
     machine = next((r.machine for r in records if r.machine), None) or {}
@@ -124,7 +146,27 @@ def record_run(db: sqlite3.Connection, run_id: str, kind: str, env: dict[str, An
             ),
         )
         db.executemany("INSERT INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _cell_rows(run_id, records))
+        if ab:
+            db.executemany("INSERT INTO ab_verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _verdict_rows(run_id, ab))
     return True
+
+
+def _verdict_rows(run_id: str, ab: dict[str, Any]) -> list[tuple[Any, ...]]:
+    a, b = (json.dumps(ab["sides"][s], default=str) for s in ("A", "B"))
+    return [
+        (run_id, name, a, b, v["ratio"], v["ci_low"], v["ci_high"], v["verdict"], ab["rounds"], ab["min_effect_pct"])
+        for name, v in ab["results"].items()
+    ]
+
+
+def verdicts(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every recorded bench.ab verdict, oldest first."""
+    rows = db.execute(
+        "SELECT v.run_id, r.recorded_at, v.name, v.a, v.b, v.ratio, v.ci_low, v.ci_high, v.verdict, v.rounds "
+        "FROM ab_verdicts v JOIN runs r USING (run_id) ORDER BY r.recorded_at, v.run_id, v.name"
+    ).fetchall()
+    keys = ("run_id", "recorded_at", "name", "a", "b", "ratio", "ci_low", "ci_high", "verdict", "rounds")
+    return [dict(zip(keys, row)) for row in rows]
 
 
 def _cell_rows(run_id: str, records: list[CellRecord]) -> list[tuple[Any, ...]]:
@@ -175,14 +217,32 @@ def series(db: sqlite3.Connection, cell_id: str | None = None) -> dict[tuple[str
 
 
 def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> bool:
-    """Record a finished results folder (its cells.jsonl and env.json); False when it was already there."""
+    """Record a finished results folder (its cells.jsonl and env.json, and a bench.ab run's ab.json),
+    or a pytest-benchmark JSON file; False when it was already there."""
     from bench.launcher import read_records
 
+    if path.is_file() and path.suffix == ".json":
+        return ingest_pytest_benchmark(db, path)
     if not (path / "cells.jsonl").is_file():
-        raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder)")
+        raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder or a pytest-benchmark JSON)")
     env = json.loads((path / "env.json").read_text()) if (path / "env.json").is_file() else {}
-    kind = kind or ("tune" if path.name.startswith("tune-") else "run")
-    return record_run(db, path.name, kind, env, read_records(path / "cells.jsonl"))
+    kind = kind or env.get("kind") or ("tune" if path.name.startswith("tune-") else "run")
+    ab = json.loads((path / "ab.json").read_text()) if (path / "ab.json").is_file() else None
+    return record_run(db, path.name, kind, env, read_records(path / "cells.jsonl"), ab)
+
+
+def ingest_pytest_benchmark(db: sqlite3.Connection, path: Path) -> bool:
+    """A pytest-benchmark JSON (``--benchmark-json`` or an autosaved run) as a run of kind
+    pytest-benchmark: one cell per benchmark, its timings as the steps. The run id carries a hash of
+    the file, so ingesting the same file again changes nothing."""
+    import hashlib
+
+    from bench import pytest_bench
+
+    data = pytest_bench.read_json(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    return record_run(db, f"pytest-benchmark-{path.stem}-{digest}", "pytest-benchmark", pytest_bench.env(data),
+                      pytest_bench.records(data))  # fmt: skip
 
 
 def check_latest(db: sqlite3.Connection, window: int, min_effect_pct: float) -> list[dict[str, Any]]:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from bench.contract import FAILED, CellRecord, CellSpec
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bench.revisions import REPO_ROOT, code_env, module_command
 
 
 def read_records(path: Path) -> list[CellRecord]:
@@ -47,14 +45,15 @@ def cell_paths(cell_dir: Path, cell_id: str) -> tuple[Path, Path, Path]:
     return cell_dir / f"{cell_id}.spec.json", cell_dir / f"{cell_id}.result.json", cell_dir / f"{cell_id}.log"
 
 
-def launch_cell(spec: CellSpec, cell_dir: Path) -> CellRecord:
-    """Run one cell in a fresh process (``spec.measure.cell_timeout_s`` at most); whatever happens,
+def launch_cell(spec: CellSpec, cell_dir: Path, code_root: Path = REPO_ROOT) -> CellRecord:
+    """Run one cell in a fresh process (``spec.measure.cell_timeout_s`` at most) with the code under
+    ``code_root`` (this checkout, or a git revision's worktree for ``bench.ab``); whatever happens,
     return a record: the cell's own, or a failed one with the reason (the log's last line, the signal)."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = cell_paths(cell_dir, spec.cell_id)
     result_path.unlink(missing_ok=True)
     spec_path.write_text(spec.model_dump_json(indent=2))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = code_env(code_root)
     identity = {
         "cell_id": spec.cell_id,
         "axes": spec.axes,
@@ -65,7 +64,7 @@ def launch_cell(spec: CellSpec, cell_dir: Path) -> CellRecord:
     try:
         with open(log_path, "w") as log:
             proc = subprocess.run(
-                [sys.executable, "-m", "bench.cell", str(spec_path), str(result_path)],
+                module_command(code_root, "bench.cell", str(spec_path), str(result_path)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

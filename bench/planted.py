@@ -12,6 +12,11 @@ as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire 
 | raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
 | rank_dependent | ddp_equivalence | ranks but 0 see their batch reversed against its labels          |
 
+``extra_time`` plants a slowdown instead of a fault: a healthy model (any registered one) whose every
+forward also busy-waits ``extra_ms``, so a step of ``s`` ms takes ``s + extra_ms`` ms: a known change
+for ``bench.ab`` and ``bench.history check`` to find. (Extra *work* on a share of the batch would not
+do: small batches run far less efficiently, so "5% more samples" costs 15-20% more time.)
+
 ``lm_never_learns``, ``lm_emits_nan``, ``lm_nondeterministic``, ``lm_hidden_state``: the same faults for
 the causal_lm workload (token ids in, logits over the vocabulary out).
 """
@@ -176,3 +181,31 @@ def lm_nondeterministic(vocab_size: int = 32) -> nn.Module:
 
 def lm_hidden_state(vocab_size: int = 32) -> nn.Module:
     return LMHiddenState(vocab_size)
+
+
+# --------------------------------------------------------------------------------- planted slowdown
+class ExtraTime(nn.Module):
+    """The base model, unchanged, plus ``extra_ms`` of busy-waiting (a CPU kept busy, not a sleep)
+    after each forward."""
+
+    def __init__(self, base: nn.Module, extra_ms: float) -> None:
+        super().__init__()
+        self.base, self.extra_s = base, extra_ms / 1e3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        until = time.perf_counter() + self.extra_s
+        while time.perf_counter() < until:
+            pass
+        return out
+
+
+def extra_time(base: str = "SimpleCNN", extra_ms: float = 1.0, **kwargs: object) -> nn.Module:
+    """``model: {name: bench.planted:extra_time, kwargs: {base: SimpleCNN, extra_ms: 1.5, ...}}`` (the
+    other kwargs go to the base model's factory)."""
+    from trainer_core.config import ModelConfig
+    from trainer_core.models import build_model
+
+    if extra_ms < 0:
+        raise ValueError(f"extra_ms must be >= 0, got {extra_ms}")
+    return ExtraTime(build_model(ModelConfig(name=base, kwargs=dict(kwargs))), extra_ms)

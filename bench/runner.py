@@ -199,6 +199,7 @@ def run_cells(
 
 
 def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any]) -> list[Path]:
+    from bench.html_report import run_report
     from bench.plots import plot_data_wait, plot_phase_breakdown, plot_throughput
 
     write_csv(records, run_dir / "results.csv")
@@ -212,6 +213,7 @@ def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any])
     ):
         if plot is not None:
             paths.append(plot)
+    paths.append(run_report(run_dir, records, env))
     return paths
 
 

@@ -171,3 +171,27 @@ def step_change(values: Sequence[float], window: int = 5, min_effect_pct: float 
         "regression": bool(change < -threshold),
         "improvement": bool(change > threshold),
     }
+
+
+def bootstrap_paired_ratios(
+    a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
+) -> tuple[float, float, float, list[float]]:
+    """Interleaved A/B: throughput ratio B/A as the geometric mean of the per-round ratios (median step
+    of A / median step of B within round i, measured side by side), with a 95% bootstrap interval that
+    resamples rounds, then steps within each reading. Pairing is what makes drift cancel: a machine that
+    slows down slows both readings of a round, so their ratio holds still while the readings move.
+    Returns (ratio, low, high, per-round ratios)."""
+    if len(a_rounds) != len(b_rounds) or not a_rounds:
+        raise ValueError("need the same, non-zero number of rounds for A and B")
+    rng = np.random.default_rng(seed)
+    k = len(a_rounds)
+    log_boot = np.empty((k, n))  # per round: log ratio of step-resampled medians, n draws
+    for i, (a, b) in enumerate(zip(a_rounds, b_rounds)):
+        a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        ma = np.median(a_arr[rng.integers(0, len(a_arr), size=(n, len(a_arr)))], axis=1)
+        mb = np.median(b_arr[rng.integers(0, len(b_arr), size=(n, len(b_arr)))], axis=1)
+        log_boot[i] = np.log(ma / mb)
+    picks = rng.integers(0, k, size=(n, k))  # rounds resampled with replacement, per draw
+    draws = np.exp(log_boot[picks, np.arange(n)[:, None]].mean(axis=1))
+    per_round = round_ratios(a_rounds, b_rounds)
+    return geometric_mean(per_round), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5)), per_round

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench._cli import add_overrides, make_parser, run_cli
 from bench.history_db import record_in_history
+from bench.html_report import folder_report
 from bench.tune_report import format_report
 from bench.tuning import (
     MIN_ROUNDS,
@@ -93,6 +94,7 @@ def main(args: argparse.Namespace) -> int:
     text = format_report(out)
     (run_dir / "tune.md").write_text(text)
     print(f"\n{text}\ntotal {out['total_seconds']:.0f} s")
+    print(f"report: {folder_report(run_dir)}")
     print(f"history: {record_in_history(Path(args.history or Path(args.out) / 'history.sqlite'), run_dir, 'tune')}")
     print(f"results: {run_dir}")
     return 0

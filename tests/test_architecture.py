@@ -48,6 +48,13 @@ LIGHT = [
     "bench.contract",
     "bench.launcher",
     "bench.tune_report",
+    "bench.history_db",
+    "bench.abtest",
+    "bench.ab_report",
+    "bench.pytest_bench",
+    "bench.revisions",
+    "bench.html_report",
+    "bench.html_figures",
 ]
 
 
@@ -72,6 +79,8 @@ def test_the_cli_modules_are_the_commands() -> None:
         "overhead",
         "cell",
         "guard_audit",
+        "ab",
+        "history",
     }
     assert {f"bench.{n}" for n in expected} <= CLI_MODULES
 

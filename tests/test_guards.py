@@ -116,3 +116,28 @@ def test_gpu_without_deterministic_algorithms_is_reported_honestly() -> None:
     result = guard_determinism(GuardContext(config, SETTINGS, torch.device("cuda")))  # decided before touching the GPU
     assert result.status == NONDETERMINISTIC and "deterministic algorithms are off" in result.detail
     assert guards_ok([result])
+
+
+def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
+    import time
+
+    from bench.planted import extra_time
+
+    kwargs = {"input_dim": 2, "hidden_dims": [32], "output_dim": 2, "dropout": 0.0}
+    torch.manual_seed(0)
+    slow = extra_time(base="SimpleMLP", extra_ms=20.0, **kwargs)
+    torch.manual_seed(0)
+    fast = extra_time(base="SimpleMLP", extra_ms=0.0, **kwargs)
+    x = torch.randn(8, 2)
+    t0 = time.perf_counter()
+    assert torch.equal(slow(x), fast(x))  # the same model, the same output
+    assert time.perf_counter() - t0 >= 0.02  # and at least the planted time more
+    planted = {
+        "model.name": "bench.planted:extra_time",
+        "model.kwargs": {"base": "SimpleMLP", "extra_ms": 0.5, **kwargs},
+    }
+    config = load_config(None, tiny_overrides(**planted))
+    watch = FiniteWatch()
+    run = build_run(config, hooks=[watch])
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=5)
+    assert guards_ok(run_guards(config, SETTINGS, CPU, run.trainer, watch))  # no guard fires on it

@@ -86,3 +86,51 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close()
     with pytest.raises(history_db.HistoryError, match="newer than this trainbench"):
         history_db.connect(path)
+
+
+def test_a_version_1_database_is_migrated_with_its_runs_kept(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(history_db.MIGRATIONS[1])
+    old.execute("PRAGMA user_version = 1")
+    old.execute("INSERT INTO runs (run_id, kind, recorded_at, env_json) VALUES ('old-run', 'run', 't', '{}')")
+    old.commit()
+    old.close()
+    db = history_db.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == history_db.SCHEMA_VERSION == 2
+    assert [r["run_id"] for r in history_db.runs(db)] == ["old-run"] and history_db.verdicts(db) == []
+    db.close()
+
+
+def test_pytest_benchmark_json_is_recorded_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = {
+        "machine_info": {"node": "box", "cpu": {"brand_raw": "Xeon"}},
+        "commit_info": {"id": "abc", "dirty": False},
+        "benchmarks": [{"group": "g", "name": "t", "fullname": "f.py::t", "stats": {"data": [0.01, 0.02, 0.01]}}],
+    }
+    path = tmp_path / "0001_abc.json"
+    path.write_text(json.dumps(data))
+    db_path = tmp_path / "h.sqlite"
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(path)]) == 0
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(path)]) == 0
+    assert "already recorded" in capsys.readouterr().out
+    db = history_db.connect(db_path)
+    (run,) = history_db.runs(db)
+    assert run["kind"] == "pytest-benchmark" and run["git_commit"] == "abc" and run["measured"] == 1
+    (points,) = history_db.series(db, "f.py::t").values()
+    assert points[0]["throughput"] == pytest.approx(100.0) and points[0]["unit"] == "calls/s"
+    db.close()
+
+
+def test_list_shows_ab_verdicts_and_report_writes_the_page(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = _run(tmp_path, "ab-1", 100.0)
+    ab = {"sides": {"A": {"given": "HEAD~1"}, "B": {"given": "HEAD"}}, "rounds": 7, "min_effect_pct": 3.0,
+          "results": {"cell": {"ratio": 0.9, "ci_low": 0.88, "ci_high": 0.92, "verdict": "slower"}}}  # fmt: skip
+    (run / "ab.json").write_text(json.dumps(ab))
+    db_path = tmp_path / "h.sqlite"
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(run)]) == 0
+    assert history_cli.cli(["--history", str(db_path), "list"]) == 0
+    assert "ab-1  cell: slower (B/A 0.900, 95% CI 0.880-0.920, 7 rounds)" in capsys.readouterr().out
+    assert history_cli.cli(["--history", str(db_path), "report"]) == 0
+    page = (tmp_path / "history.html").read_text()
+    assert "A/B verdicts" in page and "HEAD~1" in page and "fast" in page

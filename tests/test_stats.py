@@ -74,3 +74,20 @@ def test_round_bootstrap_sees_drift_between_rounds_that_pooled_steps_hide() -> N
 def test_geometric_mean_and_round_ratios() -> None:
     assert geometric_mean([100.0, 400.0]) == pytest.approx(200.0) and geometric_mean([]) == 0.0
     assert round_ratios([[0.2, 0.2, 0.4], [0.1]], [[0.1, 0.1], [0.05, 0.2, 0.05]]) == pytest.approx([2.0, 2.0])
+
+
+def test_paired_ratios_cancel_drift_that_unpaired_readings_cannot() -> None:
+    from bench.stats import bootstrap_paired_ratios, bootstrap_ratio_readings
+
+    rng = np.random.default_rng(4)
+    a_rounds, b_rounds = [], []
+    for _ in range(10):  # the machine's speed moves by up to 30% between rounds; B is 5% slower throughout
+        machine = 1.0 + 0.3 * rng.random()
+        a_rounds.append(list(0.01 * machine * (1 + 0.03 * rng.standard_normal(40))))
+        b_rounds.append(list(0.01 * machine * 1.05 * (1 + 0.03 * rng.standard_normal(40))))
+    ratio, lo, hi, per_round = bootstrap_paired_ratios(a_rounds, b_rounds)
+    assert lo < 1 / 1.05 < hi < 1.0 and len(per_round) == 10
+    _, ulo, uhi = bootstrap_ratio_readings(a_rounds, b_rounds)
+    assert uhi - ulo > 3 * (hi - lo) and ulo < 1.0 < uhi  # unpaired: too wide to see the 5%
+    with pytest.raises(ValueError):
+        bootstrap_paired_ratios(a_rounds, b_rounds[:3])

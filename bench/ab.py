@@ -1,0 +1,132 @@
+"""``python -m bench.ab --a CONFIG|REV --b CONFIG|REV``: is B faster, slower, or no different from A?
+
+Both are re-measured **interleaved** (rounds A B, B A, ...; every reading a fresh process) until the
+paired interval decides at ``--min-effect`` or ``--budget-s`` ends (:mod:`bench.abtest`). A side is a
+config file (a training config, or a matrix with ``--cell key=value`` picking one cell), a git
+revision (run in a temporary worktree, reading ``--config``), or ``worktree`` (this checkout as it is).
+``--pytest ARGS`` compares pytest-benchmark tests at two revisions instead. Writes
+results/ab-<time>/ (ab.md, ab.json, cells.jsonl, env.json) and records it in the history.
+Exit 1 on a significant slowdown beyond ``--fail-threshold``, or when a reading fails or breaks a guard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
+from bench.ab_report import ab_markdown, verdict_line
+from bench.ab_setup import WORKTREE, cell_spec, resolve_sides
+from bench.abtest import (
+    AbError,
+    AbPlan,
+    CellSubject,
+    PytestSubject,
+    ab_report,
+    failures,
+    interleave,
+    open_ab_dir,
+    write_outputs,
+)
+from bench.history_db import record_in_history
+from bench.html_report import folder_report
+from bench.revisions import REPO_ROOT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("bench.ab", "Interleaved A/B re-measurement of two configurations or two git revisions.")
+    p.add_argument("--a", required=True, help=f"baseline: a config file, a git revision, or '{WORKTREE}'")
+    p.add_argument("--b", required=True, help=f"candidate: a config file, a git revision, or '{WORKTREE}'")
+    p.add_argument("--config", help="the config a revision side runs (default: the other side's file)")
+    p.add_argument(
+        "--cell",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pick one cell of a matrix file (repeatable), e.g. --cell precision=bf16",
+    )
+    add_overrides(p, "override both sides' config")
+    for side in ("a", "b"):
+        p.add_argument(
+            f"--set-{side}",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"override {side.upper()}'s config only (after --set), e.g. to A/B one change without a second file",
+        )
+    p.add_argument(
+        "--pytest",
+        metavar="ARGS",
+        help="compare pytest-benchmark tests instead, e.g. \"tests/benchmarks -k 'train_step and SimpleMLP'\"",
+    )
+    p.add_argument("--group", help="with --pytest: only this benchmark group")
+    p.add_argument("--budget-s", type=float, default=300.0, help="time budget of the whole run (default 300 s)")
+    p.add_argument("--min-rounds", type=int, default=3, help="rounds before the verdict may stop the run (default 3)")
+    p.add_argument("--max-rounds", type=int, default=40, help="rounds at most (default 40)")
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        default=3.0,
+        metavar="PCT",
+        help="smallest change, %%, worth a verdict: changes below it read 'no change' (default 3)",
+    )
+    p.add_argument("--fail-threshold", type=float, metavar="PCT", help="exit 1 if B is significantly slower by > PCT%%")
+    p.add_argument("--order", choices=["abba", "random"], default="abba", help="order within rounds (default abba)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --order random")
+    p.add_argument("--reading-s", type=float, default=2.0, help="timed seconds per cell reading (default 2)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads in every reading (default: torch's default)")
+    p.add_argument("--repo", default=str(REPO_ROOT), help="git repository revisions are taken from (default: this one)")
+    p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
+    p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    plan = AbPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
+    sets = {"A": args.overrides + args.set_a, "B": args.overrides + args.set_b}
+    history = Path(args.history or Path(args.out) / "history.sqlite")
+    with ExitStack() as stack:
+        sides = resolve_sides(args.a, args.b, args.config, Path(args.repo), stack, files_allowed=not args.pytest)
+        specs = (
+            {}
+            if args.pytest
+            else {s.name: cell_spec(s, args.cell, sets[s.name], threads, args.reading_s) for s in sides}
+        )
+        run_dir = open_ab_dir(
+            Path(args.out), sides, threads, {"cell": args.cell, "overrides": sets, "pytest": args.pytest}
+        )
+        subject = PytestSubject(args.pytest, args.group) if args.pytest else CellSubject(specs, run_dir / "cells")
+        for s in sides:
+            print(s.describe(), flush=True)
+        try:
+            result = interleave(subject, sides, plan, run_dir)
+        except AbError as e:
+            print(f"bench.ab: {e}", file=sys.stderr)
+            if (run_dir / "cells.jsonl").exists():  # the readings taken stay on record, failed one included
+                print(f"history: {record_in_history(history, run_dir, 'ab')}")
+            print(f"results: {run_dir}")
+            return EXIT_FAILED
+    report = ab_report(result, sides, plan)
+    write_outputs(run_dir, report, ab_markdown(report))
+    print(f"report: {folder_report(run_dir)}")
+    for key, v in report["results"].items():
+        print(verdict_line(key, v, plan.min_effect_pct))
+    failed = failures(report, args.fail_threshold)
+    for f in failed:
+        print(f"FAIL: {f}")
+    print(f"history: {record_in_history(history, run_dir, 'ab')}\nresults: {run_dir}")
+    return EXIT_FAILED if failed else 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,43 @@
+"""Formatting of a ``bench.ab`` result (numbers in, text out; no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def verdict_line(key: str, v: dict[str, Any], min_effect_pct: float) -> str:
+    change = 100.0 * (v["ratio"] - 1.0)
+    if v["verdict"] == "faster":
+        what = f"B is faster than A by {change:.1f}%"
+    elif v["verdict"] == "slower":
+        what = f"B is slower than A by {-change:.1f}%"
+    elif v["resolved"]:
+        what = f"no change: the interval rules out a change of {min_effect_pct:g}% or more"
+    else:
+        reach = 100.0 * max(1.0 - v["ci_low"], v["ci_high"] - 1.0)
+        what = (f"no change of {min_effect_pct:g}% or more detected, but the interval cannot rule out one of up "
+                f"to {reach:.1f}% (more --budget-s narrows it)")  # fmt: skip
+    label = "" if key == "cell" else f"{key}: "
+    return f"{label}{what} (B/A {v['ratio']:.3f}, 95% CI {v['ci_low']:.3f}-{v['ci_high']:.3f})"
+
+
+def ab_markdown(report: dict[str, Any]) -> str:
+    """The run's summary: sides, verdicts, and per round each side's throughput and the paired ratio."""
+    m = report["min_effect_pct"]
+    lines = [
+        f"# A/B: {report['sides']['A']['given']} vs {report['sides']['B']['given']}",
+        "",
+        *[f"- {s['describe']}" for s in report["sides"].values()],
+        f"- {report['rounds']} interleaved rounds ({report['order']}) in {report['seconds']:.0f} s; "
+        f"minimum effect {m:g}%",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {verdict_line(k, v, m)}" for k, v in report["results"].items()],
+    ]
+    for key, v in report["results"].items():
+        lines += ["", f"## Rounds{'' if key == 'cell' else ': ' + key}", "", f"| round | A {v['unit']} | "
+                  f"B {v['unit']} | B/A |", "|---:|---:|---:|---:|"]  # fmt: skip
+        for i, (a, b, r) in enumerate(zip(v["a_rate"], v["b_rate"], v["per_round"]), start=1):
+            lines.append(f"| {i} | {a:,.1f} | {b:,.1f} | {r:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""What ``bench.ab`` compares: each side's code (this checkout or a git revision's worktree) and, for
+cells, the cell spec each side runs (a training config, or one cell of a matrix picked by ``--cell``).
+
+A side given as an existing file is that config with this checkout's code; a side given as a git
+revision (or ``worktree``: this checkout) runs ``--config`` (or the other side's file) with that
+revision's code. Specs are built and validated here, by this checkout, before anything runs; the
+revision's code then reads the spec, so it must share the cell contract (``bench.contract``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.abtest import Side, ab_measure
+from bench.contract import CellSpec, GuardsConfig
+from bench.matrix import (
+    expand,
+    load_matrix,
+    parse_filter,
+    preflight_config,
+    resolve_device_name,
+    select,
+    static_skip_reason,
+)
+from bench.revisions import REPO_ROOT, check_code_root, resolve, worktree
+from trainer_core.config import RunConfig, apply_overrides, parse_override, read_yaml, validate_config
+from trainer_core.errors import ConfigError
+
+WORKTREE = "worktree"  # a side that runs this checkout's code as it is, uncommitted changes included
+
+
+def resolve_sides(
+    a: str, b: str, config: str | None, repo: Path, stack: ExitStack, files_allowed: bool = True
+) -> tuple[Side, Side]:
+    """The two sides; revisions checked out (one worktree per distinct commit) for as long as ``stack``."""
+    trees: dict[str, Path] = {}
+    sides = []
+    for name, given in (("A", a), ("B", b)):
+        flag = f"--{name.lower()} {given}"
+        if given != WORKTREE and Path(given).is_file():
+            if not files_allowed:
+                raise ConfigError(f"{flag}: with --pytest, each side is a git revision or '{WORKTREE}'")
+            sides.append(Side(name, given, REPO_ROOT, None, given))
+            continue
+        commit = None if given == WORKTREE else resolve(repo, given)
+        if given != WORKTREE and commit is None:
+            raise ConfigError(f"{flag}: neither a file nor a git revision of {repo}")
+        if commit is not None and commit not in trees:
+            trees[commit] = stack.enter_context(worktree(repo, commit))
+            check_code_root(trees[commit])
+        sides.append(Side(name, given, trees[commit] if commit else REPO_ROOT, commit, config))
+    if files_allowed:
+        fallback = config or next((s.config for s in sides if s.config), None)
+        for s in sides:
+            s.config = s.config or fallback
+            if s.config is None:
+                raise ConfigError("--config: needed when neither --a nor --b is a config file")
+    return sides[0], sides[1]
+
+
+def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunConfig, dict, GuardsConfig | None]:
+    """(config, axes, the matrix's guards) of a training config, or of the one matrix cell ``cell`` picks."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such config file")
+    raw = read_yaml(path)
+    sets = dict(parse_override(o) for o in overrides)
+    if "axes" not in raw:
+        if cell:
+            raise ConfigError(f"--cell {' '.join(cell)}: {path} is a training config, not a matrix")
+        return validate_config(apply_overrides(raw, sets), source=path, overridden=set(sets)), {}, None
+    spec = load_matrix(path)
+    cells = select(expand(spec, source=path), parse_filter(cell)) if cell else expand(spec, source=path)
+    if len(cells) != 1:
+        ids = ", ".join(c.cell_id for c in cells[:8]) + (", ..." if len(cells) > 8 else "")
+        what = f"--cell {' '.join(cell)}" if cell else "no --cell"
+        raise ConfigError(f"{path}: {what} picks {len(cells)} cells ({ids}); pick exactly one")
+    picked = cells[0]
+    config = validate_config(apply_overrides(picked.config.to_dict(), sets), source=path, overridden=set(sets))
+    return config, picked.axes, spec.guards
+
+
+def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, reading_s: float) -> CellSpec:
+    """The spec ``side`` runs in every reading (guards: the matrix's, else the quick set tune uses)."""
+    from bench.guards import QUICK_GUARDS
+
+    assert side.config is not None
+    config, axes, guards = cell_config(side.config, cell, overrides)
+    preflight_config(config, side.config)
+    skip = static_skip_reason(config)
+    if skip:
+        raise ConfigError(f"{side.config}: this cell cannot run here: {skip}")
+    return CellSpec(
+        cell_id=side.name,
+        axes={**axes, "ab_side": side.name},
+        config=config.to_dict(),
+        device=resolve_device_name(config.device),
+        threads=threads,
+        measure=ab_measure(reading_s),
+        guards=guards or QUICK_GUARDS,
+    )

@@ -1,0 +1,263 @@
+"""Interleaved A/B re-measurement (``python -m bench.ab``): two configurations, or one configuration at
+two git revisions, measured in alternating rounds (A B, then B A, ...), each reading a fresh process.
+
+Why interleaved: two runs measured one after the other see different machines (another tenant, a
+clock change, a warm cache), and per-run intervals cannot see that drift. Within a round A and B run
+minutes apart at most, so the per-round ratio B/A cancels slow drift; the verdict is a bootstrap over
+rounds, then steps, of those paired ratios (:func:`bench.stats.bootstrap_paired_ratios`). Rounds go
+on until the interval is narrow enough to decide at the stated minimum effect, or the budget ends.
+
+The subjects measured: a cell (a training config, or one cell of a matrix file), run with
+:func:`bench.launcher.launch_cell`; or pytest-benchmark tests (:mod:`bench.pytest_bench`), compared
+benchmark by benchmark. Guards run on the first reading of each side; the others only time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.contract import CellRecord, CellSpec, GuardsConfig, MeasureConfig
+from bench.launcher import append_record, launch_cell
+from bench.stats import bootstrap_paired_ratios
+from trainer_core.errors import ConfigError, TrainbenchError
+
+FASTER, SLOWER, NO_CHANGE = "faster", "slower", "no change"
+CELL_KEY = "cell"  # the one key of a cell subject (pytest-benchmark subjects key by benchmark name)
+
+
+class AbError(TrainbenchError):
+    """A reading failed or broke a guard: there is nothing sound to compare."""
+
+
+@dataclass
+class Side:
+    """One side of the comparison: which code runs (this checkout, or a revision's worktree) and, for a
+    cell subject, which config file it reads."""
+
+    name: str
+    given: str
+    code_root: Path
+    commit: str | None = None
+    config: str | None = None
+
+    def describe(self) -> str:
+        code = f"code at {self.commit[:12]}" if self.commit else "code of this checkout"
+        return f"{self.name} = {self.given} ({code}" + (f", {self.config})" if self.config else ")")
+
+
+@dataclass
+class AbPlan:
+    """When to stop: at least ``min_rounds``, then as soon as every interval is narrow enough to decide
+    at ``min_effect_pct`` (half-width at most half of it), or when another round would pass the budget."""
+
+    budget_s: float = 300.0
+    min_rounds: int = 3
+    max_rounds: int = 40
+    min_effect_pct: float = 3.0
+    order: str = "abba"
+    seed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class Subject(Protocol):
+    def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+        """One reading of ``side`` in a fresh process: a record per key (guards on the ``first`` one)."""
+        ...
+
+
+@dataclass
+class CellSubject:
+    """A cell per side (the specs may differ: two configs), read with ``launch_cell``."""
+
+    specs: dict[str, CellSpec]
+    cell_dir: Path
+
+    def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+        spec = self.specs[side.name]
+        update: dict[str, Any] = {"cell_id": f"{side.name}-{label}", "role": f"ab-{side.name}"}
+        if not first:
+            update["guards"] = GuardsConfig(enabled=[])
+        return {CELL_KEY: launch_cell(spec.model_copy(update=update), self.cell_dir, side.code_root)}
+
+
+@dataclass
+class PytestSubject:
+    """pytest-benchmark tests run at each side's code (its own tests folder), optionally one group."""
+
+    pytest_args: str
+    group: str | None
+    timeout_s: float = 600.0
+
+    def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+        from bench.pytest_bench import run
+
+        out = {}
+        for rec in run(side.code_root, self.pytest_args, self.group, self.timeout_s):
+            key = str(rec.cell_id)
+            out[key] = rec.model_copy(update={"cell_id": f"{side.name}-{label}-{key}", "role": f"ab-{side.name}"})
+        return out
+
+
+def ab_measure(reading_s: float) -> MeasureConfig:
+    """One timed stretch per reading (the rounds are the repeats), no re-measurement of its own."""
+    return MeasureConfig(repeats=1, min_time_s=reading_s, max_time_s=max(10.0, 3 * reading_s), unstable_spread_pct=None)
+
+
+def verdict(ratio: float, low: float, high: float, min_effect_pct: float) -> str:
+    """faster / slower: the interval excludes 1 *and* the change is at least the minimum effect (a
+    real but smaller change is not worth a verdict); anything else reads no change. Whether the
+    interval also rules out a change of that size is :func:`resolved`."""
+    m = min_effect_pct / 100.0
+    if high < 1.0 and ratio <= 1.0 - m:
+        return SLOWER
+    if low > 1.0 and ratio >= 1.0 + m:
+        return FASTER
+    return NO_CHANGE
+
+
+def resolved(low: float, high: float, min_effect_pct: float) -> bool:
+    """The whole interval lies within +-min effect: 'no change' then also means 'no change that large'."""
+    m = min_effect_pct / 100.0
+    return low >= 1.0 - m and high <= 1.0 + m
+
+
+def round_order(plan: AbPlan, r: int, sides: tuple[Side, Side]) -> list[Side]:
+    """ABBA: A first in odd rounds, B first in even ones (so neither always runs on a warmer machine);
+    random: a seeded coin per round."""
+    flip = random.Random(plan.seed * 100_003 + r).random() < 0.5 if plan.order == "random" else r % 2 == 1
+    return list(reversed(sides)) if flip else list(sides)
+
+
+def take_reading(subject: Subject, side: Side, r: int, cells_path: Path) -> dict[str, CellRecord]:
+    """One reading, appended to cells.jsonl as it arrives; a failed or guard-breaking one ends the run.
+    Round 0 is the warm-up round: guards run, and its timings are not used."""
+    label = f"r{r:02d}" if r else "warmup"
+    try:
+        got = subject.read(side, label, first=r == 0)
+    except ConfigError as e:
+        raise AbError(f"{side.name}, {label}: {e}") from None
+    for rec in got.values():
+        append_record(cells_path, rec)
+        if rec.status != "ok" or not rec.step_s:
+            raise AbError(f"{side.name} ({side.given}), {label}: {rec.status}: {rec.reason}")
+        if rec.guards_ok is False:
+            broken = ", ".join(f"{n}: {g.detail}" for n, g in rec.guards.items() if g.status not in ("pass",))
+            raise AbError(f"{side.name} ({side.given}) broke a guard, so its speed means nothing: {broken}")
+    return got
+
+
+def analyse(rounds: list[dict[str, dict[str, CellRecord]]], sides: tuple[Side, Side], min_effect_pct: float) -> dict:
+    """Per key both sides have: ratio B/A (throughput), its interval, per-round ratios, the verdict."""
+    a, b = sides[0].name, sides[1].name
+    keys = [k for k in rounds[0][a] if all(k in rd[a] and k in rd[b] for rd in rounds)]
+    out: dict[str, Any] = {}
+    for key in keys:
+        a_recs, b_recs = [rd[a][key] for rd in rounds], [rd[b][key] for rd in rounds]
+        # step-time ratios -> throughput ratios when a step carries different work (batch or block size)
+        scale = (b_recs[0].items_per_step or 1.0) / (a_recs[0].items_per_step or 1.0)
+        ratio, lo, hi, per_round = bootstrap_paired_ratios([r.step_s for r in a_recs], [r.step_s for r in b_recs])
+        ratio, lo, hi = ratio * scale, lo * scale, hi * scale
+        out[key] = {
+            "ratio": ratio,
+            "ci_low": lo,
+            "ci_high": hi,
+            "verdict": verdict(ratio, lo, hi, min_effect_pct),
+            "resolved": resolved(lo, hi, min_effect_pct),
+            "per_round": [x * scale for x in per_round],
+            "a_rate": [r.rate for r in a_recs],
+            "b_rate": [r.rate for r in b_recs],
+            "unit": a_recs[0].unit,
+        }
+    return out
+
+
+def decided(result: dict[str, Any], min_effect_pct: float) -> bool:
+    """Every interval at most +-min_effect/2 wide (relative to its ratio): more rounds would not
+    change what can be said at that effect size."""
+    half = min_effect_pct / 200.0
+    return bool(result) and all((v["ci_high"] - v["ci_low"]) / 2.0 <= half * v["ratio"] for v in result.values())
+
+
+def interleave(subject: Subject, sides: tuple[Side, Side], plan: AbPlan, run_dir: Path) -> dict[str, Any]:
+    """A warm-up round (guards on both sides; the first process of a run meets cold caches, so its
+    timing is not used), then rounds until decided, the budget or ``max_rounds``; the analysis of
+    every timed round."""
+    cells_path = run_dir / "cells.jsonl"
+    for s in sides:
+        take_reading(subject, s, 0, cells_path)
+    rounds: list[dict[str, dict[str, CellRecord]]] = []
+    result: dict[str, Any] = {}
+    round_s: list[float] = []
+    for r in range(1, plan.max_rounds + 1):
+        t0 = time.perf_counter()
+        rounds.append({s.name: take_reading(subject, s, r, cells_path) for s in round_order(plan, r, sides)})
+        round_s.append(time.perf_counter() - t0)
+        result = analyse(rounds, sides, plan.min_effect_pct)
+        if not result:
+            raise AbError("A and B have no benchmark in common: nothing to compare")
+        said = [f"{k}: B/A {v['ratio']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for k, v in result.items()]
+        print(f"round {r}: {'; '.join(said)}", flush=True)
+        next_round = sorted(round_s)[len(round_s) // 2]  # a typical round
+        if r >= plan.min_rounds and (
+            decided(result, plan.min_effect_pct) or plan.elapsed() + next_round > plan.budget_s
+        ):
+            break
+    return {"rounds": len(rounds), "seconds": plan.elapsed(), "results": result}
+
+
+def write_outputs(run_dir: Path, report: dict[str, Any], markdown: str) -> list[Path]:
+    (run_dir / "ab.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (run_dir / "ab.md").write_text(markdown + "\n")
+    return [run_dir / "ab.json", run_dir / "ab.md", run_dir / "cells.jsonl"]
+
+
+def failures(report: dict[str, Any], fail_threshold_pct: float | None) -> list[str]:
+    """Significant slowdowns beyond the threshold (CI's exit 1); none when no threshold is given."""
+    if fail_threshold_pct is None:
+        return []
+    return [
+        f"{key}: B is {100 * (1 - v['ratio']):.1f}% slower than A (threshold {fail_threshold_pct:g}%)"
+        for key, v in report["results"].items()
+        if v["ci_high"] < 1.0 and 100 * (1 - v["ratio"]) > fail_threshold_pct
+    ]
+
+
+def open_ab_dir(out: Path, sides: tuple[Side, Side], threads: int, extra: dict[str, Any]) -> Path:
+    """results/ab-<time>/ with env.json: provenance, both sides (given, commit, config), the command."""
+    import sys
+
+    from trainer_core.provenance import environment_info
+
+    run_dir = out / f"ab-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    env = {
+        **environment_info(),
+        "kind": "ab",
+        "command": sys.argv,
+        "threads": threads,
+        "sides": {s.name: {"given": s.given, "commit": s.commit, "config": s.config} for s in sides},
+        **extra,
+    }
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n")
+    return run_dir
+
+
+def ab_report(result: dict[str, Any], sides: tuple[Side, Side], plan: AbPlan) -> dict[str, Any]:
+    """ab.json: the sides, the plan and every key's verdict with its per-round figures."""
+    return {
+        "sides": {
+            s.name: {"given": s.given, "commit": s.commit, "config": s.config, "describe": s.describe()} for s in sides
+        },
+        "order": plan.order,
+        "min_effect_pct": plan.min_effect_pct,
+        "budget_s": plan.budget_s,
+        **result,
+    }

@@ -1,0 +1,104 @@
+"""``python -m bench.ab`` end to end: two configs with a planted slowdown (verdict, CI exit code, files,
+history), a matrix cell at a git revision against the working tree, pytest-benchmark tests, and bad
+input refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from bench import ab as ab_cli
+from bench import history_db
+from bench.launcher import read_records
+from bench.revisions import resolve
+
+TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
+SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
+QUICK = ["--min-rounds", "2", "--max-rounds", "2", "--reading-s", "0.2"]
+PLANTED = [
+    "--set-b",
+    "model.name=bench.planted:extra_time",
+    "--set-b",
+    "model.kwargs={base: SimpleMLP, extra_ms: 5, input_dim: 2, hidden_dims: [32, 32], output_dim: 2, dropout: 0.1}",
+]
+
+
+def _run_dir(out: Path) -> Path:
+    (run_dir,) = out.glob("ab-*")
+    return run_dir
+
+
+def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *QUICK, "--fail-threshold", "10",
+                     "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "B is slower than A by" in out and "FAIL: cell: B is" in out
+    run_dir = _run_dir(tmp_path)
+    report = json.loads((run_dir / "ab.json").read_text())
+    v = report["results"]["cell"]
+    assert v["verdict"] == "slower" and v["ci_high"] < 0.9 and len(v["per_round"]) == 2 == report["rounds"]
+    assert report["sides"]["B"]["config"] == TABULAR and report["sides"]["A"]["commit"] is None
+    ids = [r.cell_id for r in read_records(run_dir / "cells.jsonl")]
+    assert ids[:2] == ["A-warmup", "B-warmup"] and sorted(ids[2:]) == ["A-r01", "A-r02", "B-r01", "B-r02"]
+    warm = read_records(run_dir / "cells.jsonl")[1]
+    assert warm.guards_ok and set(warm.guards) >= {"overfit", "finite"}  # B is slower, not broken
+    assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
+    db = history_db.connect(tmp_path / "history.sqlite")
+    assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
+    assert history_db.runs(db)[0]["kind"] == "ab"
+    db.close()
+
+
+def test_a_matrix_cell_at_a_revision_against_the_working_tree(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if resolve(REPO, "HEAD") is None:
+        pytest.skip("this checkout is not a git repository (or git is missing)")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
+    cell = ["--cell", "precision=fp32", "--cell", "data.batch_size=32", "--cell", "data.pin_memory=false",
+            "--cell", "device=cpu"]  # fmt: skip
+    one_round = ["--min-rounds", "1", "--max-rounds", "1", "--reading-s", "0.2"]
+    rc = ab_cli.cli(["--a", "HEAD", "--b", "worktree", "--config", SMOKE, *cell, "--repo", str(clone), *one_round,
+                     "--out", str(tmp_path / "out")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "A = HEAD (code at " in out and "B = worktree (code of this checkout" in out
+    env = json.loads((_run_dir(tmp_path / "out") / "env.json").read_text())
+    assert env["sides"]["A"]["commit"] == resolve(clone, "HEAD") and env["sides"]["B"]["commit"] is None
+    assert not list(Path("/tmp").glob(f"trainbench-rev-*/{env['sides']['A']['commit'][:12]}"))  # worktree gone
+    records = read_records(_run_dir(tmp_path / "out") / "cells.jsonl")
+    assert all(r.status == "ok" and r.axes["precision"] == "fp32" for r in records)
+
+
+def test_pytest_benchmark_tests_compared_at_two_sides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    select = "tests/benchmarks/test_bench_training.py -k 'test_train_step and SimpleMLP and fp32'"
+    rc = ab_cli.cli(["--a", "worktree", "--b", "worktree", "--pytest", select, "--min-rounds", "1",
+                     "--max-rounds", "1", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    report = json.loads((_run_dir(tmp_path) / "ab.json").read_text())
+    (key,) = report["results"]
+    assert "test_train_step" in key and "SimpleMLP" in key and report["results"][key]["unit"] == "calls/s"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--a", "no-such-thing", "--b", TABULAR], "--a no-such-thing: neither a file nor a git revision"),
+        (["--a", SMOKE, "--b", SMOKE], "pick exactly one"),
+        (["--a", TABULAR, "--b", TABULAR, "--cell", "precision=fp32"], "is a training config, not a matrix"),
+        (["--a", TABULAR, "--b", TABULAR, "--set", "optim.nope=1"], "optim.nope"),
+        (["--a", TABULAR, "--b", "worktree", "--pytest", "x"], "with --pytest, each side is a git revision"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    assert ab_cli.cli([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())

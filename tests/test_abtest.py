@@ -1,0 +1,139 @@
+"""Interleaved A/B: the verdict rules, the round order, the stopping rule, and drift cancelling, with a
+simulated machine (a fake subject) so every property is checked without timing anything real."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.abtest import (
+    CELL_KEY,
+    FASTER,
+    NO_CHANGE,
+    SLOWER,
+    AbError,
+    AbPlan,
+    Side,
+    analyse,
+    decided,
+    failures,
+    interleave,
+    resolved,
+    round_order,
+    verdict,
+)
+from bench.contract import CellRecord, GuardResult
+from bench.launcher import read_records
+
+
+def test_verdict_needs_significance_and_the_minimum_effect() -> None:
+    assert verdict(0.95, 0.93, 0.97, 3.0) == SLOWER
+    assert verdict(1.05, 1.03, 1.07, 3.0) == FASTER
+    assert verdict(0.985, 0.975, 0.995, 3.0) == NO_CHANGE  # real, but smaller than the minimum effect
+    assert verdict(0.95, 0.85, 1.05, 3.0) == NO_CHANGE  # not significant
+    assert resolved(0.98, 1.02, 3.0) and not resolved(0.85, 1.05, 3.0)
+
+
+def test_abba_order_alternates_and_random_order_is_seeded() -> None:
+    a, b = Side("A", "x", Path(".")), Side("B", "y", Path("."))
+    plan = AbPlan()
+    assert [[s.name for s in round_order(plan, r, (a, b))] for r in (1, 2, 3, 4)] == [
+        ["B", "A"],
+        ["A", "B"],
+        ["B", "A"],
+        ["A", "B"],
+    ]
+    rnd = AbPlan(order="random", seed=3)
+    first = [round_order(rnd, r, (a, b))[0].name for r in range(1, 41)]
+    assert first == [round_order(rnd, r, (a, b))[0].name for r in range(1, 41)]
+    assert 5 < first.count("A") < 35
+
+
+class Machine:
+    """A fake subject: a step of A takes 10 ms times a machine factor that drifts between readings
+    (slowly, by up to 40%: far more than the effects tested), B takes ``effect`` times that; each
+    reading is 40 noisy steps."""
+
+    def __init__(self, effect: float, drift: float = 0.4, seed: int = 0, broken: str | None = None) -> None:
+        self.effect, self.drift, self.rng, self.broken, self.reads = (
+            effect,
+            drift,
+            np.random.default_rng(seed),
+            broken,
+            0,
+        )
+
+    def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+        self.reads += 1
+        factor = 1.0 + self.drift * math.sin(self.reads / 20.0) + 0.02 * self.rng.standard_normal()
+        mean = 0.010 * factor * (self.effect if side.name == "B" else 1.0)
+        steps = list(mean * (1 + 0.03 * self.rng.standard_normal(40)))
+        guards = {"finite": GuardResult(name="finite", status="fail" if self.broken == side.name else "pass")}
+        ok = self.broken != side.name or not first
+        rec = CellRecord(
+            cell_id=f"{side.name}-{label}",
+            status="ok",
+            step_s=steps,
+            samples_per_s=32 / np.median(steps),
+            items_per_step=32,
+            guards=guards if first else {},
+            guards_ok=ok,
+        )
+        return {CELL_KEY: rec}
+
+
+SIDES = (Side("A", "a.yaml", Path(".")), Side("B", "b.yaml", Path(".")))
+
+
+@pytest.mark.parametrize(("effect", "expected"), [(1.0, NO_CHANGE), (1 / 0.95, SLOWER), (0.9, FASTER)])
+def test_interleaved_rounds_see_through_drift(tmp_path: Path, effect: float, expected: str) -> None:
+    plan = AbPlan(budget_s=60, min_rounds=4, max_rounds=30, min_effect_pct=3.0)
+    out = interleave(Machine(effect), SIDES, plan, tmp_path)
+    v = out["results"][CELL_KEY]
+    assert v["verdict"] == expected
+    assert v["ci_low"] <= 1 / effect <= v["ci_high"]  # the interval holds the planted ratio
+    assert out["rounds"] < 30 and decided(out["results"], 3.0)  # stopped because it could decide
+    # readings the unpaired way (A's and B's rates pooled apart) spread far wider than the paired ratios
+    assert np.std(np.log(v["a_rate"])) > 3 * np.std(np.log(v["per_round"]))
+    records = read_records(tmp_path / "cells.jsonl")
+    assert [r.cell_id for r in records[:2]] == ["A-warmup", "B-warmup"] and len(records) == 2 + 2 * out["rounds"]
+
+
+def test_a_guard_failure_or_a_failed_reading_ends_the_run(tmp_path: Path) -> None:
+    with pytest.raises(AbError, match="B .*broke a guard"):
+        interleave(Machine(1.0, broken="B"), SIDES, AbPlan(), tmp_path)
+
+    class Failing(Machine):
+        def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+            return {CELL_KEY: CellRecord(cell_id="x", status="failed", reason="killed by signal 9")}
+
+    with pytest.raises(AbError, match="A .*warmup: failed: killed by signal 9"):
+        interleave(Failing(1.0), SIDES, AbPlan(), tmp_path)
+    assert read_records(tmp_path / "cells.jsonl")[-1].reason == "killed by signal 9"  # kept on record
+
+
+def test_the_budget_stops_an_undecided_run(tmp_path: Path) -> None:
+    plan = AbPlan(budget_s=0.0, min_rounds=3, max_rounds=30, min_effect_pct=0.1)
+    assert interleave(Machine(1.0, drift=0.4), SIDES, plan, tmp_path)["rounds"] == 3
+
+
+def test_different_batch_sizes_compare_throughput_not_step_time() -> None:
+    def rec(step: float, items: int) -> CellRecord:
+        return CellRecord(status="ok", step_s=[step] * 5, items_per_step=items, samples_per_s=items / step)
+
+    rounds = [{"A": {CELL_KEY: rec(0.010, 32)}, "B": {CELL_KEY: rec(0.016, 64)}} for _ in range(3)]
+    v = analyse(rounds, SIDES, 3.0)[CELL_KEY]
+    assert v["ratio"] == pytest.approx(64 / 0.016 / (32 / 0.010))  # 1.25x the samples/s
+    assert v["verdict"] == FASTER
+
+
+def test_fail_threshold_only_on_a_significant_slowdown_beyond_it() -> None:
+    report = {"results": {"cell": {"ratio": 0.90, "ci_low": 0.88, "ci_high": 0.92}}}
+    assert failures(report, 5.0) and not failures(report, 15.0) and not failures(report, None)
+    wide = {"results": {"cell": {"ratio": 0.90, "ci_low": 0.70, "ci_high": 1.10}}}
+    assert not failures(wide, 5.0)
+    json.dumps(report)

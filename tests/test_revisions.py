@@ -1,0 +1,48 @@
+"""Code at a git revision: revisions resolve to commits, a worktree holds that commit's code and goes
+away afterwards, and a child process really imports the worktree's code (not the editable install)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from bench.revisions import check_code_root, resolve, worktree
+from trainer_core.errors import ConfigError
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A throwaway clone of this repository (worktrees are added to it, not to the checkout under test)."""
+    if resolve(REPO, "HEAD") is None:
+        pytest.skip("this checkout is not a git repository (or git is missing)")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
+    return clone
+
+
+def test_revisions_resolve_to_commits(repo: Path) -> None:
+    head = resolve(repo, "HEAD")
+    assert head is not None and len(head) == 40
+    assert resolve(repo, head[:10]) == head
+    assert resolve(repo, "no-such-branch-xyz") is None
+
+
+def test_a_worktree_runs_its_own_code_and_is_removed(repo: Path) -> None:
+    head = resolve(repo, "HEAD")
+    assert head is not None
+    with worktree(repo, head) as tree:
+        assert (tree / "bench" / "cell.py").is_file()
+        check_code_root(tree)  # a child process imports bench and trainer_core from the worktree
+        listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+        assert str(tree) in listed
+    assert not tree.exists()
+    listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(tree) not in listed
+
+
+def test_a_folder_without_the_code_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot run the code there"):
+        check_code_root(tmp_path)
