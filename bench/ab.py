@@ -14,25 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
-from bench.ab_report import ab_markdown, verdict_line
-from bench.ab_setup import WORKTREE, cell_spec, resolve_sides
-from bench.abtest import (
-    AbError,
-    AbPlan,
-    CellSubject,
-    PytestSubject,
-    ab_report,
-    failures,
-    interleave,
-    open_ab_dir,
-    write_outputs,
-)
+from bench.ab_report import verdict_line
+from bench.ab_setup import WORKTREE, AbWhat, measure_ab
+from bench.abtest import AbPlan, failures
 from bench.history_db import record_in_history
-from bench.html_report import folder_report
 from bench.revisions import REPO_ROOT
 
 
@@ -87,40 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    threads = args.threads or torch.get_num_threads()
-    plan = AbPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     sets = {"A": args.overrides + args.set_a, "B": args.overrides + args.set_b}
+    threads = args.threads or torch.get_num_threads()
+    what = AbWhat(args.config, args.cell, sets, args.pytest, args.group, Path(args.repo), threads, args.reading_s)
+    plan = AbPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     history = Path(args.history or Path(args.out) / "history.sqlite")
-    with ExitStack() as stack:
-        sides = resolve_sides(args.a, args.b, args.config, Path(args.repo), stack, files_allowed=not args.pytest)
-        specs = (
-            {}
-            if args.pytest
-            else {s.name: cell_spec(s, args.cell, sets[s.name], threads, args.reading_s) for s in sides}
-        )
-        run_dir = open_ab_dir(
-            Path(args.out), sides, threads, {"cell": args.cell, "overrides": sets, "pytest": args.pytest}
-        )
-        subject = PytestSubject(args.pytest, args.group) if args.pytest else CellSubject(specs, run_dir / "cells")
-        for s in sides:
-            print(s.describe(), flush=True)
-        try:
-            result = interleave(subject, sides, plan, run_dir)
-        except AbError as e:
-            print(f"bench.ab: {e}", file=sys.stderr)
-            if (run_dir / "cells.jsonl").exists():  # the readings taken stay on record, failed one included
-                print(f"history: {record_in_history(history, run_dir, 'ab')}")
-            print(f"results: {run_dir}")
-            return EXIT_FAILED
-    report = ab_report(result, sides, plan)
-    write_outputs(run_dir, report, ab_markdown(report))
-    print(f"report: {folder_report(run_dir)}")
-    for key, v in report["results"].items():
+    done = measure_ab(args.a, args.b, what, plan, Path(args.out))
+    if done.report is None:
+        print(f"bench.ab: {done.error}", file=sys.stderr)
+        if (done.run_dir / "cells.jsonl").exists():  # the readings taken stay on record, failed one included
+            print(f"history: {record_in_history(history, done.run_dir, 'ab')}")
+        print(f"results: {done.run_dir}")
+        return EXIT_FAILED
+    for key, v in done.report["results"].items():
         print(verdict_line(key, v, plan.min_effect_pct))
-    failed = failures(report, args.fail_threshold)
+    failed = failures(done.report, args.fail_threshold)
     for f in failed:
         print(f"FAIL: {f}")
-    print(f"history: {record_in_history(history, run_dir, 'ab')}\nresults: {run_dir}")
+    print(f"report: {done.run_dir / 'report.html'}")
+    print(f"history: {record_in_history(history, done.run_dir, 'ab')}\nresults: {done.run_dir}")
     return EXIT_FAILED if failed else 0
 
 

@@ -10,9 +10,11 @@ revision's code then reads the spec, so it must share the cell contract (``bench
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.abtest import Side, ab_measure
+from bench.abtest import AbPlan, Side, ab_measure
 from bench.contract import CellSpec, GuardsConfig
 from bench.matrix import (
     expand,
@@ -99,3 +101,56 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
         measure=ab_measure(reading_s),
         guards=guards or QUICK_GUARDS,
     )
+
+
+@dataclass
+class AbWhat:
+    """What both sides measure: a config (and matrix cell) with per-side overrides, or pytest-benchmark
+    tests; the repository revisions come from; threads and timed seconds of a cell reading."""
+
+    config: str | None = None
+    cell: list[str] = field(default_factory=list)
+    sets: dict[str, list[str]] = field(default_factory=lambda: {"A": [], "B": []})
+    pytest: str | None = None
+    group: str | None = None
+    repo: Path = REPO_ROOT
+    threads: int = 1
+    reading_s: float = 2.0
+
+
+@dataclass
+class AbOutcome:
+    """A finished A/B run: its folder, and its report, or why it stopped (a failed or broken reading)."""
+
+    run_dir: Path
+    report: dict[str, Any] | None
+    error: str | None = None
+
+
+def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutcome:
+    """Resolve and check both sides, then the interleaved rounds in results/ab-<time>/; ab.json, ab.md
+    and report.html are written when it finishes. Bad input raises ConfigError before anything is written."""
+    from bench.ab_report import ab_markdown
+    from bench.abtest import AbError, CellSubject, PytestSubject, ab_report, interleave, open_ab_dir, write_outputs
+    from bench.html_report import folder_report
+
+    with ExitStack() as stack:
+        sides = resolve_sides(a, b, what.config, what.repo, stack, files_allowed=not what.pytest)
+        specs = {} if what.pytest else {s.name: cell_spec(s, what.cell, what.sets[s.name], what.threads,
+                                                          what.reading_s) for s in sides}  # fmt: skip
+        extra = {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
+        run_dir = open_ab_dir(out, sides, what.threads, extra)
+        if what.pytest:
+            subject: Any = PytestSubject(what.pytest, what.group)
+        else:
+            subject = CellSubject(specs, run_dir / "cells")
+        for s in sides:
+            print(s.describe(), flush=True)
+        try:
+            result = interleave(subject, sides, plan, run_dir)
+        except AbError as e:
+            return AbOutcome(run_dir, None, str(e))
+    report = ab_report(result, sides, plan)
+    write_outputs(run_dir, report, ab_markdown(report))
+    folder_report(run_dir)
+    return AbOutcome(run_dir, report)

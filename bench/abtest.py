@@ -236,8 +236,17 @@ def open_ab_dir(out: Path, sides: tuple[Side, Side], threads: int, extra: dict[s
 
     from trainer_core.provenance import environment_info
 
-    run_dir = out / f"ab-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    run_dir.mkdir(parents=True, exist_ok=False)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 100):  # two runs started in the same second (a bisection's probes) get their own
+        run_dir = out / (f"ab-{stamp}" if n == 1 else f"ab-{stamp}-{n}")
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise AbError(f"{out}: 99 A/B runs started in the second {stamp}; not overwriting any")
     env = {
         **environment_info(),
         "kind": "ab",

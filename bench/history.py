@@ -6,6 +6,8 @@
 - ``show CELL_ID``: a cell's throughput across runs and commits, per machine.
 - ``check``: is the latest reading of each cell a regression against the runs before it (same
   machine)? Exit 1 when one is.
+- ``bisect GOOD BAD --config FILE [--cell key=value ...]``: the first commit after GOOD, up to BAD, at
+  which the cell got slower (binary search, each probe an interleaved ``bench.ab`` against GOOD).
 - ``report [--out FILE]``: one self-contained HTML page of the history (runs, every cell's latest
   check, a trend chart per cell with its change points marked).
 """
@@ -15,11 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, make_parser, run_cli
+from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
+from bench.ab_bisect import run_bisect
+from bench.abtest import AbPlan
 from bench.history_db import check_latest, connect, ingest_dir, runs, series, verdicts
 from bench.html_report import history_report
+from bench.revisions import REPO_ROOT
 from trainer_core.errors import ConfigError
 
 DEFAULT_HISTORY = "results/history.sqlite"
@@ -37,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="flag cells whose latest reading regressed (exit 1)")
     check.add_argument("--window", type=int, default=5, help="earlier readings the baseline is the median of")
     check.add_argument("--min-effect", type=float, default=5.0, help="smallest drop, %%, that counts")
+    b = sub.add_parser("bisect", help="find the commit that made a cell slower (bench.ab at each step)")
+    b.add_argument("good", help="a revision where the cell was fast")
+    b.add_argument("bad", help="a later revision where it is slow")
+    b.add_argument("--config", required=True, help="training config or matrix file (read from this checkout)")
+    b.add_argument("--cell", action="append", default=[], metavar="KEY=VALUE", help="pick one matrix cell")
+    add_overrides(b, "override the config at every step")
+    b.add_argument("--budget-s", type=float, default=120.0, help="time budget of each step's A/B (default 120 s)")
+    b.add_argument("--min-effect", type=float, default=3.0, metavar="PCT", help="as for bench.ab (default 3)")
+    b.add_argument("--min-rounds", type=int, default=3, help="as for bench.ab (default 3)")
+    b.add_argument("--reading-s", type=float, default=2.0, help="timed seconds per reading (default 2)")
+    b.add_argument("--repo", default=str(REPO_ROOT), help="git repository (default: this one)")
+    b.add_argument("--out", default="results", help="parent of each step's ab-<time>/ folder (default results/)")
+
     report = sub.add_parser("report", help="write the history as one self-contained HTML page")
     report.add_argument("--out", help="the page (default: history.html beside the database)")
     report.add_argument("--window", type=int, default=5, help="as for check")
@@ -45,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.command == "bisect":
+        import torch
+
+        from bench.ab_setup import AbWhat
+
+        what = AbWhat(args.config, args.cell, {"A": args.overrides, "B": args.overrides}, repo=Path(args.repo),
+                      threads=torch.get_num_threads(), reading_s=args.reading_s)  # fmt: skip
+        plan = partial(AbPlan, budget_s=args.budget_s, min_rounds=args.min_rounds, min_effect_pct=args.min_effect)
+        first = run_bisect(args.good, args.bad, what, plan, Path(args.out), Path(args.history))
+        print(f"first slower commit: {first}" if first else f"{args.bad} is not slower than {args.good}")
+        return 0
     db = connect(args.history)
     try:
         if args.command == "ingest":

@@ -200,19 +200,25 @@ def runs(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def series(db: sqlite3.Connection, cell_id: str | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Measured, guard-passing readings per (cell id, machine), oldest run first: the series change
-    detection reads. Only cells of one machine are compared with each other."""
+    """Measured, guard-passing readings per (cell, machine), oldest run first: the series change
+    detection reads. A cell is named ``<matrix>/<cell id>`` (two matrices may both have an ``fp32``
+    cell, and they are not one series); ``cell_id`` selects by that name or by the bare id. Only cells
+    of one machine are compared with each other; bench.ab readings (role ab-A/ab-B) are rounds of an
+    A/B, not cells, and stay out."""
     query = (
-        "SELECT c.cell_id, r.cpu || ' / ' || r.gpus, r.run_id, r.recorded_at, r.git_commit, r.git_dirty, c.throughput, "
-        "c.unit, c.repeat_spread_pct FROM cells c JOIN runs r USING (run_id) "
-        "WHERE c.status = 'ok' AND c.guards_ok = 1 AND c.throughput IS NOT NULL"
-        + (" AND c.cell_id = ?" if cell_id else "")
-        + " ORDER BY r.recorded_at, r.run_id"
+        "SELECT c.cell_id, COALESCE(json_extract(r.env_json, '$.matrix_name'), ''), r.cpu || ' / ' || r.gpus, "
+        "r.run_id, r.recorded_at, r.git_commit, r.git_dirty, c.throughput, c.unit, c.repeat_spread_pct "
+        "FROM cells c JOIN runs r USING (run_id) "
+        "WHERE c.status = 'ok' AND c.guards_ok = 1 AND c.throughput IS NOT NULL "
+        "AND COALESCE(json_extract(c.record_json, '$.role'), '') NOT LIKE 'ab-%' "
+        "ORDER BY r.recorded_at, r.run_id"
     )
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
     keys = ("run_id", "recorded_at", "git_commit", "git_dirty", "throughput", "unit", "repeat_spread_pct")
-    for row in db.execute(query, (cell_id,) if cell_id else ()):
-        out.setdefault((row[0], row[1]), []).append(dict(zip(keys, row[2:])))
+    for row in db.execute(query):
+        name = f"{row[1]}/{row[0]}" if row[1] else str(row[0])
+        if cell_id is None or cell_id in (name, row[0]):
+            out.setdefault((name, row[2]), []).append(dict(zip(keys, row[3:])))
     return out
 
 

@@ -23,7 +23,7 @@ from trainer_core.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
 
@@ -31,7 +31,7 @@ def resolve(repo: Path, rev: str) -> str | None:
     """The full commit hash ``rev`` names in ``repo``, or None when it names none."""
     if shutil.which("git") is None:
         return None
-    out = _git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    out = git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
@@ -40,16 +40,16 @@ def worktree(repo: Path, commit: str) -> Iterator[Path]:
     """A detached checkout of ``commit`` in a temporary folder, removed (with git's record of it) after."""
     parent = Path(tempfile.mkdtemp(prefix="trainbench-rev-"))
     path = parent / commit[:12]
-    out = _git(repo, "worktree", "add", "--detach", "--quiet", str(path), commit)
+    out = git(repo, "worktree", "add", "--detach", "--quiet", str(path), commit)
     if out.returncode != 0:
         shutil.rmtree(parent, ignore_errors=True)
         raise ConfigError(f"git worktree add {commit[:12]}: {out.stderr.strip().splitlines()[-1:]}")
     try:
         yield path
     finally:
-        _git(repo, "worktree", "remove", "--force", str(path))
+        git(repo, "worktree", "remove", "--force", str(path))
         shutil.rmtree(parent, ignore_errors=True)
-        _git(repo, "worktree", "prune")
+        git(repo, "worktree", "prune")
 
 
 # Also drops the finder of trainbench's own editable install: it maps module names to the checkout's

@@ -134,3 +134,21 @@ def test_list_shows_ab_verdicts_and_report_writes_the_page(tmp_path: Path, capsy
     assert history_cli.cli(["--history", str(db_path), "report"]) == 0
     page = (tmp_path / "history.html").read_text()
     assert "A/B verdicts" in page and "HEAD~1" in page and "fast" in page
+
+
+def test_cells_of_two_matrices_are_two_series_and_ab_readings_stay_out(tmp_path: Path) -> None:
+    db = history_db.connect(tmp_path / "h.sqlite")
+    for i, matrix in enumerate(["amp", "other", "amp"]):
+        run = _run(tmp_path, f"run-{i}", 100.0 + i)
+        (run / "env.json").write_text(json.dumps({"matrix_name": matrix, "git_commit": "abc"}))
+        history_db.ingest_dir(db, run)
+    ab = tmp_path / "ab-1"
+    ab.mkdir()
+    append_record(ab / "cells.jsonl", CellRecord(cell_id="fast", status="ok", samples_per_s=5.0, guards_ok=True,
+                                                 role="ab-A", machine=MACHINE))  # fmt: skip
+    history_db.ingest_dir(db, ab)
+    found = history_db.series(db, "fast")
+    assert sorted(name for name, _ in found) == ["amp/fast", "other/fast"]
+    assert [p["throughput"] for p in found[("amp/fast", "Xeon / []")]] == [100.0, 102.0]
+    assert list(history_db.series(db, "other/fast")) == [("other/fast", "Xeon / []")]
+    db.close()

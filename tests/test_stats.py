@@ -91,3 +91,27 @@ def test_paired_ratios_cancel_drift_that_unpaired_readings_cannot() -> None:
     assert uhi - ulo > 3 * (hi - lo) and ulo < 1.0 < uhi  # unpaired: too wide to see the 5%
     with pytest.raises(ValueError):
         bootstrap_paired_ratios(a_rounds, b_rounds[:3])
+
+
+def test_a_round_hit_by_other_load_does_not_drag_the_paired_ratio() -> None:
+    from bench.stats import bootstrap_paired_ratios, trimmed_mean
+
+    assert trimmed_mean(np.array([1.0, 2.0, 3.0, 4.0, 100.0]), 0.2) == 3.0
+    rng = np.random.default_rng(5)
+    a_rounds = [list(0.01 * (1 + 0.02 * rng.standard_normal(40))) for _ in range(10)]
+    b_rounds = [list(0.0105 * (1 + 0.02 * rng.standard_normal(40))) for _ in range(10)]
+    b_rounds[3] = [2 * t for t in b_rounds[3]]  # one B reading ran beside a burst of other work
+    ratio, lo, hi, _ = bootstrap_paired_ratios(a_rounds, b_rounds)
+    assert ratio == pytest.approx(1 / 1.05, rel=0.01) and lo < 1 / 1.05 < hi < 1.0
+    untrimmed = bootstrap_paired_ratios(a_rounds, b_rounds, trim=0.0)
+    assert untrimmed[0] < 0.92  # the plain geometric mean is pulled 7% by that one round
+
+
+def test_few_rounds_get_a_wider_interval() -> None:
+    from bench.stats import expanded_percentiles, t_quantile
+
+    assert t_quantile(0.975, 6) == pytest.approx(2.447, abs=0.005)
+    assert t_quantile(0.975, 30) == pytest.approx(2.042, abs=0.002)
+    lo7, hi7 = expanded_percentiles(7)
+    assert 0.2 < lo7 < 1.0 and hi7 == pytest.approx(100 - lo7)  # far wider than 2.5 / 97.5 with 7 rounds
+    assert expanded_percentiles(1000)[0] == pytest.approx(2.5, abs=0.05)
