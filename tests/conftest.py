@@ -59,6 +59,20 @@ def tiny_overrides(**extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def repo_clone(tmp_path: Path) -> Path:
+    """A throwaway clone of this repository: worktrees and commits go to it, not to the checkout under test."""
+    import subprocess
+
+    from bench.revisions import resolve
+
+    if resolve(REPO, "HEAD") is None:
+        pytest.skip("this checkout is not a git repository (or git is missing)")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
+    return clone
+
+
+@pytest.fixture
 def tiny_config():
     from trainer_core.config import load_config
 

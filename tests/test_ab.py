@@ -5,7 +5,6 @@ input refused before anything is written."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,11 +53,10 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     db.close()
 
 
-def test_a_matrix_cell_at_a_revision_against_the_working_tree(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    if resolve(REPO, "HEAD") is None:
-        pytest.skip("this checkout is not a git repository (or git is missing)")
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
+def test_a_matrix_cell_at_a_revision_against_the_working_tree(
+    repo_clone: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    clone = repo_clone
     cell = ["--cell", "precision=fp32", "--cell", "data.batch_size=32", "--cell", "data.pin_memory=false",
             "--cell", "device=cpu"]  # fmt: skip
     one_round = ["--min-rounds", "1", "--max-rounds", "1", "--reading-s", "0.2"]

@@ -54,16 +54,8 @@ def _commit(repo: Path, message: str) -> str:
     return sha
 
 
-@pytest.fixture
-def clone(tmp_path: Path) -> Path:
-    if resolve(REPO, "HEAD") is None:
-        pytest.skip("this checkout is not a git repository (or git is missing)")
-    path = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(path)], check=True)
-    return path
-
-
-def test_the_commit_range_is_checked(clone: Path) -> None:
+def test_the_commit_range_is_checked(repo_clone: Path) -> None:
+    clone = repo_clone
     head = resolve(clone, "HEAD")
     (clone / "README.md").write_text("changed\n")
     later = _commit(clone, "later")
@@ -74,7 +66,8 @@ def test_the_commit_range_is_checked(clone: Path) -> None:
         commits_between(clone, "HEAD", str(head))
 
 
-def test_bisect_finds_the_commit_that_slowed_the_model(clone: Path, tmp_path: Path, capsys) -> None:
+def test_bisect_finds_the_commit_that_slowed_the_model(repo_clone: Path, tmp_path: Path, capsys) -> None:
+    clone = repo_clone
     good = resolve(clone, "HEAD")
     with open(clone / "trainer_core" / "models.py", "a") as f:
         f.write(SLOW_MLP)

@@ -7,20 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from bench.revisions import check_code_root, resolve, worktree
 from trainer_core.errors import ConfigError
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A throwaway clone of this repository (worktrees are added to it, not to the checkout under test)."""
-    if resolve(REPO, "HEAD") is None:
-        pytest.skip("this checkout is not a git repository (or git is missing)")
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
-    return clone
+def repo(repo_clone: Path) -> Path:
+    return repo_clone
 
 
 def test_revisions_resolve_to_commits(repo: Path) -> None:
