@@ -89,8 +89,13 @@ def run(code_root: Path, pytest_args: str, group: str | None, timeout_s: float) 
         out = Path(tmp) / "benchmark.json"
         cmd = [sys.executable, "-m", "pytest", *shlex.split(pytest_args), "--benchmark-only", "-q",
                "-p", "no:cacheprovider", f"--benchmark-json={out}"]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=code_root, env=code_env(code_root), capture_output=True, text=True,
-                              timeout=timeout_s)  # fmt: skip
+        try:
+            proc = subprocess.run(
+                cmd, cwd=code_root, env=code_env(code_root), capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            where = f"--pytest {pytest_args!r} at {code_root}"
+            raise ConfigError(f"{where}: still running after {timeout_s:.0f} s") from None
         if not out.exists():
             last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             raise ConfigError(f"--pytest {pytest_args!r} at {code_root}: no benchmark ran ({last[0]})")

@@ -46,3 +46,14 @@ def test_unreadable_files_are_one_line_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"results": []}))
     with pytest.raises(ConfigError, match="not a pytest-benchmark JSON file"):
         pytest_bench.read_json(bad)
+
+
+def test_a_reading_that_hangs_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def hang(cmd: list[str], **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(cmd, 5.0)
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    with pytest.raises(ConfigError, match="still running after 5 s"):
+        pytest_bench.run(tmp_path, "tests/benchmarks", None, 5.0)
