@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.contract import CellRecord, CellSpec, GuardsConfig, MeasureConfig
+from bench.contract import ERROR, FAIL, CellRecord, CellSpec, GuardsConfig, MeasureConfig
 from bench.launcher import append_record, launch_cell
 from bench.stats import bootstrap_paired_ratios
 from trainer_core.errors import ConfigError, TrainbenchError
@@ -149,7 +149,7 @@ def take_reading(subject: Subject, side: Side, r: int, cells_path: Path) -> dict
         if rec.status != "ok" or not rec.step_s:
             raise AbError(f"{side.name} ({side.given}), {label}: {rec.status}: {rec.reason}")
         if rec.guards_ok is False:
-            broken = ", ".join(f"{n}: {g.detail}" for n, g in rec.guards.items() if g.status not in ("pass",))
+            broken = ", ".join(f"{n}: {g.detail}" for n, g in rec.guards.items() if g.status in (FAIL, ERROR))
             raise AbError(f"{side.name} ({side.given}) broke a guard, so its speed means nothing: {broken}")
     return got
 

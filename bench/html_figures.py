@@ -8,19 +8,11 @@ from typing import Any
 import plotly.graph_objects as go
 
 from bench.contract import OK, CellRecord
+from bench.report import lines_by_other_axes
 from bench.stats import step_change
 from trainer_core.phases import PHASES
 
 LAYOUT = {"margin": {"l": 60, "r": 20, "t": 30, "b": 120}, "template": "plotly_white"}
-
-
-def _varying(records: list[CellRecord], drop: tuple[str, ...]) -> list[str]:
-    keys = dict.fromkeys(k for r in records for k in r.axes)
-    return [k for k in keys if k not in drop and len({str(r.axes.get(k)) for r in records}) > 1]
-
-
-def _label(r: CellRecord, keys: list[str]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={r.axes.get(k)}" for k in keys) or "all"
 
 
 def throughput_vs_batch(records: list[CellRecord]) -> go.Figure | None:
@@ -28,12 +20,8 @@ def throughput_vs_batch(records: list[CellRecord]) -> go.Figure | None:
     ok = [r for r in records if r.status == OK and r.rate and "data.batch_size" in r.axes]
     if not ok:
         return None
-    keys = _varying(ok, ("data.batch_size",))
-    series: dict[str, list[CellRecord]] = {}
-    for r in ok:
-        series.setdefault(_label(r, keys), []).append(r)
     fig = go.Figure(layout={**LAYOUT, "xaxis": {"type": "log", "title": "batch size"}, "yaxis": {"title": ok[0].unit}})
-    for name, rs in sorted(series.items()):
+    for name, rs in sorted(lines_by_other_axes(ok, ("data.batch_size",)).items()):
         rs.sort(key=lambda r: r.axes["data.batch_size"])
         fig.add_scatter(x=[r.axes["data.batch_size"] for r in rs], y=[r.rate for r in rs], name=name,
                         mode="lines+markers", text=[r.cell_id for r in rs])  # fmt: skip
@@ -73,12 +61,8 @@ def scaling(records: list[CellRecord]) -> go.Figure | None:
     ok = [r for r in records if r.status == OK and r.rate]
     if not any(r.world_size > 1 for r in ok):
         return None
-    keys = _varying(ok, ("train.world_size", "train.strategy"))
-    series: dict[str, list[CellRecord]] = {}
-    for r in ok:
-        series.setdefault(_label(r, keys), []).append(r)
     fig = go.Figure(layout={**LAYOUT, "xaxis": {"title": "ranks", "dtick": 1}, "yaxis": {"title": ok[0].unit}})
-    for name, rs in sorted(series.items()):
+    for name, rs in sorted(lines_by_other_axes(ok, ("train.world_size", "train.strategy")).items()):
         rs.sort(key=lambda r: r.world_size)
         fig.add_scatter(x=[r.world_size for r in rs], y=[r.rate for r in rs], name=name, mode="lines+markers")
     return fig

@@ -79,7 +79,8 @@ def _esc(value: Any) -> str:
 
 
 def _td(value: Any, num: bool = False, cls: str = "", sort: float | None = None) -> str:
-    attrs = (' class="num"' if num else "") if not cls else f' class="{cls}{" num" if num else ""}"'
+    classes = " ".join(c for c in (cls, "num" if num else "") if c)
+    attrs = f' class="{classes}"' if classes else ""
     attrs += f' data-v="{sort}"' if sort is not None else ""
     return f"<td{attrs}>{value}</td>"
 

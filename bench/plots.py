@@ -8,6 +8,7 @@ from typing import Any
 import matplotlib
 
 from bench.contract import OK, CellRecord
+from bench.report import lines_by_other_axes
 from trainer_core.phases import PHASES
 
 matplotlib.use("Agg")  # no display on CI machines
@@ -42,25 +43,14 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title:
     return _save(fig, path)
 
 
-def _label(axes: dict[str, Any], drop: tuple[str, ...]) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in axes.items() if k not in drop) or "all"
-
-
 def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
     """Throughput (the workload's unit) against batch size: one line per combination of the other axes."""
     ok = [r for r in records if r.status == OK and "data.batch_size" in r.axes]
     if not ok:
         return None
-    # Label lines by the axes that vary among the plotted cells (constant ones would only add noise).
-    constant = tuple(k for k in ok[0].axes if len({str(r.axes.get(k)) for r in ok}) == 1)
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in ok:
-        series.setdefault(_label(r.axes, ("data.batch_size", *constant)), []).append(
-            (r.axes["data.batch_size"], r.rate)
-        )
     fig, ax = plt.subplots(figsize=(9, 5))
-    for label, pts in sorted(series.items()):
-        pts.sort()
+    for label, rs in sorted(lines_by_other_axes(ok, ("data.batch_size",)).items()):
+        pts = sorted((r.axes["data.batch_size"], r.rate) for r in rs)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")

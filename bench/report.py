@@ -49,6 +49,19 @@ METRIC_COLUMNS = [
 GUARD_MARK = {PASS: "ok", FAIL: "FAIL", NONDETERMINISTIC: "nondet", "error": "ERROR"}
 
 
+def lines_by_other_axes(records: list[CellRecord], drop: tuple[str, ...]) -> dict[str, list[CellRecord]]:
+    """Records grouped into the lines of a plot against the ``drop`` axes: one line per combination of
+    the other axes that vary among them, labelled ``name=value, ...`` (constant axes would only add
+    noise to the labels)."""
+    keys = [k for k in first_seen(r.axes for r in records) if k not in drop]
+    varying = [k for k in keys if len({str(r.axes.get(k)) for r in records}) > 1]
+    lines: dict[str, list[CellRecord]] = {}
+    for r in records:
+        label = ", ".join(f"{k.split('.')[-1]}={r.axes.get(k)}" for k in varying) or "all"
+        lines.setdefault(label, []).append(r)
+    return lines
+
+
 def axis_keys(records: list[CellRecord]) -> list[str]:
     return first_seen(r.axes for r in records)
 

@@ -127,3 +127,19 @@ def test_an_unstable_cell_is_said_wherever_it_is_used() -> None:
     assert "| b | a | 2.50x | ok | unstable: b |" in summary  # the speedup says so
     assert "**Unstable**: its repeats spread 62% even when timed again" in summary.split("## Speedup")[0]
     assert "UNSTABLE (repeats spread 62.0%)" in markdown_table(records)
+
+
+def test_plot_lines_are_labelled_by_the_axes_that_vary() -> None:
+    from bench.report import lines_by_other_axes
+
+    recs = [
+        CellRecord(cell_id=f"{p}-{b}", status="ok", axes={"precision": p, "data.batch_size": b, "device": "cpu"})
+        for p in ("fp32", "bf16")
+        for b in (32, 64)
+    ]
+    lines = lines_by_other_axes(recs, ("data.batch_size",))
+    assert {k: [r.cell_id for r in v] for k, v in lines.items()} == {
+        "precision=fp32": ["fp32-32", "fp32-64"],
+        "precision=bf16": ["bf16-32", "bf16-64"],
+    }
+    assert list(lines_by_other_axes(recs[:1], ())) == ["all"]  # nothing varies
