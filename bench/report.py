@@ -53,7 +53,7 @@ def lines_by_other_axes(records: list[CellRecord], drop: tuple[str, ...]) -> dic
     """Records grouped into the lines of a plot against the ``drop`` axes: one line per combination of
     the other axes that vary among them, labelled ``name=value, ...`` (constant axes would only add
     noise to the labels)."""
-    keys = [k for k in first_seen(r.axes for r in records) if k not in drop]
+    keys = [k for k in axis_keys(records) if k not in drop]
     varying = [k for k in keys if len({str(r.axes.get(k)) for r in records}) > 1]
     lines: dict[str, list[CellRecord]] = {}
     for r in records:
