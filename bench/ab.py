@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     failed = failures(done.report, args.fail_threshold)
     for f in failed:
         print(f"FAIL: {f}")
-    print(f"report: {done.run_dir / 'report.html'}")
+    print(f"report: {done.html}")
     print(f"history: {record_in_history(history, done.run_dir, 'ab')}\nresults: {done.run_dir}")
     return EXIT_FAILED if failed else 0
 

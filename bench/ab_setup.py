@@ -120,11 +120,13 @@ class AbWhat:
 
 @dataclass
 class AbOutcome:
-    """A finished A/B run: its folder, and its report, or why it stopped (a failed or broken reading)."""
+    """A finished A/B run: its folder, and its report and report.html, or why it stopped (a failed or
+    broken reading)."""
 
     run_dir: Path
     report: dict[str, Any] | None
     error: str | None = None
+    html: Path | None = None
 
 
 def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutcome:
@@ -152,5 +154,4 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutco
             return AbOutcome(run_dir, None, str(e))
     report = ab_report(result, sides, plan)
     write_outputs(run_dir, report, ab_markdown(report))
-    folder_report(run_dir)
-    return AbOutcome(run_dir, report)
+    return AbOutcome(run_dir, report, html=folder_report(run_dir))

@@ -47,6 +47,7 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     warm = read_records(run_dir / "cells.jsonl")[1]
     assert warm.guards_ok and set(warm.guards) >= {"overfit", "finite"}  # B is slower, not broken
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
+    assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
     assert history_db.runs(db)[0]["kind"] == "ab"
