@@ -136,10 +136,11 @@ def round_order(plan: AbPlan, r: int, sides: tuple[Side, Side]) -> list[Side]:
     return list(reversed(sides)) if flip else list(sides)
 
 
-def take_reading(subject: Subject, side: Side, r: int, cells_path: Path) -> dict[str, CellRecord]:
+def take_reading(subject: Subject, side: Side, r: int, cells_path: Path, again: int = 0) -> dict[str, CellRecord]:
     """One reading, appended to cells.jsonl as it arrives; a failed or guard-breaking one ends the run.
-    Round 0 is the warm-up round: guards run, and its timings are not used."""
-    label = f"r{r:02d}" if r else "warmup"
+    Round 0 is the warm-up round: guards run, and its timings are not used. ``again``: the how-manieth
+    retake of round ``r`` (its label says so; the stalled readings stay on record under their own)."""
+    label = (f"r{r:02d}" if r else "warmup") + (f"-again{again}" if again else "")
     try:
         got = subject.read(side, label, first=r == 0)
     except ConfigError as e:
@@ -186,19 +187,66 @@ def decided(result: dict[str, Any], min_effect_pct: float) -> bool:
     return bool(result) and all((v["ci_high"] - v["ci_low"]) / 2.0 <= half * v["ratio"] for v in result.values())
 
 
+# A reading whose median step is more than STALL_FACTOR times its side's typical one is a stall (the
+# process or the machine stopped for a while: seen here as every step of a 1 ms reading taking 40 ms),
+# not the code: a change of the code is on both sides of the comparison in every round, a stall in one
+# reading. Its round is taken again (both sides, so the pair stays a pair), at most MAX_RETAKES times a
+# run; only slow readings count, since nothing makes a reading spuriously fast.
+STALL_FACTOR = 3.0
+MAX_RETAKES = 3
+
+
+def median_step(rec: CellRecord) -> float:
+    steps = sorted(rec.step_s)
+    return steps[len(steps) // 2]
+
+
+def stall(reading: dict[str, dict[str, CellRecord]], before: list[dict[str, dict[str, CellRecord]]]) -> str | None:
+    """Why this round cannot be paired (a reading STALL_FACTOR x its side's typical step: the median over
+    that side's earlier rounds, or its warm-up before there are any), or None."""
+    for side, got in reading.items():
+        for key, rec in got.items():
+            past = sorted(median_step(rd[side][key]) for rd in before if key in rd.get(side, {}))
+            if not past or not rec.step_s:
+                continue
+            typical, mine = past[len(past) // 2], median_step(rec)
+            if mine > STALL_FACTOR * typical:
+                return (
+                    f"{side}'s {key} reading took {1e3 * mine:.3g} ms a step, {mine / typical:.1f}x its "
+                    f"typical {1e3 * typical:.3g} ms"
+                )
+    return None
+
+
+def paired_round(
+    subject: Subject, sides: tuple[Side, Side], plan: AbPlan, r: int, cells_path: Path, reference: list, retaken: list
+) -> dict[str, dict[str, CellRecord]]:
+    """Round ``r``'s readings, taken again while one of them stalled (until the run's retakes are spent);
+    each retake is appended to ``retaken`` with its reason."""
+    again = 0
+    while True:
+        got = {s.name: take_reading(subject, s, r, cells_path, again) for s in round_order(plan, r, sides)}
+        why = stall(got, reference)
+        if why is None or len(retaken) >= MAX_RETAKES:
+            return got
+        retaken.append({"round": r, "why": why})
+        print(f"round {r} taken again: {why} (a stall, not the code)", flush=True)
+        again += 1
+
+
 def interleave(subject: Subject, sides: tuple[Side, Side], plan: AbPlan, run_dir: Path) -> dict[str, Any]:
     """A warm-up round (guards on both sides; the first process of a run meets cold caches, so its
     timing is not used), then rounds until decided, the budget or ``max_rounds``; the analysis of
-    every timed round."""
+    every timed round. A round with a stalled reading is taken again (see STALL_FACTOR)."""
     cells_path = run_dir / "cells.jsonl"
-    for s in sides:
-        take_reading(subject, s, 0, cells_path)
+    warmup = {s.name: take_reading(subject, s, 0, cells_path) for s in sides}
     rounds: list[dict[str, dict[str, CellRecord]]] = []
+    retaken: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     round_s: list[float] = []
     for r in range(1, plan.max_rounds + 1):
         t0 = time.perf_counter()
-        rounds.append({s.name: take_reading(subject, s, r, cells_path) for s in round_order(plan, r, sides)})
+        rounds.append(paired_round(subject, sides, plan, r, cells_path, rounds or [warmup], retaken))
         round_s.append(time.perf_counter() - t0)
         result = analyse(rounds, sides, plan.min_effect_pct)
         if not result:
@@ -210,7 +258,7 @@ def interleave(subject: Subject, sides: tuple[Side, Side], plan: AbPlan, run_dir
             decided(result, plan.min_effect_pct) or plan.elapsed() + next_round > plan.budget_s
         ):
             break
-    return {"rounds": len(rounds), "seconds": plan.elapsed(), "results": result}
+    return {"rounds": len(rounds), "seconds": plan.elapsed(), "results": result, "retaken": retaken}
 
 
 def write_outputs(run_dir: Path, report: dict[str, Any], markdown: str) -> list[Path]:

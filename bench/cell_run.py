@@ -163,6 +163,8 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
         "prof_phase_pct": {p: b["phase_pct"][p] for p in (*PHASES, "other")},
         "top_ops": b["top_ops"],
         "reduced_precision_pct": None if share is None else 100.0 * share,
+        # the collectives the trace saw: what a rank without DDP's timed hook (FSDP) reports as comm time
+        "collective_ms_per_step": (b.get("communication") or {}).get("collective_ms_per_step"),
     }
     if size_mb > cfg.max_trace_mb:
         out["trace_warning"] = (
@@ -203,6 +205,7 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     profile = {}
     if setup.prof_hook is not None:
         profile = profile_cell(setup, spec.profile, Path(str(spec.trace_dir)), stats["step_ms_median"])
+    traced_comm_ms = profile.pop("collective_ms_per_step", None)  # FSDP's collectives: no timed hook
     guards = run_guards(setup.config, spec.guards, setup.device, trainer, setup.watch)
     return CellRecord(
         cell_id=spec.cell_id,
@@ -235,7 +238,7 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         guards_ok=guards_ok(guards),
         skipped_fp16_steps=int(trainer.counters["skipped_steps"]),
         cell_seconds=time.perf_counter() - t_start,
-        comm_ms_per_step=comm_ms,
+        comm_ms_per_step=comm_ms if comm_ms is not None else traced_comm_ms,
         machine=machine_identity(),
         unstable=raw.get("unstable", False),
         remeasured=raw.get("remeasured", False),

@@ -280,8 +280,9 @@ class CellRecord(BaseModel):
     )
     comm_ms_per_step: float | None = Field(
         None,
-        description="Data-parallel: time DDP's gradient all-reduces were in flight per step, ms (rank 0; "
-        "they overlap the backward, so this is an upper bound on what communication costs the step).",
+        description="Data-parallel: time collectives were in flight per step, ms (rank 0): DDP's gradient "
+        "all-reduces from a timed hook, or for FSDP the profiled steps' all-gathers and reduce-scatters (none "
+        "without profile.enabled); they overlap compute, so this bounds what communication costs the step.",
     )
     comm_pct: float | None = Field(None, description="comm_ms_per_step as a share of the median step, %.")
 

@@ -189,7 +189,7 @@ def _compare(a: Trainer, b: Trainer) -> str | None:
             min(len(a.loss_history), len(b.loss_history)),
         )
         return f"loss differs at step {i + 1}"
-    sa, sb = a.model.state_dict(), b.model.state_dict()
+    sa, sb = distributed.full_model_state(a.model), distributed.full_model_state(b.model)
     for k in sa:
         if not torch.equal(sa[k], sb[k]):
             return f"weights differ ({k})"
@@ -272,17 +272,33 @@ def data_parallel(config: RunConfig) -> bool:
     return config.train.strategy != "single" and distributed.current().world_size > 1
 
 
+# fp16: the initial loss scales both sides try in turn while they skip different steps (an overflow in a
+# rank's batch of B that the one batch of N*B does not have is GradScaler at work, not a fault); at a
+# scale of 1 a healthy model overflows on neither side.
+FP16_EQUIVALENCE_SCALES: tuple[float | None, ...] = (None, 2.0**8, 1.0)
+
+
 @register_guard("ddp_equivalence", applies=data_parallel)
 def guard_ddp_equivalence(ctx: GuardContext) -> GuardResult:
-    """N ranks at per-rank batch B for k steps reach the weights of one process at batch N*B from the same
-    seed: the same samples per step, gradients averaged across ranks. Only the order of the gradient sum
-    differs, so the weights agree to a tolerance relative to how far they moved (bit-exact where it can)."""
+    """N ranks at per-rank batch B for k steps (DDP, or FSDP's shards) reach the weights of one process at
+    batch N*B from the same seed: the same samples per step, gradients averaged across ranks. Only the
+    order of the gradient sum differs, so the weights agree to a tolerance relative to how far they moved
+    (bit-exact where it can)."""
     config, k = ctx.config, ctx.settings.short_run_steps
     world = distributed.current().world_size
-    parallel = build_run(config)
-    freeze_stochastic_layers(parallel.trainer.model)
-    before = {n: t.detach().clone() for n, t in parallel.trainer.model.state_dict().items()}
-    _steps(parallel, k)
+    verdict: tuple[str, str] | None = None
+    for scale in FP16_EQUIVALENCE_SCALES if config.precision == "fp16" else (None,):
+        verdict = _equivalence_try(config, k, world, scale)
+        if verdict[0] != "retry":
+            break
+    status, detail = verdict
+    return GuardResult(name="ddp_equivalence", status=FAIL if status == "retry" else status, detail=detail)
+
+
+def _equivalence_try(config: RunConfig, k: int, world: int, scale: float | None) -> tuple[str, str]:
+    """One comparison (every rank gets rank 0's verdict); 'retry' when fp16 skipped different steps."""
+    parallel, before = _equivalence_side(config, k, scale)
+    after = distributed.full_model_state(parallel.trainer.model)  # FSDP: gathered, a collective on every rank
     verdict = None
     if distributed.current().is_main:  # the one-process reference: no collectives, the other ranks wait
         single = validate_config(
@@ -292,12 +308,32 @@ def guard_ddp_equivalence(ctx: GuardContext) -> GuardResult:
                  "data.batch_size": world * config.data.batch_size},
             )
         )  # fmt: skip
-        reference = build_run(single)
-        freeze_stochastic_layers(reference.trainer.model)
-        _steps(reference, k)
-        verdict = _equivalence(parallel.trainer, reference.trainer, before, config.precision, world, k)
-    status, detail = distributed.broadcast_object(verdict)
-    return GuardResult(name="ddp_equivalence", status=status, detail=detail)
+        reference, _ = _equivalence_side(single, k, scale)
+        skipped = [int(r.trainer.counters["skipped_steps"]) for r in (parallel, reference)]
+        at = f" at initial loss scale {scale:g}" if scale is not None else ""
+        if skipped[0] != skipped[1]:
+            verdict = ("retry", f"fp16{at}: GradScaler skipped {skipped[0]} of {k} steps on the ranks, {skipped[1]} "
+                       "in the one process, so their weights cannot be compared")  # fmt: skip
+        else:
+            status, detail = _equivalence(
+                after, reference.trainer.model.state_dict(), before, config.precision, world, k
+            )
+            verdict = (status, detail + at)
+    return distributed.broadcast_object(verdict)
+
+
+def _equivalence_side(config: RunConfig, k: int, scale: float | None) -> tuple[Run, dict[str, torch.Tensor]]:
+    """One side built, frozen (see below) and stepped k times: (its run, its whole weights before the steps)."""
+    run = build_run(config)
+    freeze_stochastic_layers(run.trainer.model)
+    scaler = run.trainer.policy.scaler
+    if scale is not None and scaler is not None:
+        state = scaler.state_dict()  # before the first step: the scale it will start from
+        state["scale"] = scale
+        scaler.load_state_dict(state)
+    before = {n: t.detach().clone() for n, t in distributed.full_model_state(run.trainer.model).items()}
+    _steps(run, k)
+    return run, before
 
 
 def freeze_stochastic_layers(model: torch.nn.Module) -> None:
@@ -325,9 +361,14 @@ DDP_TOLERANCE_REDUCED = 5e-2  # bf16/fp16: a batch of B and one of N*B run diffe
 
 
 def _equivalence(
-    parallel: Trainer, single: Trainer, before: dict[str, torch.Tensor], precision: str, world: int, k: int
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    before: dict[str, torch.Tensor],
+    precision: str,
+    world: int,
+    k: int,
 ) -> tuple[str, str]:
-    a, b = parallel.model.state_dict(), single.model.state_dict()
+    """``a``: the ranks' weights after k steps, ``b``: the one process's, ``before``: both sides' start."""
     names = [n for n in a if a[n].is_floating_point()]
     diff = math.sqrt(sum(float((a[n].float() - b[n].float()).pow(2).sum()) for n in names))
     moved = math.sqrt(sum(float((b[n].float() - before[n].float()).pow(2).sum()) for n in names))

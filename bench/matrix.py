@@ -136,7 +136,9 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
         and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     ):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
-    reason = malloc_unsupported_reason(config.train.malloc) or fsdp_skip_reason(config.train.strategy, device)
+    reason = malloc_unsupported_reason(config.train.malloc) or fsdp_skip_reason(
+        config.train.strategy, device, config.model.memory_format
+    )
     if reason:
         return reason
     if config.optim.fused:

@@ -187,10 +187,31 @@ def flops_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_missing_flop_formulas()) as counter:
         trainer.train_step(x, y)
     trainer.flush()
     return int(counter.get_total_flops())
+
+
+def _missing_flop_formulas() -> dict[Any, Any]:
+    """FLOP formulas for the CPU's fused attention kernel, which FlopCounterMode counts only from some
+    torch versions on (without them a GPT cell on CPU counts no attention FLOPs at all): the same
+    formulas torch uses for its CUDA attention kernels."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is None or backward is None or not hasattr(fc, "sdpa_backward_flop_count"):
+        return {}
+
+    def sdpa(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+        return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def sdpa_backward(grad_shape: Any, query_shape: Any, key_shape: Any, value_shape: Any, *a: Any, **k: Any) -> int:
+        return fc.sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
+
+    return {op: f for op, f in ((forward, sdpa), (backward, sdpa_backward)) if op not in fc.flop_registry}
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, min_time_s: float = 0.3) -> dict[str, float]:

@@ -13,9 +13,11 @@ as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire 
 | rank_dependent | ddp_equivalence | ranks but 0 see their batch reversed against its labels          |
 
 ``extra_time`` plants a slowdown instead of a fault: a healthy model (any registered one) whose every
-forward also busy-waits ``extra_ms``, so a step of ``s`` ms takes ``s + extra_ms`` ms: a known change
-for ``bench.ab`` and ``bench.history check`` to find. (Extra *work* on a share of the batch would not
-do: small batches run far less efficiently, so "5% more samples" costs 15-20% more time.)
+forward also busy-waits, either ``extra_share`` of the step's own time (a step of ``s`` ms takes
+``s * (1 + extra_share)``: a fixed ratio however fast the machine runs that minute) or a fixed
+``extra_ms`` (``s + extra_ms``): a known change for ``bench.ab`` and ``bench.history check`` to find.
+(Extra *work* on a share of the batch would not do: small batches run far less efficiently, so "5% more
+samples" costs 15-20% more time.)
 
 ``lm_never_learns``, ``lm_emits_nan``, ``lm_nondeterministic``, ``lm_hidden_state``: the same faults for
 the causal_lm workload (token ids in, logits over the vocabulary out).
@@ -185,27 +187,37 @@ def lm_hidden_state(vocab_size: int = 32) -> nn.Module:
 
 # --------------------------------------------------------------------------------- planted slowdown
 class ExtraTime(nn.Module):
-    """The base model, unchanged, plus ``extra_ms`` of busy-waiting (a CPU kept busy, not a sleep)
-    after each forward."""
+    """The base model, unchanged, plus busy-waiting (a CPU kept busy, not a sleep) after each forward:
+    ``extra_ms`` each time, and ``extra_share`` times the step's own time (from the start of the last
+    forward to the start of this one, less what was waited then), so that a step of ``s`` ms takes
+    ``s * (1 + extra_share)`` whatever speed the machine runs at that minute."""
 
-    def __init__(self, base: nn.Module, extra_ms: float) -> None:
+    def __init__(self, base: nn.Module, extra_ms: float, extra_share: float = 0.0) -> None:
         super().__init__()
-        self.base, self.extra_s = base, extra_ms / 1e3
+        self.base, self.extra_s, self.share = base, extra_ms / 1e3, extra_share
+        self._last_start: float | None = None
+        self._last_wait = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
         out = self.base(x)
-        until = time.perf_counter() + self.extra_s
+        wait = self.extra_s
+        if self.share and self._last_start is not None:
+            wait += self.share * max(0.0, start - self._last_start - self._last_wait)
+        until = time.perf_counter() + wait
         while time.perf_counter() < until:
             pass
+        self._last_start, self._last_wait = start, wait
         return out
 
 
-def extra_time(base: str = "SimpleCNN", extra_ms: float = 1.0, **kwargs: object) -> nn.Module:
-    """``model: {name: bench.planted:extra_time, kwargs: {base: SimpleCNN, extra_ms: 1.5, ...}}`` (the
-    other kwargs go to the base model's factory)."""
+def extra_time(base: str = "SimpleCNN", extra_ms: float = 0.0, extra_share: float = 0.0, **kwargs: object) -> nn.Module:
+    """``model: {name: bench.planted:extra_time, kwargs: {base: SimpleCNN, extra_share: 0.0526, ...}}``
+    (the other kwargs go to the base model's factory): ``extra_share`` s makes throughput 1 / (1 + s) of
+    the base model's (0.0526: 5% slower), ``extra_ms`` adds a fixed time to every forward."""
     from trainer_core.config import ModelConfig
     from trainer_core.models import build_model
 
-    if extra_ms < 0:
-        raise ValueError(f"extra_ms must be >= 0, got {extra_ms}")
-    return ExtraTime(build_model(ModelConfig(name=base, kwargs=dict(kwargs))), extra_ms)
+    if extra_ms < 0 or extra_share < 0:
+        raise ValueError(f"extra_ms and extra_share must be >= 0, got {extra_ms} and {extra_share}")
+    return ExtraTime(build_model(ModelConfig(name=base, kwargs=dict(kwargs))), extra_ms, extra_share)

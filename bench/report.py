@@ -172,13 +172,15 @@ def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
     return "\n".join(lines)
 
 
-def pair_with_reference(records: list[CellRecord], axis: str, reference: Any) -> list[tuple[CellRecord, CellRecord]]:
+def pair_with_reference(
+    records: list[CellRecord], axis: str, reference: Any, ignore: tuple[str, ...] = ()
+) -> list[tuple[CellRecord, CellRecord]]:
     """(cell, reference cell) for each measured cell whose ``axis`` is not ``reference``, matched with
-    the measured cell that has ``axis == reference`` and the same value on every other axis."""
+    the measured cell that has ``axis == reference`` and the same value on every other axis (but ``ignore``)."""
     ok = [r for r in records if r.status == OK and axis in r.axes]
 
     def others(r: CellRecord) -> tuple:
-        return tuple(sorted((k, str(v)) for k, v in r.axes.items() if k != axis))
+        return tuple(sorted((k, str(v)) for k, v in r.axes.items() if k != axis and k not in ignore))
 
     refs = {others(r): r for r in ok if r.axes[axis] == reference}
     return [(r, refs[others(r)]) for r in ok if r.axes[axis] != reference and others(r) in refs]
@@ -297,9 +299,10 @@ def speedup_sections(records: list[CellRecord]) -> list[str]:
 
 def scaling_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
     """Each data-parallel cell against the one-process cell with the same other axis values (the axis that
-    sets the number of ranks is ``train.world_size``): speedup and scaling efficiency T(N) / (N * T(1))."""
+    sets the number of ranks is ``train.world_size``): speedup and scaling efficiency T(N) / (N * T(1)).
+    One process is one process whatever ``train.strategy`` says, so DDP and FSDP cells share their reference."""
     rows = []
-    for r, one in pair_with_reference(records, "train.world_size", 1):
+    for r, one in pair_with_reference(records, "train.world_size", 1, ignore=("train.strategy",)):
         if not (r.rate and one.rate):
             continue
         speedup = r.rate / one.rate
@@ -332,10 +335,11 @@ def scaling_section(records: list[CellRecord]) -> list[str]:
         "## Scaling: data-parallel ranks against one process (same per-rank batch)",
         "",
         "Efficiency = T(N) / (N x T(1)), T the throughput. Threads: ranks x threads per rank against the one "
-        "process's threads (the same total when the ranks share out the cell's thread budget). All-reduce: "
-        "time DDP's gradient all-reduce was in flight, as a share of the step (it overlaps the backward).",
+        "process's threads (the same total when the ranks share out the cell's thread budget). Comm: time "
+        "collectives were in flight, as a share of the step (DDP's gradient all-reduce, timed; FSDP's "
+        "all-gathers and reduce-scatters, from the profiled steps); they overlap compute.",
         "",
-        "| cell | vs | ranks | threads | throughput | one process | speedup | efficiency | all-reduce % | "
+        "| cell | vs | ranks | threads | throughput | one process | speedup | efficiency | comm % | "
         "straggler % | guards |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]

@@ -91,7 +91,9 @@ def main(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         return train(config, request)
     distributed.init(config, resolve_device(config.device))
     try:
-        return train(config, request)
+        code = train(config, request)
+        distributed.barrier()  # no rank tears its process group down while another is still in a collective
+        return code
     finally:
         distributed.destroy()
 

@@ -152,7 +152,9 @@ class TrainRequest:
 def launch_ranks(config: RunConfig, argv: Sequence[str]) -> int:
     """Start ``train.world_size`` ranks of ``python -m bench.train ARGV`` through the elastic launcher,
     as torchrun would: the exit code of the first rank that failed, else 0."""
-    reason = distributed.fsdp_skip_reason(config.train.strategy, resolve_device(config.device))
+    reason = distributed.fsdp_skip_reason(
+        config.train.strategy, resolve_device(config.device), config.model.memory_format
+    )
     if reason:
         raise ConfigError(f"train.strategy: {reason}")
     try:
@@ -186,7 +188,9 @@ def train(config: RunConfig, request: TrainRequest) -> int:
                 print(f"run {run_dir.root} is complete ({done}); nothing was changed. {how_to_extend(trainer)}.")
             return 0
     if not main_rank:  # the other ranks train in step with rank 0 and write nothing
-        run.trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=request.stop_after_steps)
+        result = trainer.fit(run.data.train_loader, run.data.val_loader, stop_after_steps=request.stop_after_steps)
+        if not result.interrupted and distributed.is_sharded(trainer.model):
+            trainer.evaluate(run.data.test_loader)  # FSDP: rank 0's test evaluation gathers every rank's shards
         return 0
     return train_and_report(run, run_dir, request, resume_from, done, wall0)
 

@@ -137,3 +137,38 @@ def test_fail_threshold_only_on_a_significant_slowdown_beyond_it() -> None:
     wide = {"results": {"cell": {"ratio": 0.90, "ci_low": 0.70, "ci_high": 1.10}}}
     assert not failures(wide, 5.0)
     json.dumps(report)
+
+
+class Stalling(Machine):
+    """The simulated machine, but the readings named in ``stalls`` take 40x as long (every step): the
+    stall seen here once, when a 1 ms reading ran all its steps at 37-54 ms."""
+
+    def __init__(self, effect: float, stalls: set[str]) -> None:
+        super().__init__(effect, drift=0.0)
+        self.stalls = stalls
+
+    def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
+        got = super().read(side, label, first)
+        if f"{side.name}-{label}" in self.stalls:
+            rec = got[CELL_KEY]
+            got[CELL_KEY] = rec.model_copy(update={"step_s": [40 * s for s in rec.step_s]})
+        return got
+
+
+def test_a_stalled_reading_is_taken_again_with_its_round(tmp_path: Path) -> None:
+    plan = AbPlan(budget_s=60, min_rounds=2, max_rounds=2, min_effect_pct=3.0)
+    out = interleave(Stalling(1 / 0.5, {"A-r02"}), SIDES, plan, tmp_path)
+    v = out["results"][CELL_KEY]
+    assert v["verdict"] == SLOWER and v["ratio"] == pytest.approx(0.5, rel=0.05)  # not 'no change'
+    assert [x["round"] for x in out["retaken"]] == [2] and "A's cell reading took" in out["retaken"][0]["why"]
+    ids = [r.cell_id for r in read_records(tmp_path / "cells.jsonl")]
+    assert ids[2:] == ["B-r01", "A-r01", "A-r02", "B-r02", "A-r02-again1", "B-r02-again1"]  # the stall on record
+
+
+def test_stall_retakes_are_bounded_and_a_slower_side_is_no_stall(tmp_path: Path) -> None:
+    everything = {f"A-r{r:02d}" for r in range(1, 5)} | {f"A-r{r:02d}-again{k}" for r in range(1, 5) for k in (1, 2, 3)}
+    out = interleave(Stalling(1.0, everything), SIDES, AbPlan(budget_s=60, min_rounds=2, max_rounds=2), tmp_path)
+    assert len(out["retaken"]) == 3 and out["rounds"] == 2  # then the stalled round is kept, and said
+    (tmp_path / "x").mkdir()
+    five_x = interleave(Stalling(5.0, set()), SIDES, AbPlan(min_rounds=2, max_rounds=2), tmp_path / "x")
+    assert five_x["retaken"] == [] and five_x["results"][CELL_KEY]["verdict"] == SLOWER  # B against B's own

@@ -1,6 +1,7 @@
 """Data-parallel cells: ranks launched from the cell, their records merged (global throughput, per-rank
 steps, all-reduce time), the four guards and the ddp-equivalence guard on every rank, which passes on a
-healthy model and catches a rank-dependent one; one trace per rank with its distributed info."""
+healthy model (DDP and FSDP, fp16 too) and catches a rank-dependent one; one trace per rank with its
+distributed info."""
 
 from __future__ import annotations
 
@@ -91,9 +92,56 @@ def test_merge_takes_the_slowest_rank_per_step_and_the_worst_verdict() -> None:
     assert merged.peak_mem_mb == 104.0 and merged.straggler_pct == pytest.approx(100.0)
 
 
-def test_fsdp_is_skipped_with_the_reason_on_cpu() -> None:
+def test_an_fsdp_cell_shards_blocks_keeps_each_ranks_batch_norm_and_passes_its_guards(tmp_path: Path) -> None:
+    # ResNet18's basic blocks are FSDP units and its batch-norm statistics stay per rank: the resume guard
+    # passes only when a checkpoint restores every rank's own (DDP would have copied rank 0's to all)
+    spec = _spec(tmp_path, "ResNet18", profile=ProfileConfig(enabled=True, wait=1, warmup=1, active=2))
+    config = apply_overrides(
+        spec.config,
+        {"train.strategy": "fsdp", "model.kwargs": {"width": 4}, "data.name": "synthetic_images",
+         "data.n_samples": 256},
+    )  # fmt: skip
+    record = run_cell(spec.model_copy(update={"config": config}))
+    assert record.status == "ok", record.reason
+    assert sorted(record.guards) == ["ddp_equivalence", "determinism", "finite", "overfit", "resume"]
+    assert record.guards_ok, {k: g.detail for k, g in record.guards.items()}
+    assert record.world_size == 2 and record.items_per_step == 32
+    (trace,) = list((tmp_path / "trace" / "rank0").glob("*.pt.trace.json*"))
+    comm = breakdown(json.loads(trace.read_text()))["communication"]
+    assert "gloo:all_gather" in comm["collectives"]  # FSDP gathers each unit's weights from the shards
+    assert record.comm_ms_per_step == pytest.approx(comm["collective_ms_per_step"])  # no DDP hook: the trace's
+
+
+def test_the_shard_units_are_blocks_and_never_split_tied_weights() -> None:
+    from trainer_core.distributed import shard_units
+    from trainer_core.gpt import GPT
+    from trainer_core.models import ResNet18
+
+    gpt = GPT(n_layer=2, n_head=2, n_embd=16, block_size=8)
+    assert shard_units(gpt) == list(gpt.h)  # the embedding tied to lm_head stays with the root
+    tied = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), torch.nn.Linear(2, 2))
+    tied[1].weight = tied[0][0].weight
+    assert shard_units(tied) == []
+    resnet = ResNet18(width=4)
+    assert shard_units(resnet) == list(resnet.layers)  # basic blocks; their shortcut convs are plain layers
+
+
+def test_an_fp16_cell_whose_first_steps_overflow_on_one_side_is_compared_at_a_lower_loss_scale(
+    tmp_path: Path,
+) -> None:
+    spec = _spec(tmp_path)
+    record = run_cell(spec.model_copy(update={"config": apply_overrides(spec.config, {"precision": "fp16"})}))
+    equivalence = record.guards["ddp_equivalence"]
+    assert equivalence.status == "pass", equivalence.detail
+    assert "at initial loss scale 256" in equivalence.detail  # the default scale skipped steps on one side only
+
+
+def test_fsdp_is_skipped_with_the_reason_where_it_cannot_shard() -> None:
     from bench.matrix import lever_skip_reason
     from trainer_core.config import load_config
 
     config = load_config(None, tiny_overrides(**{"train.strategy": "fsdp", "train.world_size": 2}))
-    assert "fsdp needs CUDA/NCCL" in lever_skip_reason(config, torch.device("cpu"))
+    assert lever_skip_reason(config, torch.device("cpu")) is None  # FSDP2 shards over gloo on CPU
+    nhwc = load_config(None, tiny_overrides(**{"train.strategy": "fsdp", "train.world_size": 2,
+                                               "model.memory_format": "channels_last"}))  # fmt: skip
+    assert "contiguous parameters only" in lever_skip_reason(nhwc, torch.device("cpu"))

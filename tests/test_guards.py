@@ -132,6 +132,12 @@ def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     t0 = time.perf_counter()
     assert torch.equal(slow(x), fast(x))  # the same model, the same output
     assert time.perf_counter() - t0 >= 0.02  # and at least the planted time more
+    share = extra_time(base="SimpleMLP", extra_share=0.5, **kwargs)
+    share(x)
+    assert share._last_wait == 0.0  # the first forward has no step of its own to measure yet
+    time.sleep(0.04)  # the rest of a step of at least 40 ms
+    share(x)
+    assert share._last_wait >= 0.02  # half the step's own time: a ratio, not a fixed time
     planted = {
         "model.name": "bench.planted:extra_time",
         "model.kwargs": {"base": "SimpleMLP", "extra_ms": 0.5, **kwargs},

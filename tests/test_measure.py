@@ -106,3 +106,22 @@ def test_disagreeing_repeats_are_timed_again_and_a_calm_second_set_replaces_them
 def test_repeats_that_keep_disagreeing_mark_the_cell_unstable(monkeypatch: pytest.MonkeyPatch) -> None:
     raw = _disturbed(monkeypatch, slow_repeats={1, 3})
     assert raw["remeasured"] and raw["unstable"] and len(set(raw["repeat_of_step"])) == 4
+
+
+def test_flops_count_the_attention_of_a_language_model_on_cpu() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.measure import _missing_flop_formulas
+    from trainer_core.gpt import GPT
+
+    model = GPT(vocab_size=65, n_layer=1, n_head=2, n_embd=32, block_size=16)
+    x = torch.randint(0, 65, (4, 16))
+    with FlopCounterMode(display=False, custom_mapping=_missing_flop_formulas()) as counter:
+        torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
+    attention = {str(op): n for op, n in counter.get_flop_counts()["Global"].items() if "attention" in str(op)}
+    bmm = 2 * 4 * 2 * 16 * 16 * 16  # one [T x d] @ [d x T] per batch element and head: 2 * b * heads * T * T * d
+    # forward: q @ k^T and scores @ v; backward: the scores again, then the gradients of scores, q, k and v
+    assert attention == {
+        "aten._scaled_dot_product_flash_attention_for_cpu": 2 * bmm,
+        "aten._scaled_dot_product_flash_attention_for_cpu_backward": 5 * bmm,
+    }

@@ -45,6 +45,9 @@ KEY_TIMESTAMP = "timestamp"
 KEY_END_REASON = "end_reason"
 # Optional: every rank's RNG states, in rank order, when the run was data-parallel (KEY_RNG is rank 0's).
 KEY_RNG_PER_RANK = "rng_per_rank"
+# Optional: every rank's module buffers (batch-norm running statistics), in rank order, when FSDP trained
+# the model: it keeps each rank's own buffers (DDP copies rank 0's to all), and KEY_MODEL holds rank 0's.
+KEY_BUFFERS_PER_RANK = "buffers_per_rank"
 END_EPOCHS, END_MAX_STEPS, END_EARLY_STOPPED, END_STOPPED = "epochs", "max_steps", "early_stopped", "stopped"
 
 REQUIRED_KEYS = (

@@ -206,8 +206,8 @@ class TrainLoopConfig(_Section):
     )
     strategy: Literal["single", "ddp", "fsdp"] = Field(
         "single",
-        description="Data parallelism: one process, DistributedDataParallel, or FSDP2 (CUDA/NCCL only) "
-        "over train.world_size processes; data.batch_size is per rank.",
+        description="Data parallelism: one process, DistributedDataParallel, or FSDP2 (fully_shard: weights, "
+        "gradients and optimizer state sharded) over train.world_size processes; data.batch_size is per rank.",
     )
     world_size: int = Field(
         1, ge=1, description="Processes (ranks) on this node for ddp/fsdp; torchrun's environment overrides it."

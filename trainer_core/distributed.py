@@ -1,7 +1,9 @@
 """Data parallelism on ``torch.distributed``: who this process is (the environment torchrun and the
 elastic launcher set), the process group (gloo on CPU, NCCL on CUDA, with a timeout so no rank waits
 forever), launching ``world_size`` ranks of a function the way ``torchrun`` does
-(``torch.distributed.launcher.api.elastic_launch``), and the few collectives the Trainer needs.
+(``torch.distributed.launcher.api.elastic_launch``), wrapping the model (DistributedDataParallel, or
+FSDP2's ``fully_shard`` with whole-tensor state dicts for checkpoints), and the few collectives the
+Trainer needs.
 
 ``data.batch_size`` is per rank: a step of N ranks consumes N * batch_size samples (the global batch).
 """
@@ -58,26 +60,152 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def fsdp_skip_reason(strategy: str, device: torch.device) -> str | None:
-    """Why FSDP cannot run here (None when it can)."""
+def _fully_shard() -> Callable[..., Any] | None:
+    """FSDP2's ``fully_shard`` (public from torch 2.6, under ``_composable`` before), or None."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            return None
+    return fully_shard
+
+
+def fsdp_skip_reason(strategy: str, device: torch.device, memory_format: str = "contiguous") -> str | None:
+    """Why FSDP cannot run here (None when it can): FSDP2 shards over gloo on CPU and NCCL on CUDA."""
     if strategy != "fsdp":
         return None
-    if device.type != "cuda":
-        return "fsdp needs CUDA/NCCL: gloo lacks the reduce-scatter collectives FSDP shards with"
+    if _fully_shard() is None:
+        return f"fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} lacks"
+    if memory_format == "channels_last":
+        return "fsdp shards contiguous parameters only; model.memory_format=channels_last makes conv weights NHWC"
     return None
 
 
+def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules FSDP2 shards (and all-gathers) one at a time, as torchtitan shards transformer blocks:
+    each block of a ``ModuleList``/``Sequential`` (a child that holds layers of its own, such as a GPT
+    block or a ResNet basic block). The root takes the rest (embeddings, heads, plain layers). A block
+    that shares a parameter with a module outside it (tied weights) stays with the root."""
+    outside_counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        outside_counts[id(p)] = outside_counts.get(id(p), 0) + 1
+    units = []
+    for container in model.modules():
+        if not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+            continue
+        for block in container.children():
+            params = list(block.named_parameters(remove_duplicate=False))
+            if not params or not any(True for _ in block.children()):
+                continue
+            inside: dict[int, int] = {}
+            for _, p in params:
+                inside[id(p)] = inside.get(id(p), 0) + 1
+            if all(outside_counts[k] == n for k, n in inside.items()):
+                units.append(block)
+    return units
+
+
 def wrap_data_parallel(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.nn.Module:
-    """The module the training step calls: DistributedDataParallel over the process group."""
+    """The module the training step calls: DistributedDataParallel over the process group, or for fsdp
+    the model itself, sharded in place by FSDP2 (its parameters become DTensors, one shard per rank;
+    each unit's full weights are all-gathered for its forward and backward, gradients reduce-scattered)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    reason = fsdp_skip_reason(strategy, device)
-    if reason:
-        raise ConfigError(f"train.strategy: {reason}")
     if strategy == "fsdp":
-        raise ConfigError("train.strategy: fsdp checkpoints (sharded state) are not supported yet; use ddp")
+        reason = fsdp_skip_reason(strategy, device)
+        if reason:
+            raise ConfigError(f"train.strategy: {reason}")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        fully_shard = _fully_shard()
+        assert fully_shard is not None  # fsdp_skip_reason said so
+        # The mesh on the cell's device: FSDP's default is the machine's accelerator, even for a CPU run.
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        for unit in reversed(shard_units(model)):  # inner blocks before the blocks that hold them
+            fully_shard(unit, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True for a model FSDP2 sharded (its parameters are DTensors)."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered into one plain tensor (a collective); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def full_model_state(model: torch.nn.Module, *, rank0_only: bool = False) -> dict[str, Any]:
+    """The model's state_dict with whole tensors, keys as the unwrapped model has them. For a sharded
+    model a collective (every rank calls it): every rank gets the gathered weights, or with ``rank0_only``
+    only rank 0 does, on the host (what a checkpoint needs: the other ranks' dicts are empty)."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=rank0_only))
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state_dict; for a sharded model gathered on rank 0 (a collective, keyed by parameter
+    name, as torch.distributed.checkpoint writes it)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def buffers_per_rank(model: torch.nn.Module) -> list[dict[str, torch.Tensor]] | None:
+    """Every rank's module buffers (on the host, in rank order) for a sharded model, else None. FSDP leaves
+    buffers such as batch-norm running statistics unsynchronised, so each rank's differ and an exact resume
+    needs them all. A collective."""
+    if not is_sharded(model):
+        return None
+    return all_gather_object({name: b.detach().cpu() for name, b in model.named_buffers()})
+
+
+def load_buffers(model: torch.nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    """Copy saved buffers (one rank's, from :func:`buffers_per_rank`) into the model's own."""
+    own = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in buffers.items():
+            own[name].copy_(value)
+
+
+def sharded_grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """fp16's loss scaler for a sharded model: each rank sees only its shard of the gradients, so
+    whether any of them overflowed must be agreed across ranks (or one rank skips a step the others take)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    return ShardedGradScaler(device.type)
+
+
+def load_full_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load a whole-tensor state_dict (from :func:`full_model_state` or a one-process run); a sharded
+    model keeps its own rank's shard of each tensor."""
+    if not is_sharded(model):
+        model.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load what :func:`full_optimizer_state` saved."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def init(config: RunConfig, device: torch.device) -> DistInfo:

@@ -166,6 +166,8 @@ class Trainer:
         # evaluation use self.model, so state_dict keys never get the compiler's '_orig_mod.' prefix.
         self.dist = distributed.current()
         self.step_model = self._step_module(config)
+        if self.policy.scaler is not None and distributed.is_sharded(self.model):
+            self.policy.scaler = distributed.sharded_grad_scaler(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _build_optimizer(config, self.params)
         self.scheduler = _build_scheduler(config, self.optimizer, steps_per_epoch)
@@ -199,8 +201,9 @@ class Trainer:
 
     def _step_module(self, config: RunConfig) -> nn.Module:
         """The module the training step calls. Data-parallel: DistributedDataParallel, which all-reduces
-        (averages) the gradients during backward; compiled when train.compile is on. Checkpoints and
-        evaluation use self.model, so state_dict keys never get a 'module.' or '_orig_mod.' prefix."""
+        (averages) the gradients during backward, or the model sharded in place by FSDP2; compiled when
+        train.compile is on. Checkpoints and evaluation use self.model, so state_dict keys never get a
+        'module.' or '_orig_mod.' prefix."""
         module: nn.Module = self.model
         if self.dist.distributed and config.train.strategy != "single":
             module = distributed.wrap_data_parallel(self.model, config.train.strategy, self.device)
@@ -271,6 +274,7 @@ class Trainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
             else:
                 grad_norm = _grad_norm(self.params)
+            grad_norm = distributed.full_tensor(grad_norm)  # FSDP: the norm over every rank's shard
         skipped = False
         if scaler is not None:
             # get_scale() reads the scale on the host (a sync on accelerators, fp16 only): a drop
@@ -596,13 +600,14 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """The full training state as one dict of named entries (keys from :mod:`checkpoint`). Data-parallel:
-        a collective (every rank's RNG states are gathered), so every rank calls it at the same point."""
+        a collective (every rank's RNG states are gathered; FSDP's shards are gathered into whole tensors,
+        on rank 0 only), so every rank calls it at the same point and rank 0 writes it."""
         self.flush()
         rng = distributed.all_gather_object(capture_rng_state())
         return {
             ck.KEY_FORMAT: ck.FORMAT_VERSION,
-            ck.KEY_MODEL: self.model.state_dict(),
-            ck.KEY_OPTIMIZER: self.optimizer.state_dict(),
+            ck.KEY_MODEL: distributed.full_model_state(self.model, rank0_only=True),
+            ck.KEY_OPTIMIZER: distributed.full_optimizer_state(self.model, self.optimizer),
             ck.KEY_SCHEDULER: self.scheduler.state_dict() if self.scheduler is not None else None,
             ck.KEY_SCALER: self.policy.scaler.state_dict() if self.policy.scaler is not None else None,
             ck.KEY_EPOCH: self.epoch,
@@ -614,6 +619,7 @@ class Trainer:
             ck.KEY_EARLY_STOPPING: self.early_stopping.state_dict(),
             ck.KEY_RNG: rng[0],
             ck.KEY_RNG_PER_RANK: rng if len(rng) > 1 else None,
+            ck.KEY_BUFFERS_PER_RANK: distributed.buffers_per_rank(self.model),
             ck.KEY_LOSS_HISTORY: list(self.loss_history),
             ck.KEY_HISTORY: [dict(h) for h in self.history],
             ck.KEY_COUNTERS: dict(self.counters),
@@ -648,11 +654,11 @@ class Trainer:
                 f"config asks for {current_model_cfg['name']!r}"
             )
         try:
-            self.model.load_state_dict(state[ck.KEY_MODEL])
+            distributed.load_full_model_state(self.model, state[ck.KEY_MODEL])
         except RuntimeError as e:
             raise CheckpointError(f"{source}: model weights do not fit: {ck.describe_state_dict_mismatch(e)}") from None
         try:
-            self.optimizer.load_state_dict(state[ck.KEY_OPTIMIZER])
+            distributed.load_full_optimizer_state(self.model, self.optimizer, state[ck.KEY_OPTIMIZER])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{source}: optimizer state does not fit ({e})") from None
         for key, obj, label in (
@@ -690,6 +696,9 @@ class Trainer:
         per_rank = state.get(ck.KEY_RNG_PER_RANK)
         mine = per_rank[self.dist.rank] if per_rank and len(per_rank) == self.dist.world_size else state[ck.KEY_RNG]
         restore_rng_state(mine)
+        buffers = state.get(ck.KEY_BUFFERS_PER_RANK)
+        if buffers and len(buffers) == self.dist.world_size:  # FSDP: this rank's own running statistics
+            distributed.load_buffers(self.model, buffers[self.dist.rank])
 
     def _check_world_size(self, state: dict[str, Any], source: str) -> None:
         """A position inside an epoch counts this rank's samples of a sharded order: it means the same
