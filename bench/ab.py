@@ -89,6 +89,8 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for key, v in done.report["results"].items():
         print(verdict_line(key, v, plan.min_effect_pct))
+    for note in done.report.get("notes", []):
+        print(f"note: {note}")
     failed = failures(done.report, args.fail_threshold)
     for f in failed:
         print(f"FAIL: {f}")

@@ -35,6 +35,7 @@ def ab_markdown(report: dict[str, Any]) -> str:
         "## Verdict",
         "",
         *[f"- {verdict_line(k, v, m)}" for k, v in report["results"].items()],
+        *[f"- note: {n}" for n in report.get("notes", [])],
     ]
     for key, v in report["results"].items():
         lines += ["", f"## Rounds{'' if key == 'cell' else ': ' + key}", "", f"| round | A {v['unit']} | "

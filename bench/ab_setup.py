@@ -133,7 +133,16 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutco
     """Resolve and check both sides, then the interleaved rounds in results/ab-<time>/; ab.json, ab.md
     and report.html are written when it finishes. Bad input raises ConfigError before anything is written."""
     from bench.ab_report import ab_markdown
-    from bench.abtest import AbError, CellSubject, PytestSubject, ab_report, interleave, open_ab_dir, write_outputs
+    from bench.abtest import (
+        AbError,
+        CellSubject,
+        PytestSubject,
+        ab_report,
+        interleave,
+        noise_notes,
+        open_ab_dir,
+        write_outputs,
+    )
     from bench.html_report import folder_report
 
     with ExitStack() as stack:
@@ -153,5 +162,6 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutco
         except AbError as e:
             return AbOutcome(run_dir, None, str(e))
     report = ab_report(result, sides, plan)
+    report["notes"] = noise_notes(result, {name: spec.config for name, spec in specs.items()})
     write_outputs(run_dir, report, ab_markdown(report))
     return AbOutcome(run_dir, report, html=folder_report(run_dir))

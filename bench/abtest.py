@@ -15,6 +15,7 @@ benchmark by benchmark. Guards run on the first reading of each side; the others
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -187,12 +188,17 @@ def decided(result: dict[str, Any], min_effect_pct: float) -> bool:
     return bool(result) and all((v["ci_high"] - v["ci_low"]) / 2.0 <= half * v["ratio"] for v in result.values())
 
 
-# A reading whose median step is more than STALL_FACTOR times its side's typical one is a stall (the
-# process or the machine stopped for a while: seen here as every step of a 1 ms reading taking 40 ms),
-# not the code: a change of the code is on both sides of the comparison in every round, a stall in one
-# reading. Its round is taken again (both sides, so the pair stays a pair), at most MAX_RETAKES times a
-# run; only slow readings count, since nothing makes a reading spuriously fast.
+# A stall (the process or the machine stopped or slowed for a while) is not the code: a change of the
+# code is in every reading of its side, a stall in one. A round with a stalled reading is taken again
+# (both sides, so the pair stays a pair), at most MAX_RETAKES times a run. Two kinds were seen here:
+# - the whole reading slow: every step of a 1 ms reading took 40 ms. STALL_FACTOR: its median step
+#   against its side's typical one;
+# - the machine changing speed midway: a reading's median step 1.5-1.7x its own fastest tenth, where its
+#   side's other readings sit at 1.03-1.1x (a tenant's burst covering half of it). UNSTEADY_FACTOR: that
+#   ratio against its side's typical ratio. A code change scales every step, so it leaves that ratio be.
+# Only slow readings count: nothing makes a reading spuriously fast.
 STALL_FACTOR = 3.0
+UNSTEADY_FACTOR = 1.25
 MAX_RETAKES = 3
 
 
@@ -201,19 +207,33 @@ def median_step(rec: CellRecord) -> float:
     return steps[len(steps) // 2]
 
 
+def unsteadiness(rec: CellRecord) -> float:
+    """A reading's median step over its fastest tenth's (its 10th percentile): near 1 when it ran steadily."""
+    steps = sorted(rec.step_s)
+    return steps[len(steps) // 2] / steps[int(0.1 * (len(steps) - 1))]
+
+
 def stall(reading: dict[str, dict[str, CellRecord]], before: list[dict[str, dict[str, CellRecord]]]) -> str | None:
-    """Why this round cannot be paired (a reading STALL_FACTOR x its side's typical step: the median over
-    that side's earlier rounds, or its warm-up before there are any), or None."""
+    """Why this round cannot be paired, or None: a reading STALL_FACTOR x its side's typical step, or
+    UNSTEADY_FACTOR x its side's typical unsteadiness (typical: the median over that side's earlier
+    rounds, or its warm-up before there are any)."""
     for side, got in reading.items():
         for key, rec in got.items():
-            past = sorted(median_step(rd[side][key]) for rd in before if key in rd.get(side, {}))
+            past = [rd[side][key] for rd in before if key in rd.get(side, {}) and rd[side][key].step_s]
             if not past or not rec.step_s:
                 continue
-            typical, mine = past[len(past) // 2], median_step(rec)
+            typical = sorted(median_step(r) for r in past)[len(past) // 2]
+            steady = sorted(unsteadiness(r) for r in past)[len(past) // 2]
+            mine, wobble = median_step(rec), unsteadiness(rec)
             if mine > STALL_FACTOR * typical:
                 return (
                     f"{side}'s {key} reading took {1e3 * mine:.3g} ms a step, {mine / typical:.1f}x its "
                     f"typical {1e3 * typical:.3g} ms"
+                )
+            if wobble > UNSTEADY_FACTOR * steady:
+                return (
+                    f"{side}'s {key} reading changed speed midway: its median step is {wobble:.2f}x its "
+                    f"fastest tenth's (typically {steady:.2f}x)"
                 )
     return None
 
@@ -259,6 +279,50 @@ def interleave(subject: Subject, sides: tuple[Side, Side], plan: AbPlan, run_dir
         ):
             break
     return {"rounds": len(rounds), "seconds": plan.elapsed(), "results": result, "retaken": retaken}
+
+
+# The spread (sd of the log per-round ratios) above which a run says its rounds disagree widely: in the
+# A/B experiment of docs/measurements.md the runs' spreads had a median of 7%, and the runs above 10% got
+# intervals 23-35% wide from their 7 rounds.
+NOISY_ROUND_SD = 0.10
+
+
+def round_sd(per_round: list[float]) -> float | None:
+    """The sd of the log per-round ratios (None below 3 rounds)."""
+    if len(per_round) < 3:
+        return None
+    logs = [math.log(x) for x in per_round]
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+
+
+def noise_notes(result: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list[str]:
+    """What to tell the user when the rounds disagree widely: how much, and for CPU cells on glibc's
+    default malloc policy (whose large blocks come from mmap or the heap depending on each process's
+    history, so processes of the same code can run at different speeds) the setting that removes that."""
+    notes = []
+    for key, v in result.get("results", {}).items():
+        sd = round_sd(v["per_round"])
+        if sd is None or sd <= NOISY_ROUND_SD:
+            continue
+        note = f"{key}: the per-round ratios spread by {100 * sd:.0f}% (sd of their logs): a narrow interval needs "
+        note += "many rounds"
+        if any(_cpu_default_malloc(c) for c in configs.values()):
+            note += (
+                "; on a CPU, glibc's default malloc policy places large buffers per process (heap or mmap), "
+                "one source of that: --set train.malloc=retain on both sides removes it"
+            )
+        notes.append(note)
+    return notes
+
+
+def _cpu_default_malloc(config: dict[str, Any]) -> bool:
+    device = str(config.get("device", "auto"))
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device == "cpu" and config.get("train", {}).get("malloc", "default") == "default"
 
 
 def write_outputs(run_dir: Path, report: dict[str, Any], markdown: str) -> list[Path]:

@@ -33,8 +33,10 @@ from bench.measure import (
 from bench.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.stats import cell_statistics, summarize
 from bench.trace_analysis import breakdown, load_trace
+from trainer_core import distributed
 from trainer_core.config import RunConfig, apply_overrides, validate_config
 from trainer_core.factory import Run, build_run
+from trainer_core.models import build_model
 from trainer_core.phases import PHASES
 from trainer_core.precision import resolve_device
 from trainer_core.provenance import machine_identity
@@ -102,6 +104,17 @@ def eager_flops(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> int:
         trainer.step_model = compiled
 
 
+def shape_model(setup: CellSetup) -> torch.nn.Module:
+    """The model whose layer shapes the analytic FLOP count reads: FSDP's sharded model cannot be copied
+    (the count runs a copy on the meta device), so a fresh unsharded build of the same architecture stands
+    in for it, without touching the seeded random streams."""
+    model = setup.run.trainer.model
+    if not distributed.is_sharded(model):
+        return model
+    with torch.random.fork_rng(devices=[]):
+        return build_model(setup.config.model, setup.run.data.facts())
+
+
 def flops_warning(model: torch.nn.Module, counted: int, analytic: int | None) -> str | None:
     """When the two FLOP counts disagree by more than 1.5x, which one to trust (and the known cause)."""
     if not analytic or not counted or 1 / 1.5 < counted / analytic < 1.5:
@@ -163,8 +176,7 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
         "prof_phase_pct": {p: b["phase_pct"][p] for p in (*PHASES, "other")},
         "top_ops": b["top_ops"],
         "reduced_precision_pct": None if share is None else 100.0 * share,
-        # the collectives the trace saw: what a rank without DDP's timed hook (FSDP) reports as comm time
-        "collective_ms_per_step": (b.get("communication") or {}).get("collective_ms_per_step"),
+        "collective_ms_per_step": traced_collectives_ms(b, timed_median_ms),
     }
     if size_mb > cfg.max_trace_mb:
         out["trace_warning"] = (
@@ -175,6 +187,16 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
             f"{setup.config.precision} cell but only {100 * share:.0f}% of matmul/conv ops ran in reduced precision"
         )
     return out
+
+
+def traced_collectives_ms(b: dict[str, Any], timed_median_ms: float) -> float | None:
+    """The collectives' time per timed step, from their share of the traced steps (the profiler slows
+    a step down, so its milliseconds are not the timed step's): what a rank without DDP's timed hook
+    (FSDP) reports as its communication time. It includes the time spent waiting for a slower rank."""
+    comm, traced_step_ms = b.get("communication") or {}, b["mean_ms"].get("step_ms")
+    if comm.get("collective_ms_per_step") is None or not traced_step_ms:
+        return None
+    return comm["collective_ms_per_step"] / traced_step_ms * timed_median_ms
 
 
 def run_cell(spec: CellSpec) -> CellRecord:
@@ -191,7 +213,7 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     x, y = next(iter(setup.run.data.train_loader))
     first_s = first_step_seconds(setup, x, y)
     flops = eager_flops(setup, x, y)
-    analytic = trainer.workload.flops_per_step(trainer.model, x)
+    analytic = trainer.workload.flops_per_step(shape_model(setup), x)
     raw, comm_ms = timed_steps(setup, spec)
     items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
     stats = cell_statistics(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from bench.abtest import (
     decided,
     failures,
     interleave,
+    noise_notes,
     resolved,
     round_order,
     verdict,
@@ -97,6 +99,7 @@ def test_interleaved_rounds_see_through_drift(tmp_path: Path, effect: float, exp
     assert v["verdict"] == expected
     assert v["ci_low"] <= 1 / effect <= v["ci_high"]  # the interval holds the planted ratio
     assert out["rounds"] < 30 and decided(out["results"], 3.0)  # stopped because it could decide
+    assert out["retaken"] == []  # drift between readings is what pairing cancels, not a stall
     # readings the unpaired way (A's and B's rates pooled apart) spread far wider than the paired ratios
     assert np.std(np.log(v["a_rate"])) > 3 * np.std(np.log(v["per_round"]))
     records = read_records(tmp_path / "cells.jsonl")
@@ -139,25 +142,37 @@ def test_fail_threshold_only_on_a_significant_slowdown_beyond_it() -> None:
     json.dumps(report)
 
 
-class Stalling(Machine):
-    """The simulated machine, but the readings named in ``stalls`` take 40x as long (every step): the
-    stall seen here once, when a 1 ms reading ran all its steps at 37-54 ms."""
+class Disturbed(Machine):
+    """The simulated machine without drift, but the readings named in ``hit`` get their steps through
+    ``disturb``: a stall or a burst of other load."""
 
-    def __init__(self, effect: float, stalls: set[str]) -> None:
+    def __init__(self, effect: float, hit: set[str], disturb: Callable[[list[float]], list[float]]) -> None:
         super().__init__(effect, drift=0.0)
-        self.stalls = stalls
+        self.hit, self.disturb = hit, disturb
 
     def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
         got = super().read(side, label, first)
-        if f"{side.name}-{label}" in self.stalls:
-            rec = got[CELL_KEY]
-            got[CELL_KEY] = rec.model_copy(update={"step_s": [40 * s for s in rec.step_s]})
+        if f"{side.name}-{label}" in self.hit:
+            got[CELL_KEY] = got[CELL_KEY].model_copy(update={"step_s": self.disturb(got[CELL_KEY].step_s)})
         return got
+
+
+def stalling(effect: float, stalls: set[str]) -> Disturbed:
+    """Every step 40x as long: the stall seen here once, when a 1 ms reading ran all its steps at 37-54 ms."""
+    return Disturbed(effect, stalls, lambda steps: [40 * s for s in steps])
+
+
+def unsteady(effect: float, bursts: set[str]) -> Disturbed:
+    """The last two thirds of the steps 1.6x slower: another tenant's burst over most of a reading (seen
+    here as a median step 1.5-1.7x the reading's own fastest tenth)."""
+    return Disturbed(
+        effect, bursts, lambda steps: steps[: len(steps) // 3] + [1.6 * s for s in steps[len(steps) // 3 :]]
+    )
 
 
 def test_a_stalled_reading_is_taken_again_with_its_round(tmp_path: Path) -> None:
     plan = AbPlan(budget_s=60, min_rounds=2, max_rounds=2, min_effect_pct=3.0)
-    out = interleave(Stalling(1 / 0.5, {"A-r02"}), SIDES, plan, tmp_path)
+    out = interleave(stalling(1 / 0.5, {"A-r02"}), SIDES, plan, tmp_path)
     v = out["results"][CELL_KEY]
     assert v["verdict"] == SLOWER and v["ratio"] == pytest.approx(0.5, rel=0.05)  # not 'no change'
     assert [x["round"] for x in out["retaken"]] == [2] and "A's cell reading took" in out["retaken"][0]["why"]
@@ -167,8 +182,27 @@ def test_a_stalled_reading_is_taken_again_with_its_round(tmp_path: Path) -> None
 
 def test_stall_retakes_are_bounded_and_a_slower_side_is_no_stall(tmp_path: Path) -> None:
     everything = {f"A-r{r:02d}" for r in range(1, 5)} | {f"A-r{r:02d}-again{k}" for r in range(1, 5) for k in (1, 2, 3)}
-    out = interleave(Stalling(1.0, everything), SIDES, AbPlan(budget_s=60, min_rounds=2, max_rounds=2), tmp_path)
+    out = interleave(stalling(1.0, everything), SIDES, AbPlan(budget_s=60, min_rounds=2, max_rounds=2), tmp_path)
     assert len(out["retaken"]) == 3 and out["rounds"] == 2  # then the stalled round is kept, and said
     (tmp_path / "x").mkdir()
-    five_x = interleave(Stalling(5.0, set()), SIDES, AbPlan(min_rounds=2, max_rounds=2), tmp_path / "x")
+    five_x = interleave(stalling(5.0, set()), SIDES, AbPlan(min_rounds=2, max_rounds=2), tmp_path / "x")
     assert five_x["retaken"] == [] and five_x["results"][CELL_KEY]["verdict"] == SLOWER  # B against B's own
+
+
+def test_widely_spread_rounds_get_a_note_naming_what_steadies_cpu_readings() -> None:
+    wide = {"results": {CELL_KEY: {"per_round": [1.0, 1.25, 0.82, 1.1]}}}  # sd of the logs: 18%
+    calm = {"results": {CELL_KEY: {"per_round": [1.0, 1.01, 0.99, 1.0]}}}
+    cpu = {"A": {"device": "cpu"}, "B": {"device": "cpu"}}
+    retained = {side: {"device": "cpu", "train": {"malloc": "retain"}} for side in "AB"}
+    assert noise_notes(calm, cpu) == []
+    (note,) = noise_notes(wide, cpu)
+    assert "spread by 18%" in note and "--set train.malloc=retain" in note
+    (note,) = noise_notes(wide, retained)
+    assert "spread by 18%" in note and "malloc" not in note  # already on the steadier policy: only the spread
+
+
+def test_a_reading_that_changed_speed_midway_is_taken_again(tmp_path: Path) -> None:
+    out = interleave(unsteady(1.0, {"B-r02"}), SIDES, AbPlan(min_rounds=3, max_rounds=3), tmp_path)
+    assert [x["round"] for x in out["retaken"]] == [2] and "changed speed midway" in out["retaken"][0]["why"]
+    v = out["results"][CELL_KEY]
+    assert v["verdict"] == NO_CHANGE and v["ci_low"] <= 1.0 <= v["ci_high"]

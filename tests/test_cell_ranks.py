@@ -106,10 +106,11 @@ def test_an_fsdp_cell_shards_blocks_keeps_each_ranks_batch_norm_and_passes_its_g
     assert sorted(record.guards) == ["ddp_equivalence", "determinism", "finite", "overfit", "resume"]
     assert record.guards_ok, {k: g.detail for k, g in record.guards.items()}
     assert record.world_size == 2 and record.items_per_step == 32
+    assert record.flops_analytic_per_step and record.mfu_pct  # counted on an unsharded twin of the model
     (trace,) = list((tmp_path / "trace" / "rank0").glob("*.pt.trace.json*"))
     comm = breakdown(json.loads(trace.read_text()))["communication"]
     assert "gloo:all_gather" in comm["collectives"]  # FSDP gathers each unit's weights from the shards
-    assert record.comm_ms_per_step == pytest.approx(comm["collective_ms_per_step"])  # no DDP hook: the trace's
+    assert record.comm_ms_per_step and 0 < record.comm_pct < 100  # no DDP hook: the trace's share of a step
 
 
 def test_the_shard_units_are_blocks_and_never_split_tied_weights() -> None:
