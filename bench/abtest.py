@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from bench.contract import ERROR, FAIL, CellRecord, CellSpec, GuardsConfig, MeasureConfig
 from bench.launcher import append_record, launch_cell
-from bench.stats import bootstrap_paired_ratios
+from bench.stats import bootstrap_paired_ratios, summarize
 from trainer_core.errors import ConfigError, TrainbenchError
 
 FASTER, SLOWER, NO_CHANGE = "faster", "slower", "no change"
@@ -203,14 +204,13 @@ MAX_RETAKES = 3
 
 
 def median_step(rec: CellRecord) -> float:
-    steps = sorted(rec.step_s)
-    return steps[len(steps) // 2]
+    return summarize(rec.step_s)["median"]
 
 
 def unsteadiness(rec: CellRecord) -> float:
     """A reading's median step over its fastest tenth's (its 10th percentile): near 1 when it ran steadily."""
-    steps = sorted(rec.step_s)
-    return steps[len(steps) // 2] / steps[int(0.1 * (len(steps) - 1))]
+    s = summarize(rec.step_s)
+    return s["median"] / s["p10"]
 
 
 def stall(reading: dict[str, dict[str, CellRecord]], before: list[dict[str, dict[str, CellRecord]]]) -> str | None:
@@ -289,11 +289,7 @@ NOISY_ROUND_SD = 0.10
 
 def round_sd(per_round: list[float]) -> float | None:
     """The sd of the log per-round ratios (None below 3 rounds)."""
-    if len(per_round) < 3:
-        return None
-    logs = [math.log(x) for x in per_round]
-    mean = sum(logs) / len(logs)
-    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    return statistics.stdev(math.log(x) for x in per_round) if len(per_round) >= 3 else None
 
 
 def noise_notes(result: dict[str, Any], configs: dict[str, dict[str, Any]]) -> list[str]:
