@@ -203,14 +203,11 @@ UNSTEADY_FACTOR = 1.25
 MAX_RETAKES = 3
 
 
-def median_step(rec: CellRecord) -> float:
-    return summarize(rec.step_s)["median"]
-
-
-def unsteadiness(rec: CellRecord) -> float:
-    """A reading's median step over its fastest tenth's (its 10th percentile): near 1 when it ran steadily."""
+def step_shape(rec: CellRecord) -> tuple[float, float]:
+    """A reading's median step, and its unsteadiness: the median over its fastest tenth's step (its 10th
+    percentile), near 1 when it ran steadily."""
     s = summarize(rec.step_s)
-    return s["median"] / s["p10"]
+    return s["median"], s["median"] / s["p10"]
 
 
 def stall(reading: dict[str, dict[str, CellRecord]], before: list[dict[str, dict[str, CellRecord]]]) -> str | None:
@@ -219,12 +216,11 @@ def stall(reading: dict[str, dict[str, CellRecord]], before: list[dict[str, dict
     rounds, or its warm-up before there are any)."""
     for side, got in reading.items():
         for key, rec in got.items():
-            past = [rd[side][key] for rd in before if key in rd.get(side, {}) and rd[side][key].step_s]
+            past = [step_shape(rd[side][key]) for rd in before if key in rd.get(side, {}) and rd[side][key].step_s]
             if not past or not rec.step_s:
                 continue
-            typical = sorted(median_step(r) for r in past)[len(past) // 2]
-            steady = sorted(unsteadiness(r) for r in past)[len(past) // 2]
-            mine, wobble = median_step(rec), unsteadiness(rec)
+            typical, steady = statistics.median(p[0] for p in past), statistics.median(p[1] for p in past)
+            mine, wobble = step_shape(rec)
             if mine > STALL_FACTOR * typical:
                 return (
                     f"{side}'s {key} reading took {1e3 * mine:.3g} ms a step, {mine / typical:.1f}x its "
@@ -313,12 +309,10 @@ def noise_notes(result: dict[str, Any], configs: dict[str, dict[str, Any]]) -> l
 
 
 def _cpu_default_malloc(config: dict[str, Any]) -> bool:
-    device = str(config.get("device", "auto"))
-    if device == "auto":
-        import torch
+    from bench.matrix import resolve_device_name
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device == "cpu" and config.get("train", {}).get("malloc", "default") == "default"
+    cpu = resolve_device_name(str(config.get("device", "auto"))) == "cpu"
+    return cpu and config.get("train", {}).get("malloc", "default") == "default"
 
 
 def write_outputs(run_dir: Path, report: dict[str, Any], markdown: str) -> list[Path]:
