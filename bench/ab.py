@@ -19,7 +19,7 @@ from pathlib import Path
 from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
 from bench.ab_report import verdict_line
 from bench.ab_setup import WORKTREE, AbWhat, measure_ab
-from bench.abtest import AbPlan, failures
+from bench.abtest import FORKED, FRESH, AbPlan, failures
 from bench.history_db import record_in_history
 from bench.revisions import REPO_ROOT
 
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=["abba", "random"], default="abba", help="order within rounds (default abba)")
     p.add_argument("--seed", type=int, default=0, help="seed of --order random")
     p.add_argument("--reading-s", type=float, default=2.0, help="timed seconds per cell reading (default 2)")
+    p.add_argument(
+        "--readings",
+        choices=[FORKED, FRESH],
+        default=FORKED,
+        help="how a cell reading starts: forked from a server that imported torch once (default), or a new "
+        "interpreter (what bench.run does; seconds slower per reading)",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads in every reading (default: torch's default)")
     p.add_argument("--repo", default=str(REPO_ROOT), help="git repository revisions are taken from (default: this one)")
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
@@ -77,7 +84,9 @@ def main(args: argparse.Namespace) -> int:
 
     sets = {"A": args.overrides + args.set_a, "B": args.overrides + args.set_b}
     threads = args.threads or torch.get_num_threads()
-    what = AbWhat(args.config, args.cell, sets, args.pytest, args.group, Path(args.repo), threads, args.reading_s)
+    what = AbWhat(
+        args.config, args.cell, sets, args.pytest, args.group, Path(args.repo), threads, args.reading_s, args.readings
+    )
     plan = AbPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     history = Path(args.history or Path(args.out) / "history.sqlite")
     done = measure_ab(args.a, args.b, what, plan, Path(args.out))

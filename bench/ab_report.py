@@ -30,6 +30,7 @@ def ab_markdown(report: dict[str, Any]) -> str:
         *[f"- {s['describe']}" for s in report["sides"].values()],
         f"- {report['rounds']} interleaved rounds ({report['order']}) in {report['seconds']:.0f} s; "
         f"minimum effect {m:g}%",
+        *([f"- readings: {report['readings']}"] if report.get("readings") else []),
         *[f"- round {x['round']} taken again: {x['why']} (a stall, not the code)" for x in report.get("retaken", [])],
         "",
         "## Verdict",

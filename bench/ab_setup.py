@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.abtest import AbPlan, Side, ab_measure
+from bench.abtest import FORKED, FRESH, SERVER_ROUNDS, AbPlan, Side, ab_measure
 from bench.contract import CellSpec, GuardsConfig
+from bench.launcher import CellServer
 from bench.matrix import (
     expand,
     load_matrix,
@@ -103,10 +104,30 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
     )
 
 
+def reading_method(asked: str, sides: tuple[Side, Side]) -> str:
+    """How cell readings start: ``forked`` when asked and every side's code has the server (a revision
+    from before it has not: then both sides start fresh interpreters, so they are read alike)."""
+    if asked == FORKED and all(CellServer.available(s.code_root) for s in sides):
+        return FORKED
+    return FRESH
+
+
+def readings_line(method: str, asked: str) -> str:
+    """What ab.md says of how its readings started."""
+    if method == FORKED:
+        return (
+            f"each a process forked from a server that imported torch once (bench.cell_server), one server per "
+            f"code, renewed every {SERVER_ROUNDS} rounds"
+        )
+    why = " (a side's code has no bench.cell_server)" if asked == FORKED else ""
+    return f"each a new interpreter{why}"
+
+
 @dataclass
 class AbWhat:
     """What both sides measure: a config (and matrix cell) with per-side overrides, or pytest-benchmark
-    tests; the repository revisions come from; threads and timed seconds of a cell reading."""
+    tests; the repository revisions come from; threads and timed seconds of a cell reading; how a cell
+    reading starts (``forked`` from a server that imported torch once, or a ``fresh`` interpreter)."""
 
     config: str | None = None
     cell: list[str] = field(default_factory=list)
@@ -116,6 +137,7 @@ class AbWhat:
     repo: Path = REPO_ROOT
     threads: int = 1
     reading_s: float = 2.0
+    readings: str = "forked"
 
 
 @dataclass
@@ -151,17 +173,23 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutco
                                                           what.reading_s) for s in sides}  # fmt: skip
         extra = {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
         run_dir = open_ab_dir(out, sides, what.threads, extra)
+        readings = None if what.pytest else reading_method(what.readings, sides)
         if what.pytest:
             subject: Any = PytestSubject(what.pytest, what.group)
         else:
-            subject = CellSubject(specs, run_dir / "cells")
+            subject = CellSubject(specs, run_dir / "cells", forked=readings == FORKED)
+        stack.callback(subject.close)
         for s in sides:
             print(s.describe(), flush=True)
+        if readings:
+            print(f"readings: {readings_line(readings, what.readings)}", flush=True)
         try:
             result = interleave(subject, sides, plan, run_dir)
         except AbError as e:
             return AbOutcome(run_dir, None, str(e))
     report = ab_report(result, sides, plan)
+    if readings:
+        report["readings"] = readings_line(readings, what.readings)
     report["notes"] = noise_notes(result, {name: spec.config for name, spec in specs.items()})
     write_outputs(run_dir, report, ab_markdown(report))
     return AbOutcome(run_dir, report, html=folder_report(run_dir))

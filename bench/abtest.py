@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench.contract import ERROR, FAIL, CellRecord, CellSpec, GuardsConfig, MeasureConfig
-from bench.launcher import append_record, launch_cell
+from bench.launcher import CellServer, append_record, launch_cell
 from bench.stats import bootstrap_paired_ratios, summarize
 from trainer_core.errors import ConfigError, TrainbenchError
 
@@ -74,20 +74,50 @@ class Subject(Protocol):
         """One reading of ``side`` in a fresh process: a record per key (guards on the ``first`` one)."""
         ...
 
+    def start_round(self, r: int) -> None:
+        """Called before round ``r`` (and its retakes) is read."""
+        ...
+
+    def close(self) -> None:
+        """The run is over: stop whatever the readings ran on."""
+        ...
+
+
+# Forked readings come from one server per code root (both sides share it when they run the same code).
+# A server's children share its address-space layout, a property of the process that a new interpreter
+# would draw afresh; fresh servers every SERVER_ROUNDS rounds draw it again, so a run samples several.
+SERVER_ROUNDS = 5
+FORKED, FRESH = "forked", "fresh"  # how a cell reading starts (bench.ab --readings)
+
 
 @dataclass
 class CellSubject:
-    """A cell per side (the specs may differ: two configs), read with ``launch_cell``."""
+    """A cell per side (the specs may differ: two configs), read with ``launch_cell``: in a new
+    interpreter, or (``forked``) in a child of a :class:`~bench.launcher.CellServer` for the side's code."""
 
     specs: dict[str, CellSpec]
     cell_dir: Path
+    forked: bool = False
+    servers: dict[Path, CellServer] = field(default_factory=dict)
 
     def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
         spec = self.specs[side.name]
         update: dict[str, Any] = {"cell_id": f"{side.name}-{label}", "role": f"ab-{side.name}"}
         if not first:
             update["guards"] = GuardsConfig(enabled=[])
-        return {CELL_KEY: launch_cell(spec.model_copy(update=update), self.cell_dir, side.code_root)}
+        if self.forked and side.code_root not in self.servers:
+            self.servers[side.code_root] = CellServer(side.code_root)
+        server = self.servers.get(side.code_root)
+        return {CELL_KEY: launch_cell(spec.model_copy(update=update), self.cell_dir, side.code_root, server)}
+
+    def start_round(self, r: int) -> None:
+        if r > 0 and r % SERVER_ROUNDS == 0:
+            self.close()
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.close()
+        self.servers.clear()
 
 
 @dataclass
@@ -97,6 +127,12 @@ class PytestSubject:
     pytest_args: str
     group: str | None
     timeout_s: float = 600.0
+
+    def start_round(self, r: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def read(self, side: Side, label: str, first: bool) -> dict[str, CellRecord]:
         from bench.pytest_bench import run
@@ -240,6 +276,7 @@ def paired_round(
     """Round ``r``'s readings, taken again while one of them stalled (until the run's retakes are spent);
     each retake is appended to ``retaken`` with its reason."""
     again = 0
+    subject.start_round(r)
     while True:
         got = {s.name: take_reading(subject, s, r, cells_path, again) for s in round_order(plan, r, sides)}
         why = stall(got, reference)

@@ -12,6 +12,8 @@ from conftest import REPO
 
 from bench import ab as ab_cli
 from bench import history_db
+from bench.ab_setup import reading_method, readings_line
+from bench.abtest import FORKED, FRESH, Side
 from bench.launcher import read_records
 from bench.revisions import resolve
 
@@ -47,6 +49,7 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     warm = read_records(run_dir / "cells.jsonl")[1]
     assert warm.guards_ok and set(warm.guards) >= {"overfit", "finite"}  # B is slower, not broken
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
+    assert "readings: each a process forked from a server" in (run_dir / "ab.md").read_text()
     assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
@@ -101,3 +104,11 @@ def test_bad_input_is_refused_before_anything_is_written(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_readings_are_forked_only_when_both_sides_code_has_the_server(tmp_path: Path) -> None:
+    here, old = Side("A", "worktree", REPO), Side("B", "v0", tmp_path)  # tmp_path: code without bench/cell_serving.py
+    assert reading_method(FORKED, (here, here)) == FORKED
+    assert reading_method(FORKED, (here, old)) == FRESH  # both sides read alike, or the method is the difference
+    assert reading_method(FRESH, (here, here)) == FRESH
+    assert "no bench.cell_server" in readings_line(FRESH, FORKED) and "no " not in readings_line(FRESH, FRESH)

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import abtest
 from bench.abtest import (
     CELL_KEY,
     FASTER,
     NO_CHANGE,
+    SERVER_ROUNDS,
     SLOWER,
     AbError,
     AbPlan,
+    CellSubject,
     Side,
     analyse,
     decided,
@@ -28,7 +31,7 @@ from bench.abtest import (
     round_order,
     verdict,
 )
-from bench.contract import CellRecord, GuardResult
+from bench.contract import CellRecord, CellSpec, GuardResult
 from bench.launcher import read_records
 
 
@@ -86,6 +89,12 @@ class Machine:
             guards_ok=ok,
         )
         return {CELL_KEY: rec}
+
+    def start_round(self, r: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 SIDES = (Side("A", "a.yaml", Path(".")), Side("B", "b.yaml", Path(".")))
@@ -206,3 +215,41 @@ def test_a_reading_that_changed_speed_midway_is_taken_again(tmp_path: Path) -> N
     assert [x["round"] for x in out["retaken"]] == [2] and "changed speed midway" in out["retaken"][0]["why"]
     v = out["results"][CELL_KEY]
     assert v["verdict"] == NO_CHANGE and v["ci_low"] <= 1.0 <= v["ci_high"]
+
+
+def test_forked_readings_share_a_server_per_code_and_renew_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Path] = []
+    closed: list[object] = []
+    used: list[tuple[str, object]] = []
+
+    class FakeServer:
+        def __init__(self, code_root: Path) -> None:
+            started.append(code_root)
+
+        def close(self) -> None:
+            closed.append(self)
+
+    def fake_launch(spec: CellSpec, cell_dir: Path, code_root: Path, server: object) -> CellRecord:
+        used.append((spec.cell_id, server))
+        return CellRecord(cell_id=spec.cell_id, status="ok", step_s=[0.01])
+
+    monkeypatch.setattr(abtest, "CellServer", FakeServer)
+    monkeypatch.setattr(abtest, "launch_cell", fake_launch)
+    spec = CellSpec(cell_id="x", config={}, threads=1)
+    other = Side("C", "rev", tmp_path)  # another revision's code: a server of its own
+    subject = CellSubject({"A": spec, "B": spec, "C": spec}, tmp_path, forked=True)
+    for r in range(2 * SERVER_ROUNDS + 1):
+        subject.start_round(r)
+        for side in (*SIDES, other):
+            subject.read(side, f"r{r:02d}", first=r == 0)
+    subject.close()
+    assert started == [Path("."), tmp_path] * 3  # renewed every SERVER_ROUNDS rounds, one per code root
+    assert len(closed) == 6  # and every one of them closed
+    for r in range(2 * SERVER_ROUNDS + 1):
+        a, b, c = (server for cell_id, server in used if cell_id.endswith(f"r{r:02d}"))
+        assert a is b and c is not a  # A and B run the same code: one server for both
+    a_servers = [server for cell_id, server in used if cell_id.startswith("A-")]  # rounds 0, 1, ...
+    assert a_servers[0] is a_servers[SERVER_ROUNDS - 1] and a_servers[0] is not a_servers[SERVER_ROUNDS]
+    fresh = CellSubject({"A": spec}, tmp_path)
+    fresh.read(SIDES[0], "r01", first=False)
+    assert used[-1] == ("A-r01", None) and len(started) == 6  # fresh readings: no server at all

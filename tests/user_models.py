@@ -1,5 +1,9 @@
 """Your own model, workload, dataset and loss, loaded by import path in tests (``user_models:make_tiny``, ...)."""
 
+import os
+import signal
+import time
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -31,3 +35,30 @@ def xor_datasets(n: int = 512) -> tuple[TensorDataset, TensorDataset, None]:
 def smoothed_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """A user loss by import path: cross-entropy with label smoothing."""
     return torch.nn.functional.cross_entropy(outputs.float(), targets, label_smoothing=0.1)
+
+
+_BUILT = 0  # models built by this process
+
+
+def process_probe(path: str, in_features: int = 2, classes: int = 2) -> nn.Module:
+    """A tiny model that notes, in ``path``, the process that built it: its pid, its parent's pid, how
+    many models this process has built, and whether its parent is multiprocessing's forkserver."""
+    global _BUILT
+    _BUILT += 1
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        forkserver = b"forkserver" in f.read()
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {os.getppid()} {_BUILT} {forkserver}\n")
+    return make_tiny(in_features, classes)
+
+
+def dies(in_features: int = 2, classes: int = 2) -> nn.Module:
+    """A model whose building kills its process (SIGKILL: what the kernel's OOM killer sends)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return make_tiny(in_features, classes)
+
+
+def sleeps(seconds: float = 60.0, in_features: int = 2, classes: int = 2) -> nn.Module:
+    """A model that takes ``seconds`` to build: a cell that overruns its timeout."""
+    time.sleep(seconds)
+    return make_tiny(in_features, classes)

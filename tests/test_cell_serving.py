@@ -1,0 +1,70 @@
+"""bench.cell_server and its client (bench.launcher.CellServer): each cell a process forked from the
+preloaded server, nothing carried from one cell to the next, and a cell that overruns, dies or finds
+the server gone reads as a failed cell while the others go on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+
+from bench.contract import FAILED, CellSpec, GuardsConfig, MeasureConfig
+from bench.launcher import CellServer, launch_cell
+from bench.revisions import REPO_ROOT
+from trainer_core.config import apply_overrides
+
+TESTS = Path(__file__).resolve().parent
+QUICK = MeasureConfig(warmup_steps=1, settle_window=2, max_warmup_steps=3, min_steps=3, min_time_s=0.0, repeats=1)
+
+
+def _spec(cell_id: str, model: str, kwargs: dict, **measure: float) -> CellSpec:
+    config = apply_overrides({}, tiny_overrides(**{"model.name": model, "model.kwargs": kwargs}))
+    return CellSpec(
+        cell_id=cell_id,
+        config=config,
+        threads=1,
+        measure=QUICK.model_copy(update=measure),
+        guards=GuardsConfig(enabled=[]),
+    )
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> CellServer:
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the cells build tests/user_models.py's models
+    srv = CellServer(REPO_ROOT)
+    yield srv
+    srv.close()
+
+
+def test_each_cell_is_a_new_process_forked_by_the_preloaded_server(tmp_path: Path, server: CellServer) -> None:
+    probe = tmp_path / "built.txt"
+    kwargs = {"path": str(probe)}
+    records = [launch_cell(_spec(f"c{i}", "user_models:process_probe", kwargs), tmp_path, server=server)
+               for i in range(3)]  # fmt: skip
+    assert all(r.status == "ok" and len(r.step_s) >= 3 for r in records), [r.reason for r in records]
+    rows = [line.split() for line in probe.read_text().splitlines()]
+    assert len({pid for pid, *_ in rows}) == 3  # a process per cell
+    assert {pid for pid, *_ in rows}.isdisjoint({str(os.getpid()), str(server.proc.pid)})
+    assert all(forkserver == "True" for *_, forkserver in rows)  # forked by multiprocessing's forkserver
+    assert [built for _, _, built, _ in rows] == ["1", "1", "1"]  # nothing carried over from the cell before
+    server.close()
+    assert server.proc.returncode == 0  # end of input ends it cleanly
+
+
+def test_a_cell_that_overruns_or_dies_fails_alone(tmp_path: Path, server: CellServer) -> None:
+    slow = launch_cell(_spec("slow", "user_models:sleeps", {}, cell_timeout_s=1.0), tmp_path, server=server)
+    assert slow.status == FAILED and slow.reason.startswith("timed out after 1 s")
+    dead = launch_cell(_spec("dead", "user_models:dies", {}), tmp_path, server=server)
+    assert dead.status == FAILED and dead.reason.startswith("killed by signal 9")
+    fine = launch_cell(_spec("fine", "user_models:make_tiny", {}), tmp_path, server=server)
+    assert fine.status == "ok" and fine.step_s  # the server serves on
+
+
+def test_a_server_that_died_reads_as_a_failed_cell(tmp_path: Path, server: CellServer) -> None:
+    server.proc.kill()
+    server.proc.wait()
+    rec = launch_cell(_spec("orphan", "user_models:make_tiny", {}), tmp_path, server=server)
+    assert rec.status == FAILED and "bench.cell_server exited (code -9) before answering" in rec.reason
+    assert CellServer.available(REPO_ROOT) and not CellServer.available(tmp_path)  # an older revision has none
