@@ -1,5 +1,5 @@
 """Cells run in processes forked from a server that has already imported torch (the work of ``python -m
-bench.cell_server``; :mod:`multiprocessing`'s ``forkserver``, preloaded).
+bench.cell_server``).
 
 Why: ``bench.ab`` takes dozens of readings of a few seconds each, and a fresh interpreter spends about
 half of such a reading importing torch (and ``torch._inductor``, which ``use_deterministic_algorithms``
@@ -9,6 +9,10 @@ state is inherited, and the cell then runs exactly as ``python -m bench.cell`` r
 (:func:`bench.cell_run.run_cell_file`). Each child is still its own process: what one reading leaves
 behind (threads, heap, compiled kernels) never reaches the next.
 
+The server forks its children itself (``os.fork``) rather than through multiprocessing's forkserver: that
+one starts a new interpreter whose import path (Python 3.11 ignores the ``sys_path`` it is given) puts the
+working directory first, so a revision's worktree would run this checkout's modules.
+
 Protocol (the client is :class:`bench.launcher.CellServer`): one JSON request per input line,
 ``{"spec": PATH, "result": PATH, "log": PATH, "timeout_s": SECONDS}``, answered by one JSON line,
 ``{"exitcode": INT, "timed_out": BOOL}`` (a negative exit code: killed by that signal). The child's
@@ -17,9 +21,11 @@ stdout and stderr go to the request's log. End of input ends the server.
 
 from __future__ import annotations
 
+import importlib
 import json
-import multiprocessing
 import os
+import select
+import signal
 import sys
 from pathlib import Path
 from typing import IO
@@ -28,32 +34,61 @@ from typing import IO
 PRELOAD = ["torch", "torch._inductor", "bench.cell_run"]
 
 
-def reading(spec: str, result: str, log: str) -> None:
-    """The forked child: its output to the cell's log, then the cell."""
+def preload() -> None:
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
+def reading(spec: str, result: str, log: str) -> int:
+    """In the forked child: its output to the cell's log, no input, then the cell; its exit code."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the requests pipe stays the server's
+    os.close(null)
     from bench.cell_run import run_cell_file
 
-    code = run_cell_file(Path(spec), Path(result))
+    return run_cell_file(Path(spec), Path(result))
+
+
+def fork_reading(spec: str, result: str, log: str) -> int:
+    """Fork a child that runs the cell and leaves with ``os._exit`` (never through the server's own
+    exit path); the child's pid."""
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(code)
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = reading(spec, result, log)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def wait_child(pid: int, timeout_s: float) -> tuple[int, bool]:
+    """(exit code, timed out) of child ``pid``, killed when it is still running after ``timeout_s``."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), not ready
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
     """Answer each request with a reading in a freshly forked child, one at a time, until end of input."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    preload()
     for line in requests:
         req = json.loads(line)
-        proc = ctx.Process(target=reading, args=(req["spec"], req["result"], req["log"]), name="bench-cell")
-        proc.start()
-        proc.join(req["timeout_s"])
-        timed_out = proc.is_alive()
-        if timed_out:
-            proc.kill()
-            proc.join()
-        replies.write(json.dumps({"exitcode": proc.exitcode, "timed_out": timed_out}) + "\n")
+        pid = fork_reading(req["spec"], req["result"], req["log"])
+        exitcode, timed_out = wait_child(pid, req["timeout_s"])
+        replies.write(json.dumps({"exitcode": exitcode, "timed_out": timed_out}) + "\n")
         replies.flush()

@@ -5,6 +5,7 @@ the server gone reads as a failed cell while the others go on."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,10 +48,28 @@ def test_each_cell_is_a_new_process_forked_by_the_preloaded_server(tmp_path: Pat
     rows = [line.split() for line in probe.read_text().splitlines()]
     assert len({pid for pid, *_ in rows}) == 3  # a process per cell
     assert {pid for pid, *_ in rows}.isdisjoint({str(os.getpid()), str(server.proc.pid)})
-    assert all(forkserver == "True" for *_, forkserver in rows)  # forked by multiprocessing's forkserver
+    assert {parent for _, parent, _, _ in rows} == {str(server.proc.pid)}  # forked by the server
     assert [built for _, _, built, _ in rows] == ["1", "1", "1"]  # nothing carried over from the cell before
+    assert {package for *_, package in rows} == {str(REPO_ROOT / "bench" / "__init__.py")}
     server.close()
     assert server.proc.returncode == 0  # end of input ends it cleanly
+
+
+def test_a_server_runs_the_code_of_its_own_code_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what bench.ab needs of a git revision's worktree: its modules, never this checkout's (the cwd here)
+    root = tmp_path / "rev"
+    for package in ("bench", "trainer_core"):
+        shutil.copytree(REPO_ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.chdir(REPO_ROOT)
+    probe = tmp_path / "built.txt"
+    server = CellServer(root)
+    try:
+        rec = launch_cell(_spec("rev", "user_models:process_probe", {"path": str(probe)}), tmp_path, root, server)
+    finally:
+        server.close()
+    assert rec.status == "ok", rec.reason
+    assert probe.read_text().split()[-1] == str(root / "bench" / "__init__.py")
 
 
 def test_a_cell_that_overruns_or_dies_fails_alone(tmp_path: Path, server: CellServer) -> None:
