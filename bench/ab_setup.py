@@ -119,7 +119,7 @@ def readings_line(method: str, asked: str) -> str:
             f"each a process forked from a server that imported torch once (bench.cell_server), one server per "
             f"code, renewed every {SERVER_ROUNDS} rounds"
         )
-    why = " (a side's code has no bench.cell_server)" if asked == FORKED else ""
+    why = " (forked readings need Linux and bench.cell_server in both sides' code)" if asked == FORKED else ""
     return f"each a new interpreter{why}"
 
 

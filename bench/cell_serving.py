@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import IO
 
@@ -64,6 +65,8 @@ def fork_reading(spec: str, result: str, log: str) -> int:
     code = 1
     try:
         code = reading(spec, result, log)
+    except BaseException:  # into the cell's log, as a new interpreter would print it
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -116,8 +116,9 @@ class CellServer:
 
     @staticmethod
     def available(code_root: Path) -> bool:
-        """Whether the code under ``code_root`` has the server (a revision older than it does not)."""
-        return (code_root / "bench" / "cell_serving.py").is_file()
+        """Whether the code under ``code_root`` has the server (a revision older than it does not) and this
+        system can run it (it waits on its children through Linux's pidfds)."""
+        return hasattr(os, "pidfd_open") and (code_root / "bench" / "cell_serving.py").is_file()
 
     def run(self, spec_path: Path, result_path: Path, log_path: Path, timeout_s: float) -> tuple[int, bool]:
         """One cell in a forked child: (its exit code, timed out). A server that died reads as a failed cell."""

@@ -87,3 +87,10 @@ def test_a_server_that_died_reads_as_a_failed_cell(tmp_path: Path, server: CellS
     rec = launch_cell(_spec("orphan", "user_models:make_tiny", {}), tmp_path, server=server)
     assert rec.status == FAILED and "bench.cell_server exited (code -9) before answering" in rec.reason
     assert CellServer.available(REPO_ROOT) and not CellServer.available(tmp_path)  # an older revision has none
+
+
+def test_a_child_that_cannot_start_its_cell_leaves_the_traceback_in_its_log(tmp_path: Path, server: CellServer) -> None:
+    spec, result, log = tmp_path / "bad.spec.json", tmp_path / "bad.result.json", tmp_path / "bad.log"
+    spec.write_text("{not json")
+    assert server.run(spec, result, log, timeout_s=60) == (1, False)
+    assert "Traceback" in log.read_text() and "ValidationError" in log.read_text() and not result.exists()
