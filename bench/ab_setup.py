@@ -173,23 +173,24 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: AbPlan, out: Path) -> AbOutco
                                                           what.reading_s) for s in sides}  # fmt: skip
         extra = {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
         run_dir = open_ab_dir(out, sides, what.threads, extra)
-        readings = None if what.pytest else reading_method(what.readings, sides)
+        method = None if what.pytest else reading_method(what.readings, sides)
+        readings = method and readings_line(method, what.readings)  # what ab.md says of them
         if what.pytest:
             subject: Any = PytestSubject(what.pytest, what.group)
         else:
-            subject = CellSubject(specs, run_dir / "cells", forked=readings == FORKED)
+            subject = CellSubject(specs, run_dir / "cells", forked=method == FORKED)
         stack.callback(subject.close)
         for s in sides:
             print(s.describe(), flush=True)
         if readings:
-            print(f"readings: {readings_line(readings, what.readings)}", flush=True)
+            print(f"readings: {readings}", flush=True)
         try:
             result = interleave(subject, sides, plan, run_dir)
         except AbError as e:
             return AbOutcome(run_dir, None, str(e))
     report = ab_report(result, sides, plan)
     if readings:
-        report["readings"] = readings_line(readings, what.readings)
+        report["readings"] = readings
     report["notes"] = noise_notes(result, {name: spec.config for name, spec in specs.items()})
     write_outputs(run_dir, report, ab_markdown(report))
     return AbOutcome(run_dir, report, html=folder_report(run_dir))

@@ -142,9 +142,12 @@ def memory_figures(setup: CellSetup) -> dict[str, Any]:
     }
 
 
-def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_median_ms: float) -> dict[str, Any]:
+def profile_cell(
+    setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_median_ms: float
+) -> tuple[dict[str, Any], float | None]:
     """Trace a few steps *after* the timed repeats, time them with the same hook to report the profiler's
-    slowdown, and break the trace down."""
+    slowdown, and break the trace down: the record's profile fields, and the collectives' time per timed
+    step that the trace saw (:func:`traced_collectives_ms`)."""
     trainer, timer = setup.run.trainer, setup.timer
     timer.start()
     with maybe_profile(
@@ -165,7 +168,7 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
     active = timer.stop()[-cfg.active :]
     files = trace_files(trace_dir)
     if not files:
-        return {"profile_error": f"no trace written to {trace_dir}"}
+        return {"profile_error": f"no trace written to {trace_dir}"}, None
     stamp_distributed_info(files)
     size_mb = sum(f.stat().st_size for f in files) / 2**20
     b = breakdown(load_trace(files[-1]))
@@ -177,7 +180,6 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
         "prof_phase_pct": {p: b["phase_pct"][p] for p in (*PHASES, "other")},
         "top_ops": b["top_ops"],
         "reduced_precision_pct": None if share is None else 100.0 * share,
-        "collective_ms_per_step": traced_collectives_ms(b, timed_median_ms),
     }
     if size_mb > cfg.max_trace_mb:
         out["trace_warning"] = (
@@ -187,7 +189,7 @@ def profile_cell(setup: CellSetup, cfg: ProfileConfig, trace_dir: Path, timed_me
         out["mixed_precision_warning"] = (
             f"{setup.config.precision} cell but only {100 * share:.0f}% of matmul/conv ops ran in reduced precision"
         )
-    return out
+    return out, traced_collectives_ms(b, timed_median_ms)
 
 
 def traced_collectives_ms(b: dict[str, Any], timed_median_ms: float) -> float | None:
@@ -241,10 +243,10 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     peak_flops = spec.peaks.get(setup.config.precision)
     mfu = 100.0 * analytic / median_s / peak_flops if analytic and peak_flops and median_s > 0 else None
     memory = memory_figures(setup)
-    profile = {}
+    profile: dict[str, Any] = {}
+    traced_comm_ms = None  # FSDP's collectives have no timed hook: the trace's share stands in
     if setup.prof_hook is not None:
-        profile = profile_cell(setup, spec.profile, Path(str(spec.trace_dir)), stats["step_ms_median"])
-    traced_comm_ms = profile.pop("collective_ms_per_step", None)  # FSDP's collectives: no timed hook
+        profile, traced_comm_ms = profile_cell(setup, spec.profile, Path(str(spec.trace_dir)), stats["step_ms_median"])
     guards = run_guards(setup.config, spec.guards, setup.device, trainer, setup.watch)
     return CellRecord(
         cell_id=spec.cell_id,

@@ -105,7 +105,6 @@ class CellServer:
     saves a cell the seconds a new interpreter spends on imports. One cell at a time."""
 
     def __init__(self, code_root: Path = REPO_ROOT) -> None:
-        self.code_root = code_root
         self.proc = subprocess.Popen(
             module_command(code_root, "bench.cell_server"),
             stdin=subprocess.PIPE,
