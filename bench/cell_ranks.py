@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from bench.contract import FAILED, OK, CellRecord, CellSpec, GuardResult, guards_ok
 from bench.stats import summarize
@@ -34,11 +33,9 @@ def run_ranks(spec: CellSpec) -> CellRecord:
     config = validate_config(spec.config, source=f"cell {spec.cell_id}")
     try:
         results = distributed.launch(config, rank_entry, spec.model_dump_json())
-    except ChildFailedError as e:
-        rank, code = distributed.failed_rank(e)
-        return CellRecord.not_measured(
-            FAILED, f"rank {rank} failed (exit code {code}); its log is above", spec.cell_id, spec.axes
-        )
+    except distributed.RanksFailed as e:
+        last = f": {e.last_lines[-1]}" if e.last_lines else ""
+        return CellRecord.not_measured(FAILED, f"{e.describe()}{last}; its log is above", spec.cell_id, spec.axes)
     records = [CellRecord.model_validate(results[r]) for r in sorted(results)]
     merged = merge(records)
     merged.cell_seconds = time.perf_counter() - t0

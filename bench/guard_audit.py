@@ -1,8 +1,11 @@
 """``python -m bench.guard_audit``: false-alarm rate and catch rate of the guards, measured here.
 
-Runs every guard on every shipped run config and every model x precision of the shipped matrices
-(each must pass: a failure is a false alarm) and on each planted fault of :mod:`bench.planted` (its
-own guard must fail: a pass is a miss), over ``--seeds`` seeds. Exit code 1 on any false alarm or miss.
+Runs every guard on every shipped run config and every model x precision (and data-parallel setting) of
+the shipped matrices, plus a healthy two-rank model under DDP, FSDP and bf16 (each must pass: a failure
+is a false alarm), and on each planted fault of :mod:`bench.planted` (its own guard must fail: a pass is
+a miss), over ``--seeds`` seeds. An audit that measured nothing cannot vouch for anything: exit 1 on a
+false alarm, a miss, a case it could not run or a guard none of whose planted faults it measured (unless
+``--allow-missing`` names them), and exit 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench._cli import EXIT_FAILED, make_parser, run_cli
-from bench.guard_cases import audit, planted_cases, shipped_cases
+from bench.guard_cases import audit, audit_cases
+from bench.report import guard_audit_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,21 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=3, help="seeds per case: the config's own and the next ones (default 3)"
     )
     p.add_argument("--data-root", help="IDX folder for configs whose data is not found where they look")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="run only the cases whose label contains TEXT (repeatable)")  # fmt: skip
+    p.add_argument("--allow-missing", action="append", default=[], metavar="GUARD|TEXT",
+                   help="a guard whose planted faults may go unmeasured ('healthy': no healthy case), or text "
+                        "of a case label that may not run (its data absent); repeatable")  # fmt: skip
     p.add_argument("--json", metavar="FILE", help="also write every verdict to FILE")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    groups = {"healthy": shipped_cases(Path(args.configs)), "planted": planted_cases()}
-    rows, counts = audit(groups, args.seeds, args.data_root, say=lambda line: print(line, flush=True))
-    (ok, n), (caught, m) = counts["healthy"], counts["planted"]
+    cases = audit_cases(Path(args.configs), args.seeds, args.only)
+    result = audit(cases, args.seeds, args.data_root, say=lambda line: print(line, flush=True))
+    print(guard_audit_table(result.caught, result.alarms))
+    healthy = [r for r in result.rows if r["group"] == "healthy"]
+    planted = [r for r in result.rows if r["group"] == "planted"]
+    alarms, caught = sum(not r["good"] for r in healthy), sum(r["good"] for r in planted)
     print(
-        f"false alarms: {n - ok} of {n} healthy runs ({100 * (n - ok) / max(n, 1):.1f}%); "
-        f"caught: {caught} of {m} planted faults ({100 * caught / max(m, 1):.1f}%)"
+        f"false alarms: {alarms} of {len(healthy)} healthy runs ({100 * alarms / max(len(healthy), 1):.1f}%); "
+        f"caught: {caught} of {len(planted)} planted faults ({100 * caught / max(len(planted), 1):.1f}%)"
     )
+    missing = result.gaps(args.allow_missing)
+    for line in missing:
+        print(f"NOT MEASURED: {line}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-    return 0 if ok == n and caught == m else EXIT_FAILED
+        Path(args.json).write_text(json.dumps(result.rows, indent=2) + "\n")
+    return 0 if alarms == 0 and caught == len(planted) and not missing else EXIT_FAILED
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -191,9 +191,19 @@ def _compare(a: Trainer, b: Trainer) -> str | None:
         return f"loss differs at step {i + 1}"
     sa, sb = distributed.full_model_state(a.model), distributed.full_model_state(b.model)
     for k in sa:
-        if not torch.equal(sa[k], sb[k]):
+        if not _identical(sa[k], sb[k]):
             return f"weights differ ({k})"
     return None
+
+
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, NaN where the other has NaN (a NaN weight is the finite guard's finding, and two runs
+    that both reach it in the same places are deterministic)."""
+    if torch.equal(a, b):
+        return True
+    return (
+        a.is_floating_point() and a.shape == b.shape and bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    )
 
 
 def _gpu_nondeterministic(config: RunConfig, device: torch.device) -> bool:

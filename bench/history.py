@@ -75,12 +75,11 @@ def main(args: argparse.Namespace) -> int:
         first = run_bisect(args.good, args.bad, what, plan, Path(args.out), Path(args.history))
         print(f"first slower commit: {first}" if first else f"{args.bad} is not slower than {args.good}")
         return 0
-    db = connect(args.history)
+    db = connect(args.history, create=args.command == "ingest")  # the read-only commands never create one
     try:
         if args.command == "ingest":
             for d in args.dirs:
-                added = ingest_dir(db, Path(d))
-                print(f"{Path(d).name}: {'recorded' if added else 'already recorded, left as it is'}")
+                print(f"{Path(d).name}: {ingest_dir(db, Path(d))}")
         elif args.command == "list":
             for r in runs(db):
                 commit = (r["git_commit"] or "?")[:10] + ("-dirty" if r["git_dirty"] else "")
@@ -106,8 +105,12 @@ def main(args: argparse.Namespace) -> int:
                 what = "REGRESSION" if v["regression"] else ("improvement" if v["improvement"] else "ok")
                 print(f"{what}: {v['cell_id']} ({v['machine']}): {v['latest']:,.1f} vs {v['baseline']:,.1f} "
                       f"{v['unit']} ({v['change_pct']:+.1f}%, threshold {v['threshold_pct']:.1f}%)")  # fmt: skip
-            if not found:
-                print("no cell has 4 or more readings on one machine yet: nothing to judge")
+            if not found:  # a gate that compared nothing fails: it cannot say "no regression"
+                print(
+                    f"{args.history}: no cell has 4 or more readings on one machine yet: nothing was judged, "
+                    "so no regression can be ruled out"
+                )
+                return EXIT_FAILED
             return EXIT_FAILED if any(v["regression"] for v in found) else 0
     finally:
         db.close()

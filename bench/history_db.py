@@ -77,9 +77,13 @@ class HistoryError(TrainbenchError):
     """The history database cannot be read or written."""
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open (creating it and its folder if needed) and migrate the database at ``path``."""
+def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
+    """Open (creating it and its folder if needed) and migrate the database at ``path``. ``create=False``
+    (the commands that only read): a missing database is an error, and nothing is created: a mistyped
+    path must not read as an empty history that has nothing to flag."""
     path = Path(path)
+    if not create and not path.is_file():
+        raise HistoryError(f"{path}: no history database there (nothing was ever recorded at that path)")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         db = sqlite3.connect(path, timeout=30.0)  # waits for another writer's transaction instead of failing
@@ -222,19 +226,38 @@ def series(db: sqlite3.Connection, cell_id: str | None = None) -> dict[tuple[str
     return out
 
 
-def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> bool:
+RECORDED, ALREADY = "recorded", "already recorded, left as it is"
+
+
+def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> str:
     """Record a finished results folder (its cells.jsonl and env.json, and a bench.ab run's ab.json),
-    or a pytest-benchmark JSON file; False when it was already there."""
+    or a pytest-benchmark JSON file. Returns what happened: :data:`RECORDED`, :data:`ALREADY`, or for a
+    folder whose cells changed since its run id was recorded, ALREADY with what differs (the recorded
+    run stays as it is: a finished run is never rewritten)."""
     from bench.launcher import read_records
 
     if path.is_file() and path.suffix == ".json":
-        return ingest_pytest_benchmark(db, path)
+        return RECORDED if ingest_pytest_benchmark(db, path) else ALREADY
     if not (path / "cells.jsonl").is_file():
         raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder or a pytest-benchmark JSON)")
     env = json.loads((path / "env.json").read_text()) if (path / "env.json").is_file() else {}
     kind = kind or env.get("kind") or ("tune" if path.name.startswith("tune-") else "run")
     ab = json.loads((path / "ab.json").read_text()) if (path / "ab.json").is_file() else None
-    return record_run(db, path.name, kind, env, read_records(path / "cells.jsonl"), ab)
+    records = read_records(path / "cells.jsonl")
+    if record_run(db, path.name, kind, env, records, ab):
+        return RECORDED
+    differs = changed_since_recorded(db, path.name, records)
+    return ALREADY + (f"; the folder changed since it was recorded ({differs}): not recorded again" if differs else "")
+
+
+def changed_since_recorded(db: sqlite3.Connection, run_id: str, records: list[CellRecord]) -> str | None:
+    """What differs between the cells recorded under ``run_id`` and ``records`` (None: the same)."""
+    stored = [row[0] for row in db.execute("SELECT record_json FROM cells WHERE run_id = ? ORDER BY seq", (run_id,))]
+    now = [r.model_dump_json() for r in records]
+    if len(stored) != len(now):
+        return f"{len(stored)} cells recorded, {len(now)} in the folder now"
+    changed = [r.cell_id or str(i) for i, (r, old) in enumerate(zip(records, stored)) if r.model_dump_json() != old]
+    return f"cells {', '.join(changed[:5])} differ" if changed else None
 
 
 def ingest_pytest_benchmark(db: sqlite3.Connection, path: Path) -> bool:
@@ -267,7 +290,7 @@ def record_in_history(path: Path, run_dir: Path, kind: str | None = None) -> str
     """Record a finished run in the database at ``path``; one line saying where (for the CLIs)."""
     db = connect(path)
     try:
-        added = ingest_dir(db, run_dir, kind)
+        outcome = ingest_dir(db, run_dir, kind)
     finally:
         db.close()
-    return f"{path} ({'recorded' if added else 'already recorded'})"
+    return f"{path} ({outcome})"

@@ -7,6 +7,7 @@ as a cell's model (``model.name: bench.planted:emits_nan``) to see a guard fire 
 |----------------|--------------|----------------------------------------------------------------------|
 | never_learns   | overfit      | output ignores the input; its only parameter gets zero gradient      |
 | emits_nan      | finite       | every output is NaN                                                  |
+| nan_gradients  | finite       | the loss stays finite; one parameter's gradient is NaN every step    |
 | nondeterministic | determinism | noise from a generator seeded by the clock, outside the seeded RNGs |
 | hidden_state   | resume       | a call counter that changes the output but is not in the state_dict  |
 | raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
@@ -19,8 +20,8 @@ forward also busy-waits, either ``extra_share`` of the step's own time (a step o
 (Extra *work* on a share of the batch would not do: small batches run far less efficiently, so "5% more
 samples" costs 15-20% more time.)
 
-``lm_never_learns``, ``lm_emits_nan``, ``lm_nondeterministic``, ``lm_hidden_state``: the same faults for
-the causal_lm workload (token ids in, logits over the vocabulary out).
+``lm_never_learns``, ``lm_emits_nan``, ``lm_nan_gradients``, ``lm_nondeterministic``, ``lm_hidden_state``:
+the same faults for the causal_lm workload (token ids in, logits over the vocabulary out).
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ class EmitsNaN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin(x.flatten(1)) * float("nan")
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Zeros whatever the input holds (NaN included) on the way forward, NaN on the way back."""
+
+    @staticmethod
+    def forward(ctx: object, p: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(p)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan"))
+
+
+class NaNGradients(nn.Module):
+    """A healthy linear model with one extra parameter whose gradient is NaN every step. It adds exactly
+    zero to the output whatever its value, so the loss stays finite (and the model learns): only the
+    gradient norm shows the fault."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_features, classes)
+        self.trap = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1)) + _NaNGradient.apply(self.trap).sum()
 
 
 class Nondeterministic(nn.Module):
@@ -111,6 +138,10 @@ def emits_nan(in_features: int = 2, classes: int = 2) -> nn.Module:
     return EmitsNaN(in_features, classes)
 
 
+def nan_gradients(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return NaNGradients(in_features, classes)
+
+
 def nondeterministic(in_features: int = 2, classes: int = 2) -> nn.Module:
     return Nondeterministic(in_features, classes)
 
@@ -149,6 +180,15 @@ class LMEmitsNaN(_TinyLM):
         return self.logits(idx) * float("nan")
 
 
+class LMNaNGradients(_TinyLM):
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.trap = nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits(idx) + _NaNGradient.apply(self.trap).sum()
+
+
 class LMNondeterministic(_TinyLM):
     def __init__(self, vocab_size: int) -> None:
         super().__init__(vocab_size)
@@ -175,6 +215,10 @@ def lm_never_learns(vocab_size: int = 32) -> nn.Module:
 
 def lm_emits_nan(vocab_size: int = 32) -> nn.Module:
     return LMEmitsNaN(vocab_size)
+
+
+def lm_nan_gradients(vocab_size: int = 32) -> nn.Module:
+    return LMNaNGradients(vocab_size)
 
 
 def lm_nondeterministic(vocab_size: int = 32) -> nn.Module:

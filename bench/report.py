@@ -418,3 +418,15 @@ def _comparison_row(r: dict[str, Any]) -> list[str]:
         r["verdict"],
         regressed or "ok",
     ]
+
+
+def guard_audit_table(caught: dict[str, list[int]], alarms: dict[str, list[int]]) -> str:
+    """bench.guard_audit's per-guard table: planted runs caught and healthy runs failed (false alarms)."""
+
+    def share(tally: list[int] | None) -> str:
+        return "-" if not tally or not tally[1] else f"{tally[0]} of {tally[1]}"
+
+    names = list(dict.fromkeys([*alarms, *caught]))
+    lines = ["| guard | planted faults caught | false alarms on healthy runs |", "|---|---|---|"]
+    lines += [f"| {g} | {share(caught.get(g))} | {share(alarms.get(g))} |" for g in names]
+    return "\n".join(lines)

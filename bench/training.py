@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
 from bench.plots import plot_learning_curves
 from bench.profiling import ProfilerHook, maybe_profile
 from trainer_core import checkpoint as ck
@@ -159,10 +157,11 @@ def launch_ranks(config: RunConfig, argv: Sequence[str]) -> int:
         raise ConfigError(f"train.strategy: {reason}")
     try:
         distributed.launch(config, sys.executable, "-m", "bench.train", *argv)
-    except ChildFailedError as e:
-        rank, code = distributed.failed_rank(e)
-        print(f"bench.train: rank {rank} of {config.train.world_size} failed (exit code {code})", file=sys.stderr)
-        return code
+    except distributed.RanksFailed as e:
+        tail = "".join(f"\n  {line}" for line in e.last_lines)
+        print(f"bench.train: rank {e.rank} of {config.train.world_size} failed first ({e.how})"
+              + (f"; its last lines on stderr:{tail}" if tail else ""), file=sys.stderr)  # fmt: skip
+        return e.exitcode if e.exitcode > 0 else 128 - e.exitcode
     return 0
 
 

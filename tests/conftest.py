@@ -1,8 +1,14 @@
-"""Shared fixtures. Tests run on CPU; CUDA-only tests carry the ``gpu`` marker and skip with a reason."""
+"""Shared fixtures. Tests run on CPU; CUDA-only tests carry the ``gpu`` marker and skip with a reason.
+
+A test whose prerequisite is missing (Chromium, git, Debian's Fashion-MNIST) skips with the reason on a
+developer's machine; in CI (``CI=true``, as ``.ci/run`` runs) that skip is a failure naming what is
+missing, since a skipped test is not a passed one. Only the ``gpu`` tests may skip in CI.
+"""
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 from pathlib import Path
@@ -35,6 +41,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and "gpu" not in item.keywords and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI (CI=true), where only the gpu tests may skip: {reason}"
 
 
 def tiny_overrides(**extra: Any) -> dict[str, Any]:

@@ -137,8 +137,39 @@ def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path:
     t0 = time.monotonic()
     proc = _train("--config", str(cfg), "--set", "train.strategy=ddp", "--set", "train.world_size=2",
                   "--out", str(tmp_path / "bad"), check=False)  # fmt: skip
-    assert proc.returncode != 0 and time.monotonic() - t0 < 120
-    assert "rank " in proc.stderr and "failed (exit code" in proc.stderr
+    assert proc.returncode == 1 and time.monotonic() - t0 < 120
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("bench.train: rank"))
+    assert "of 2 failed first (exit code 1); its last lines on stderr:" in line
+    assert "RuntimeError: planted failure in forward" in proc.stderr.split(line, 1)[1]  # that rank's own error
+
+
+def test_a_rank_killed_by_a_signal_is_named_with_its_signal_not_the_rank_the_launcher_stopped(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "abort", **{"model.name": "user_models:aborts_on_rank_1", "model.kwargs": {}})
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    proc = subprocess.run([sys.executable, "-m", "bench.train", "--config", str(cfg), "--set", "train.strategy=ddp",
+                           "--set", "train.world_size=2", "--out", str(tmp_path / "abort")],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGABRT, proc.stderr[-2000:]
+    assert "bench.train: rank 1 of 2 failed first (SIGABRT (exit code -6)); its last lines on stderr:" in proc.stderr
+    assert "  rank 1 is about to abort (planted)" in proc.stderr
+
+
+def test_the_first_failure_is_the_earliest_and_not_the_rank_the_launcher_terminated() -> None:
+    from types import SimpleNamespace
+
+    from trainer_core.distributed import RanksFailed, first_failure
+
+    def failures(**by_rank: tuple[int, int]) -> SimpleNamespace:
+        return SimpleNamespace(failures={int(r[1:]): SimpleNamespace(timestamp=t, exitcode=c, local_rank=int(r[1:]))
+                                         for r, (t, c) in by_rank.items()})  # fmt: skip
+
+    # rank 1 aborts, then the launcher SIGTERMs rank 0 within the same second: rank 1 failed first
+    assert first_failure(failures(r0=(100, -signal.SIGTERM), r1=(100, -signal.SIGABRT))) == (1, -6, 1)
+    assert first_failure(failures(r0=(101, 1), r1=(100, -signal.SIGTERM))) == (1, -15, 1)  # earlier wins
+    assert first_failure(failures(r0=(100, 1), r1=(100, 1))) == (0, 1, 0)
+    assert first_failure(SimpleNamespace(failures={})) == (-1, 1, -1)
+    assert RanksFailed(1, -6, []).describe() == "rank 1 failed first (SIGABRT (exit code -6))"
+    assert RanksFailed(0, 3, []).how == "exit code 3"
 
 
 def _children(pid: int) -> list[int]:
@@ -156,15 +187,17 @@ def test_kill_9_of_a_rank_then_resume_is_bit_identical(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "bench.train", *ddp, "--out", str(run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     last = run / "checkpoints" / "last_model.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside the run, after its first checkpoint
+    # The kill point is an event, not a moment: the first checkpoint (step 7 of 768) is on disk and the run
+    # is still going; then a rank (seeded choice) is killed at once.
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
     ranks = _children(proc.pid)  # the launcher's workers: one process per rank
-    assert ranks, "no rank processes found"
-    os.kill(random.choice(ranks), signal.SIGKILL)
-    proc.wait(timeout=120)
-    assert proc.returncode != 0, "the run finished before the kill: make it longer"
+    assert len(ranks) == 2, ranks
+    os.kill(random.Random(26).choice(sorted(ranks)), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGKILL, err[-2000:]  # the killed rank, not the one the launcher stopped
+    assert "failed first (SIGKILL (exit code -9))" in err
     _train(*ddp, "--out", str(run), "--resume", "auto")
     a, b = _weights(tmp_path / "straight"), _weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -152,3 +152,45 @@ def test_cells_of_two_matrices_are_two_series_and_ab_readings_stay_out(tmp_path:
     assert [p["throughput"] for p in found[("amp/fast", "Xeon / []")]] == [100.0, 102.0]
     assert list(history_db.series(db, "other/fast")) == [("other/fast", "Xeon / []")]
     db.close()
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "fast"], ["check"], ["report"]])
+def test_a_read_only_command_on_a_missing_database_is_an_error_that_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, command: list[str]
+) -> None:
+    db_path = tmp_path / "nonexist" / "h.sqlite"  # a mistyped path must not read as an empty, green history
+    assert history_cli.cli(["--history", str(db_path), *command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(db_path) in err and "no history database" in err
+    assert not (tmp_path / "nonexist").exists()
+
+
+def test_check_that_judged_no_cell_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db_path = tmp_path / "h.sqlite"
+    for i in range(3):  # three readings: one short of a judgement
+        assert history_cli.cli(["--history", str(db_path), "ingest", str(_run(tmp_path, f"run-{i}", 100.0))]) == 0
+    capsys.readouterr()
+    assert history_cli.cli(["--history", str(db_path), "check"]) == 1
+    assert "nothing was judged" in capsys.readouterr().out
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(_run(tmp_path, "run-3", 100.0))]) == 0
+    assert history_cli.cli(["--history", str(db_path), "check"]) == 0  # now judged, and not a regression
+
+
+def test_reingesting_a_changed_folder_changes_nothing_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    db_path = tmp_path / "h.sqlite"
+    run = _run(tmp_path, "run-a", 100.0)
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(run)]) == 0
+    db = history_db.connect(db_path)
+    before = db.execute("SELECT * FROM cells ORDER BY seq").fetchall()
+    db.close()
+    append_record(run / "cells.jsonl", CellRecord(cell_id="late", status="ok", samples_per_s=1.0, machine=MACHINE))
+    capsys.readouterr()
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "run-a: already recorded, left as it is; the folder changed since it was recorded" in out
+    assert "2 cells recorded, 3 in the folder now" in out
+    db = history_db.connect(db_path)
+    assert db.execute("SELECT * FROM cells ORDER BY seq").fetchall() == before
+    db.close()

@@ -138,49 +138,64 @@ def test_compile_break_even_pairs_with_the_eager_cell() -> None:
     assert by["slow"]["break_even_steps"] is None
 
 
-# A training step whose buffers are large (4096 x 1024 floats: 16 MB), as a CNN's activations are.
-_FAULTS_PER_STEP = r"""
-import resource, statistics, sys
+# What glibc's allocator did with a 64 MB tensor (above the 32 MB cap of its dynamic mmap threshold, so
+# the default policy always serves it with mmap) after build_run applied the policy: glibc's own
+# counters (mallinfo2) of bytes in mmapped blocks and in the heap, before, while alive, after free.
+_MALLINFO = r"""
+import ctypes, json, sys
 sys.path.insert(0, sys.argv[2])
+import torch
 from conftest import tiny_overrides
 from trainer_core.config import load_config
 from trainer_core.factory import build_run
-run = build_run(load_config(None, tiny_overrides(**{
-    "train.malloc": sys.argv[1], "data.n_samples": 8192, "data.batch_size": 8192, "data.val_fraction": 0.0,
-    "model.kwargs": {"input_dim": 2, "hidden_dims": [2048], "output_dim": 2, "dropout": 0.1}})))
-x, y = next(iter(run.data.train_loader))
-faults = []
-for _ in range(14):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    run.trainer.train_step(x, y)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(statistics.median(faults[4:]))
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+build_run(load_config(None, tiny_overrides(**{"train.malloc": sys.argv[1]})))
+def info():
+    m = libc.mallinfo2()
+    return {"mmapped": m.hblkhd, "heap": m.arena}
+before = info()
+x = torch.ones(16 * 2**20)  # 64 MB of float32
+alive = info()
+del x
+freed = info()
+print(json.dumps({"before": before, "alive": alive, "freed": freed}))
 """
+MB = 2**20
 
 
-def test_malloc_retain_reuses_pages_instead_of_faulting_them_in_every_step() -> None:
-    # Each policy in its own process: mallopt is process-wide and cannot be undone, and page faults
-    # are counted per process. A minor fault is a fresh page the kernel zero-fills on first write.
+def test_malloc_retain_serves_large_buffers_from_the_heap_and_keeps_them() -> None:
+    # Each policy in its own process: mallopt is process-wide and cannot be undone. The page faults per
+    # step that follow from this are a benchmark (scripts/malloc_faults.py, docs/measurements.md), not a
+    # test: their count depends on the kernel, huge pages and the heap's history.
+    import json
+    import platform
     import subprocess
     import sys
     from pathlib import Path
 
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("train.malloc=retain needs glibc (its refusal elsewhere: test_host_memory.py)")
     tests = str(Path(__file__).parent)
 
-    def median_faults(policy: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_PER_STEP, policy, tests],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=300,
-        )
-        return float(out.stdout.split()[-1])
+    def counters(policy: str) -> dict[str, dict[str, int]]:
+        out = subprocess.run([sys.executable, "-c", _MALLINFO, policy, tests], capture_output=True, text=True,
+                             check=True, timeout=300)  # fmt: skip
+        return json.loads(out.stdout.splitlines()[-1])
 
-    # 64 MB activation buffers (8192 x 2048 fp32): above the 32 MB cap of glibc's dynamic mmap
-    # threshold, so the default policy always mmaps them and faults them in afresh every step. Below
-    # the cap the default depends on the process's allocation history: with 16 MB buffers it measured
-    # anywhere from 0.5 to 12,256 faults per step here, from one process to the next.
-    default, retain = median_faults("default"), median_faults("retain")
-    assert default >= 16384  # at least one 64 MB buffer's 4 KiB pages faulted in again in a typical step
-    assert retain <= default / 20  # measured here: ~114,700 vs 0 (an occasional step grows the heap)
+    default, retain = counters("default"), counters("retain")
+    # default: the tensor is an mmapped block, returned to the kernel when freed (next step: fresh pages)
+    assert default["alive"]["mmapped"] - default["before"]["mmapped"] >= 64 * MB
+    assert default["freed"]["mmapped"] == default["before"]["mmapped"]
+    # retain: no mmapped block; the heap grows by the tensor and is not trimmed after the free (the next
+    # step reuses those pages)
+    assert retain["alive"]["mmapped"] == retain["before"]["mmapped"]
+    assert retain["alive"]["heap"] - retain["before"]["heap"] >= 64 * MB
+    assert retain["freed"]["heap"] == retain["alive"]["heap"]

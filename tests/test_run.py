@@ -213,26 +213,36 @@ def _runner_cmd(tmp_path: Path, *filters: str) -> list[str]:
     return cmd + ["--profiles", str(tmp_path / "p")] + [arg for f in filters for arg in ("--filter", f)]
 
 
+def _history_rows(path: Path) -> dict[str, list[tuple]]:
+    db = history_db.connect(path, create=False)
+    try:
+        return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in ("runs", "cells")}
+    finally:
+        db.close()
+
+
 def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    history = out / "history.sqlite"  # bench.run's default: beside the run folders
+    earlier = tmp_path / "earlier-run"
+    earlier.mkdir()
+    (earlier / "cells.jsonl").write_text(json.dumps({"cell_id": "x", "status": "ok", "samples_per_s": 1.0}) + "\n")
+    history_db.record_in_history(history, earlier)  # a history with a run in it already
+    before = _history_rows(history)
     cmd = _runner_cmd(tmp_path, "device=cpu", "data.pin_memory=false")
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            dirs = [p for p in out.iterdir() if p.is_dir()] if out.exists() else []
-            if dirs and (dirs[0] / "cells.jsonl").exists() and (dirs[0] / "cells.jsonl").read_text().count("\n") >= 1:
-                break
-            time.sleep(0.2)
+        _measured_then_running(out, proc)  # one cell recorded, the next one running: then the kill
         os.killpg(proc.pid, signal.SIGKILL)  # the runner and its cell process, mid-run
     finally:
         proc.wait()
     d = _run_dir(out)
     first = (d / "cells.jsonl").read_text().splitlines()
-    assert 1 <= len(first) < 3
+    assert 1 <= len(first) < 3, first  # the running cell left no record
+    assert _history_rows(history) == before  # a killed run is not in the history, and nothing there changed
     done = [json.loads(x)["cell_id"] for x in first]
     resumed = subprocess.run([*cmd, "--resume", d.name], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -245,6 +255,10 @@ def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> 
     assert len(progress) == 3 - len(first)  # only the missing cells were launched
     assert not any(f"] {c}:" in ln for ln in progress for c in done)
     assert resumed.stdout.strip().splitlines()[-1] == f"results: {d}"
+    after = _history_rows(history)
+    assert [r[0] for r in after["runs"]] == sorted(["earlier-run", d.name])  # the resumed run, recorded once
+    assert [c for c in after["cells"] if c[0] == "earlier-run"] == before["cells"]
+    assert len([c for c in after["cells"] if c[0] == d.name]) == len(lines)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -278,12 +292,8 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
     cmd = _runner_cmd(tmp_path, "device=cpu")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        children: list[int] = []
-        while not children and time.time() < deadline and proc.poll() is None:
-            children = _live_cell_children(proc.pid)
-            time.sleep(0.05)
-        assert children, "no cell process appeared"
+        # The signal's moment is an event: a cell has been measured and recorded, and the next one is running.
+        children, recorded = _measured_then_running(out, proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -294,9 +304,23 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
     assert err.strip().splitlines()[-1] == "bench.run: terminated (SIGTERM)"
     still_running = [pid for pid in children if (_proc_stat(pid) or ["Z"])[0] != "Z"]
     assert not still_running
-    cells = _run_dir(out) / "cells.jsonl"
-    for line in cells.read_text().splitlines() if cells.exists() else []:
-        json.loads(line)  # what was recorded before the signal is intact
+    after = (_run_dir(out) / "cells.jsonl").read_text()
+    assert after.startswith(recorded)  # what was recorded before the signal is intact, byte for byte
+    assert all(json.loads(line)["cell_id"] for line in after.splitlines())  # and every line a whole record
+
+
+def _measured_then_running(out: Path, proc: subprocess.Popen) -> tuple[list[int], str]:
+    """Wait until bench.run (``proc``) has recorded a measured cell and runs the next one: (the running
+    cell processes, cells.jsonl's text then). Fails if the run ends first."""
+    while proc.poll() is None:
+        cells = next(out.glob("*/cells.jsonl"), None) if out.exists() else None
+        text = cells.read_text() if cells is not None else ""
+        measured = [x for x in text.splitlines() if json.loads(x)["status"] == "ok"]
+        children = _live_cell_children(proc.pid) if measured else []
+        if children:
+            return children, text
+        time.sleep(0.05)
+    raise AssertionError(f"bench.run ended (exit {proc.returncode}) before a second cell ran")
 
 
 @pytest.mark.parametrize(

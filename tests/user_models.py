@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -61,4 +62,13 @@ def dies(in_features: int = 2, classes: int = 2) -> nn.Module:
 def sleeps(seconds: float = 60.0, in_features: int = 2, classes: int = 2) -> nn.Module:
     """A model that takes ``seconds`` to build: a cell that overruns its timeout."""
     time.sleep(seconds)
+    return make_tiny(in_features, classes)
+
+
+def aborts_on_rank_1(in_features: int = 2, classes: int = 2) -> nn.Module:
+    """A model whose building aborts rank 1 of a data-parallel run (SIGABRT, as a C++ std::terminate
+    does) after a line on stderr; other ranks build it as usual."""
+    if os.environ.get("RANK") == "1":
+        print("rank 1 is about to abort (planted)", file=sys.stderr, flush=True)
+        os.abort()
     return make_tiny(in_features, classes)

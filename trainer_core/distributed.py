@@ -11,11 +11,14 @@ Trainer needs.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -275,38 +278,80 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RanksFailed(RuntimeError):
+    """A rank of a :func:`launch` failed: which one failed first, how, and its last lines on stderr."""
+
+    def __init__(self, rank: int, exitcode: int, last_lines: list[str]) -> None:
+        self.rank, self.exitcode, self.last_lines = rank, exitcode, last_lines
+        super().__init__(self.describe())
+
+    @property
+    def how(self) -> str:
+        """'exit code 1', or for a signal its name: 'SIGABRT (exit code -6)'."""
+        if self.exitcode < 0:
+            try:
+                return f"{signal.Signals(-self.exitcode).name} (exit code {self.exitcode})"
+            except ValueError:
+                pass
+        return f"exit code {self.exitcode}"
+
+    def describe(self) -> str:
+        return f"rank {self.rank} failed first ({self.how})"
+
+
 def launch(config: RunConfig, entrypoint: Callable[..., Any] | str, *args: Any) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` (a function, or a program with its arguments, as torchrun runs
     ``python -m ...``) in ``train.world_size`` processes per node through the elastic launcher (a c10d
     rendezvous, no restarts): {rank: return value}. A rank's failure stops the others and raises
-    torch's ChildFailedError naming the rank and its exit code."""
+    :class:`RanksFailed` naming the rank that failed first, its exit code or signal and its last lines
+    on stderr (each rank's stderr is teed to a log file for that, and still reaches this stderr)."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     t = config.train
     endpoint = t.rdzv_endpoint or f"127.0.0.1:{free_port()}"
-    launch_config = LaunchConfig(
-        min_nodes=t.nnodes,
-        max_nodes=t.nnodes,
-        nproc_per_node=t.world_size,
-        run_id=f"trainbench-{uuid.uuid4().hex[:8]}" if t.nnodes == 1 else f"trainbench-{config.name}",
-        rdzv_backend="c10d",
-        rdzv_endpoint=endpoint,
-        rdzv_configs={"is_host": t.nnodes == 1 or _is_this_host(endpoint)},
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-        log_line_prefix_template="",
-    )
-    return elastic_launch(launch_config, entrypoint)(*args)
+    with tempfile.TemporaryDirectory(prefix="trainbench-ranks-") as logs:
+        launch_config = LaunchConfig(
+            min_nodes=t.nnodes,
+            max_nodes=t.nnodes,
+            nproc_per_node=t.world_size,
+            run_id=f"trainbench-{uuid.uuid4().hex[:8]}" if t.nnodes == 1 else f"trainbench-{config.name}",
+            rdzv_backend="c10d",
+            rdzv_endpoint=endpoint,
+            rdzv_configs={"is_host": t.nnodes == 1 or _is_this_host(endpoint)},
+            max_restarts=0,
+            monitor_interval=0.1,
+            start_method="spawn",
+            log_line_prefix_template="",
+            logs_specs=DefaultLogsSpecs(log_dir=logs, tee=Std.ERR),
+        )
+        try:
+            return elastic_launch(launch_config, entrypoint)(*args)
+        except ChildFailedError as e:
+            rank, exitcode, local_rank = first_failure(e)
+            raise RanksFailed(rank, exitcode, last_stderr_lines(Path(logs), local_rank)) from e
 
 
-def failed_rank(error: BaseException) -> tuple[int, int]:
-    """(rank, exit code) of the first rank that failed, from the launcher's ChildFailedError."""
+def first_failure(error: BaseException) -> tuple[int, int, int]:
+    """(rank, exit code, local rank) of the rank that failed first, from the launcher's ChildFailedError:
+    the earliest failure; at the same second, one that was not ended by the SIGTERM the launcher sends the
+    survivors once a rank has failed; then the lowest rank."""
     failures = getattr(error, "failures", {}) or {}
     if not failures:
-        return -1, 1
-    rank = min(failures)
-    return rank, int(failures[rank].exitcode or 1)
+        return -1, 1, -1
+    rank = min(failures, key=lambda r: (failures[r].timestamp, failures[r].exitcode == -signal.SIGTERM, r))
+    f = failures[rank]
+    return rank, int(f.exitcode or 1), int(getattr(f, "local_rank", rank))
+
+
+def last_stderr_lines(logs: Path, local_rank: int, n: int = 8) -> list[str]:
+    """The last ``n`` non-empty lines a local rank wrote to stderr (the launcher's teed log of it)."""
+    found = sorted(logs.glob(f"*/attempt_*/{local_rank}/stderr.log"))
+    if not found:
+        return []
+    lines = [line.rstrip() for line in found[-1].read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-n:]
 
 
 def adopt_launch_environment(config: RunConfig) -> RunConfig:
