@@ -164,7 +164,15 @@ def hardware_warnings(pairs: list[tuple[Readings, Readings]]) -> list[str]:
 
 
 def failures(result: dict[str, Any], fail_threshold_pct: float | None) -> list[str]:
+    """Why the comparison fails (bench.compare's exit 1): a guard that passed in A and fails in B, a
+    significant slowdown beyond the threshold, or no cell compared at all (a gate that compared nothing
+    cannot say "no regression")."""
     out = []
+    if not any(r.get("verdict") not in (None, NOT_COMPARED) for r in result["rows"]):
+        out.append(
+            f"no cell was compared: {len(result['rows'])} matched by their axes, none measured on both sides "
+            f"({len(result['only_in_a'])} only in A, {len(result['only_in_b'])} only in B)"
+        )
     for r in result["rows"]:
         if r["guard_regressions"]:
             out.append(f"{r['cell_id']}: guard(s) passed in A, fail in B: {', '.join(r['guard_regressions'])}")

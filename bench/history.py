@@ -23,7 +23,7 @@ from pathlib import Path
 from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
 from bench.ab_bisect import run_bisect
 from bench.abtest import AbPlan
-from bench.history_db import check_latest, connect, ingest_dir, runs, series, verdicts
+from bench.history_db import check_ingestible, check_latest, connect, ingest_dir, runs, series, verdicts
 from bench.html_report import history_report
 from bench.revisions import REPO_ROOT
 from trainer_core.errors import ConfigError
@@ -75,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
         first = run_bisect(args.good, args.bad, what, plan, Path(args.out), Path(args.history))
         print(f"first slower commit: {first}" if first else f"{args.bad} is not slower than {args.good}")
         return 0
+    for d in args.dirs if args.command == "ingest" else []:
+        check_ingestible(Path(d))  # every source checked before the database is opened (or created)
     db = connect(args.history, create=args.command == "ingest")  # the read-only commands never create one
     try:
         if args.command == "ingest":

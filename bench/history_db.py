@@ -236,10 +236,9 @@ def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> s
     run stays as it is: a finished run is never rewritten)."""
     from bench.launcher import read_records
 
-    if path.is_file() and path.suffix == ".json":
+    check_ingestible(path)
+    if path.is_file():
         return RECORDED if ingest_pytest_benchmark(db, path) else ALREADY
-    if not (path / "cells.jsonl").is_file():
-        raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder or a pytest-benchmark JSON)")
     env = json.loads((path / "env.json").read_text()) if (path / "env.json").is_file() else {}
     kind = kind or env.get("kind") or ("tune" if path.name.startswith("tune-") else "run")
     ab = json.loads((path / "ab.json").read_text()) if (path / "ab.json").is_file() else None
@@ -248,6 +247,12 @@ def ingest_dir(db: sqlite3.Connection, path: Path, kind: str | None = None) -> s
         return RECORDED
     differs = changed_since_recorded(db, path.name, records)
     return ALREADY + (f"; the folder changed since it was recorded ({differs}): not recorded again" if differs else "")
+
+
+def check_ingestible(path: Path) -> None:
+    """Raise HistoryError unless ``path`` is a results folder (with cells.jsonl) or a pytest-benchmark JSON."""
+    if not (path.is_file() and path.suffix == ".json") and not (path / "cells.jsonl").is_file():
+        raise HistoryError(f"{path}: no cells.jsonl (expected a results/<run-id> folder or a pytest-benchmark JSON)")
 
 
 def changed_since_recorded(db: sqlite3.Connection, run_id: str, records: list[CellRecord]) -> str | None:

@@ -15,6 +15,7 @@ import torch
 from bench._cli import make_parser, run_cli
 from bench.contract import MeasureConfig
 from bench.harness_overhead import PRECISION_DTYPES, compare, row_line
+from trainer_core.errors import ConfigError
 from trainer_core.provenance import environment_info
 from trainer_core.text import write_sample_text
 
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.rounds < 1 or args.min_time_s <= 0 or any(b < 1 for b in args.batch_size or []):
+        bad = "--rounds" if args.rounds < 1 else "--min-time-s" if args.min_time_s <= 0 else "--batch-size"
+        raise ConfigError(f"{bad}: must be positive (got rounds {args.rounds}, min-time-s {args.min_time_s}, "
+                          f"batch sizes {args.batch_size or 'default'})")  # fmt: skip
+    if args.text and not Path(args.text).is_file():  # a mistyped path must not silently become a generated sample
+        raise ConfigError(f"--text {args.text}: no such file")
     threads = torch.get_num_threads()
     measure = MeasureConfig(min_time_s=args.min_time_s, max_time_s=max(10.0, args.min_time_s), repeats=3)
     stem = Path(args.out) / f"overhead-{args.workload}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

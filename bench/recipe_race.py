@@ -24,6 +24,7 @@ import torch
 from bench._cli import add_overrides, make_parser, run_cli
 from bench.race import format_race, race_one
 from trainer_core.config import load_config
+from trainer_core.errors import ConfigError
 from trainer_core.provenance import environment_info
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not 0.0 < args.target <= 1.0:
+        raise ConfigError(f"--target {args.target}: a test accuracy, above 0 and at most 1")
     # Validate both configs before spending minutes on the first one.
     sides = {
         "baseline": (args.baseline, args.overrides + args.baseline_set),

@@ -93,9 +93,9 @@ def main(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     try:
         code = train(config, request)
         distributed.barrier()  # no rank tears its process group down while another is still in a collective
-        return code
     finally:
         distributed.destroy()
+    return distributed.exit_rank(code)  # ends the process: see exit_rank
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,7 @@ def _run_dir(out: Path) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *QUICK, "--fail-threshold", "10",
                      "--out", str(tmp_path)])  # fmt: skip
@@ -76,6 +77,22 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     db.close()
 
 
+@pytest.mark.slow
+def test_an_a_a_run_with_a_fail_threshold_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # The README's CI gate: the same config on both sides must not fail it. A 5% threshold fails only a
+    # slowdown that is significant (interval below 1) and larger than 5%.
+    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, "--min-rounds", "3", "--max-rounds", "3", "--reading-s", "0.2",
+                     "--fail-threshold", "5", "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    v = json.loads((_run_dir(tmp_path) / "ab.json").read_text())["results"]["cell"]
+    assert v["verdict"] in ("no change", "faster", "slower") and not any(
+        ln.startswith("FAIL") for ln in out.splitlines()
+    )
+    assert v["ci_low"] <= v["ratio"] <= v["ci_high"] and len(v["per_round"]) == 3
+
+
+@pytest.mark.slow
 def test_a_matrix_cell_at_a_revision_against_the_working_tree(
     repo_clone: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -98,6 +115,7 @@ def test_a_matrix_cell_at_a_revision_against_the_working_tree(
     assert all(r.status == "ok" and r.axes["precision"] == "fp32" for r in records)
 
 
+@pytest.mark.slow
 def test_pytest_benchmark_tests_compared_at_two_sides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     select = "tests/benchmarks/test_bench_training.py -k 'test_train_step and SimpleMLP and fp32'"
     rc = ab_cli.cli(["--a", "worktree", "--b", "worktree", "--pytest", select, "--min-rounds", "1",

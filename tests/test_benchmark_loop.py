@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 SLEEPY = """
@@ -32,6 +33,7 @@ def _pytest(cwd: Path, *args: str, sleep_s: float) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow
 def test_save_compare_and_fail_on_a_planted_slowdown(tmp_path: Path) -> None:
     (tmp_path / "test_sleepy.py").write_text(SLEEPY)
     storage = f"--benchmark-storage=file://{tmp_path / 'storage'}"
@@ -48,6 +50,7 @@ def test_save_compare_and_fail_on_a_planted_slowdown(tmp_path: Path) -> None:
     assert "Performance has regressed" in slower.stdout + slower.stderr
 
 
+@pytest.mark.slow
 def test_repository_suite_times_for_real_when_asked(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(

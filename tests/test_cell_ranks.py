@@ -45,6 +45,7 @@ def _spec(tmp_path: Path, model: str = "SimpleMLP", **extra: Any) -> CellSpec:
     )
 
 
+@pytest.mark.slow
 def test_a_two_rank_cell_is_measured_merged_and_guarded(tmp_path: Path) -> None:
     record = run_cell(_spec(tmp_path, profile=ProfileConfig(enabled=True, wait=1, warmup=1, active=2)))
     assert record.status == "ok", record.reason
@@ -64,6 +65,7 @@ def test_a_two_rank_cell_is_measured_merged_and_guarded(tmp_path: Path) -> None:
         assert comm["rank"] == rank and comm["collectives"] == ["gloo:all_reduce"]
 
 
+@pytest.mark.slow
 def test_the_equivalence_guard_catches_a_rank_dependent_model(tmp_path: Path) -> None:
     record = run_cell(_spec(tmp_path, "bench.planted:rank_dependent"))
     assert record.status == "ok"
@@ -92,6 +94,7 @@ def test_merge_takes_the_slowest_rank_per_step_and_the_worst_verdict() -> None:
     assert merged.peak_mem_mb == 104.0 and merged.straggler_pct == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_an_fsdp_cell_shards_blocks_keeps_each_ranks_batch_norm_and_passes_its_guards(tmp_path: Path) -> None:
     # ResNet18's basic blocks are FSDP units and its batch-norm statistics stay per rank: the resume guard
     # passes only when a checkpoint restores every rank's own (DDP would have copied rank 0's to all)
@@ -127,6 +130,7 @@ def test_the_shard_units_are_blocks_and_never_split_tied_weights() -> None:
     assert shard_units(resnet) == list(resnet.layers)  # basic blocks; their shortcut convs are plain layers
 
 
+@pytest.mark.slow
 def test_an_fp16_cell_whose_first_steps_overflow_on_one_side_is_compared_at_a_lower_loss_scale(
     tmp_path: Path,
 ) -> None:

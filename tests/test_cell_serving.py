@@ -39,6 +39,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> CellServer:
     srv.close()
 
 
+@pytest.mark.slow
 def test_each_cell_is_a_new_process_forked_by_the_preloaded_server(tmp_path: Path, server: CellServer) -> None:
     probe = tmp_path / "built.txt"
     kwargs = {"path": str(probe)}
@@ -55,6 +56,7 @@ def test_each_cell_is_a_new_process_forked_by_the_preloaded_server(tmp_path: Pat
     assert server.proc.returncode == 0  # end of input ends it cleanly
 
 
+@pytest.mark.slow
 def test_a_server_runs_the_code_of_its_own_code_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # what bench.ab needs of a git revision's worktree: its modules, never this checkout's (the cwd here)
     root = tmp_path / "rev"
@@ -72,6 +74,7 @@ def test_a_server_runs_the_code_of_its_own_code_root(tmp_path: Path, monkeypatch
     assert probe.read_text().split()[-1] == str(root / "bench" / "__init__.py")
 
 
+@pytest.mark.slow
 def test_a_cell_that_overruns_or_dies_fails_alone(tmp_path: Path, server: CellServer) -> None:
     slow = launch_cell(_spec("slow", "user_models:sleeps", {}, cell_timeout_s=1.0), tmp_path, server=server)
     assert slow.status == FAILED and slow.reason.startswith("timed out after 1 s")
@@ -81,6 +84,7 @@ def test_a_cell_that_overruns_or_dies_fails_alone(tmp_path: Path, server: CellSe
     assert fine.status == "ok" and fine.step_s  # the server serves on
 
 
+@pytest.mark.slow
 def test_a_server_that_died_reads_as_a_failed_cell(tmp_path: Path, server: CellServer) -> None:
     server.proc.kill()
     server.proc.wait()
@@ -89,6 +93,7 @@ def test_a_server_that_died_reads_as_a_failed_cell(tmp_path: Path, server: CellS
     assert CellServer.available(REPO_ROOT) and not CellServer.available(tmp_path)  # an older revision has none
 
 
+@pytest.mark.slow
 def test_a_child_that_cannot_start_its_cell_leaves_the_traceback_in_its_log(tmp_path: Path, server: CellServer) -> None:
     spec, result, log = tmp_path / "bad.spec.json", tmp_path / "bad.result.json", tmp_path / "bad.log"
     spec.write_text("{not json")

@@ -211,6 +211,7 @@ def _next_step(proc) -> int:  # noqa: ANN001
     return int(line)
 
 
+@pytest.mark.slow
 def test_sigkill_during_saves_never_loses_the_previous_checkpoint(tmp_path: Path) -> None:
     import random
     import signal
@@ -238,8 +239,11 @@ def test_sigkill_during_saves_never_loses_the_previous_checkpoint(tmp_path: Path
         # the newest reported save, or the one after it if the kill came between its rename and the print
         assert state[ck.KEY_GLOBAL_STEP] in (printed[-1], printed[-1] + 1)
         saved = state[ck.KEY_GLOBAL_STEP]
-        stale_seen += len(list(tmp_path.glob(".last_model.pt.*.tmp")))  # the temp file of a kill mid-write
-    assert stale_seen >= 3  # every kill aimed mid-write left its temp file: the case really happened
+        stale = list(tmp_path.glob(".last_model.pt.*.tmp"))  # the temp file of a kill mid-write
+        if i % 2 == 0:  # a save writes its chunks for >= 0.2 s after "writing": this kill landed inside it
+            assert stale, f"kill {i + 1} was aimed mid-write but left no temp file"
+        stale_seen += len(stale)
+    assert stale_seen >= 3
     # Stale temp files of killed saves do not get in the way of the next save or of a resume, and the first
     # completed save after them clears them away.
     run = _run(

@@ -25,6 +25,7 @@ def test_runs():
 
 
 @pytest.mark.parametrize(("ci", "outcome"), [("true", {"failed": 1, "passed": 1}), ("", {"skipped": 1, "passed": 1})])
+@pytest.mark.slow
 def test_a_skip_fails_in_ci_except_a_gpu_one(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: dict[str, int]
 ) -> None:

@@ -30,9 +30,9 @@ def _subprocess(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_train_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "run"
-    assert train_cli.cli(["--config", TABULAR, "--out", str(out), *FAST]) == 0
+def test_train_writes_every_output_and_reaches_95_percent(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"  # the shipped config as it is: the README promises >= 95% in seconds
+    assert train_cli.cli(["--config", TABULAR, "--out", str(out), "--set", "logging.progress_bar=off"]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"run dir: {out}"
     for name in (
@@ -57,18 +57,12 @@ def test_train_writes_every_output(tmp_path: Path, capsys: pytest.CaptureFixture
         "samples_per_second",
     ):
         assert metrics[key] is not None, key
-    assert metrics["test_accuracy"] >= 0.95
+    assert metrics["test_accuracy"] >= 0.95 and metrics["best_val_accuracy"] >= 0.95
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     kinds = {r["kind"] for r in records}
     assert {"start", "train", "epoch", "end"} <= kinds
     assert all("loss" in r and "lr" in r for r in records if r["kind"] == "train")
-
-
-def test_tabular_reaches_95_percent(tmp_path: Path) -> None:
-    assert train_cli.cli(["--config", TABULAR, "--out", str(tmp_path / "r"), "--set", "logging.progress_bar=off"]) == 0
-    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["best_val_accuracy"] >= 0.95 and metrics["test_accuracy"] >= 0.95
 
 
 def test_evaluate_from_checkpoint_alone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -150,6 +144,7 @@ def test_real_process_exit_code_and_stderr() -> None:
     )
 
 
+@pytest.mark.slow
 def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_path: Path) -> None:
     common = [
         "--config",

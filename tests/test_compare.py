@@ -166,3 +166,20 @@ def test_cells_measured_on_different_hardware_are_flagged(tmp_path: Path) -> Non
 
     (line,) = hardware_warnings([(rec("Xeon"), rec("EPYC")), (rec("Xeon"), rec("Xeon"))])
     assert line.startswith("different hardware: 1 compared cell(s) ran on 'Xeon; no GPU' in A and 'EPYC; no GPU'")
+
+
+def test_a_comparison_of_no_common_measured_cell_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = _write(tmp_path / "a", seed=1)
+    failed = tmp_path / "b"
+    failed.mkdir()
+    rows = [json.dumps({"cell_id": "fp32-bs64", "axes": CELLS[0], "status": "failed", "reason": "boom"})]
+    (failed / "cells.jsonl").write_text("\n".join(rows) + "\n")
+    assert compare_cli.cli([str(a), str(failed)]) == 1  # one cell matched, measured on one side only
+    out = capsys.readouterr().out
+    assert "FAIL: no cell was compared: 1 matched by their axes, none measured on both sides (3 only in A" in out
+    other = tmp_path / "c"
+    other.mkdir()
+    (other / "cells.jsonl").write_text(json.dumps({"cell_id": "x", "axes": {"precision": "fp64"}, "status": "ok",
+                                                   "step_s": [0.1, 0.1], "samples_per_s": 10.0}) + "\n")  # fmt: skip
+    assert compare_cli.cli([str(a), str(other), "--fail-threshold", "5"]) == 1
+    assert "no cell was compared: 0 matched" in capsys.readouterr().out

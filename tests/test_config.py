@@ -116,3 +116,15 @@ def test_every_field_has_a_description() -> None:
                 walk(ann)
 
     walk(RunConfig)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])
+def test_no_shipped_config_downloads_data(path: Path) -> None:
+    # Nothing downloads at run time: every shipped config and every cell of every shipped matrix reads its
+    # data from disk or generates it (data.download, torchvision's download, stays off).
+    from bench.matrix import expand, load_matrix
+
+    configs = [c.config for c in expand(load_matrix(path), source=str(path))] if path in MATRIX_CONFIGS else [
+        load_config(path)
+    ]  # fmt: skip
+    assert configs and not [c.name for c in configs if c.data.download]

@@ -84,6 +84,7 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last_model.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_ranks_match_one_process_at_the_global_batch(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "ddp")
     ddp = _train("--config", str(cfg), "--set", "data.batch_size=16", "--set", "train.strategy=ddp",
@@ -132,6 +133,7 @@ def test_fsdp_trains_on_cuda_over_nccl(tmp_path: Path) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "bad", **{"model.name": "bench.planted:raises", "model.kwargs": {}})
     t0 = time.monotonic()
@@ -143,6 +145,7 @@ def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path:
     assert "RuntimeError: planted failure in forward" in proc.stderr.split(line, 1)[1]  # that rank's own error
 
 
+@pytest.mark.slow
 def test_a_rank_killed_by_a_signal_is_named_with_its_signal_not_the_rank_the_launcher_stopped(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "abort", **{"model.name": "user_models:aborts_on_rank_1", "model.kwargs": {}})
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
@@ -177,6 +180,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_rank_then_resume_is_bit_identical(tmp_path: Path) -> None:
     extra = {"data.n_samples": 4096, "data.batch_size": 8, "train.epochs": 3, "checkpoint.every_n_steps": 7}
     cfg = _config(tmp_path, "kill", **extra)

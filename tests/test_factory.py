@@ -12,6 +12,7 @@ from trainer_core.text import write_sample_text
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
+@pytest.mark.slow
 def test_every_shipped_config_builds_and_trains(path: Path, tmp_path: Path) -> None:
     # Real-data configs read small generated IDX files (text configs a generated text) here, so every config
     # is exercised on any machine.

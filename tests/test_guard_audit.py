@@ -42,6 +42,7 @@ def test_an_audit_of_no_seeds_is_bad_input(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "v.json").exists()
 
 
+@pytest.mark.slow
 def test_a_healthy_config_and_a_caught_plant_pass_only_when_the_rest_is_allowed_missing(
     configs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -57,6 +58,7 @@ def test_a_healthy_config_and_a_caught_plant_pass_only_when_the_rest_is_allowed_
     assert [(r["group"], r["good"]) for r in rows] == [("healthy", True), ("planted", True)]
 
 
+@pytest.mark.slow
 def test_a_missed_plant_and_a_false_alarm_each_exit_1(
     configs: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,6 +73,7 @@ def test_a_missed_plant_and_a_false_alarm_each_exit_1(
     assert rc == 1 and "FALSE ALARM tabular_mlp.yaml (tune guards)" in out and "false alarms: 1 of 1" in out
 
 
+@pytest.mark.slow
 def test_a_case_whose_data_is_absent_is_not_measured_and_fails_unless_allowed(
     configs: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,6 +89,7 @@ def test_a_case_whose_data_is_absent_is_not_measured_and_fails_unless_allowed(
     assert rc == 0, out
 
 
+@pytest.mark.slow
 def test_the_data_parallel_guard_is_audited_healthy_and_planted_in_bf16(
     configs: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -71,6 +71,7 @@ def idx_root(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize("case", SHIPPED, ids=[c.label for c in SHIPPED])
+@pytest.mark.slow
 def test_every_guard_passes_on_every_shipped_config(case: GuardCase, idx_root: str) -> None:
     # A guard that fires on a healthy configuration is a defect: no false alarm on anything shipped.
     passed, results = run_case(with_data(case, idx_root))  # the config's own seed
@@ -78,6 +79,7 @@ def test_every_guard_passes_on_every_shipped_config(case: GuardCase, idx_root: s
 
 
 @pytest.mark.parametrize("case", PLANTED, ids=[c.label for c in PLANTED])
+@pytest.mark.slow
 def test_planted_fault_fails_its_guard(case: GuardCase, idx_root: str) -> None:
     caught, results = run_case(with_data(case, idx_root))  # the LM host reads a generated text there
     assert caught, [r.to_dict() for r in results]
@@ -147,3 +149,77 @@ def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     run = build_run(config, hooks=[watch])
     run.trainer.fit(run.data.train_loader, None, stop_after_steps=5)
     assert guards_ok(run_guards(config, SETTINGS, CPU, run.trainer, watch))  # no guard fires on it
+
+
+def test_a_guard_that_crashes_is_that_guards_error_and_the_others_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(ctx: GuardContext) -> None:
+        raise RuntimeError("planted crash inside the guard\nsecond line")
+
+    monkeypatch.setitem(GUARDS, "determinism", boom)
+    config = load_config(None, tiny_overrides(**{"logging.track_grad_norm": True}))
+    watch = FiniteWatch()
+    run = build_run(config, hooks=[watch])
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=3)
+    results = {r.name: r for r in run_guards(config, SETTINGS, CPU, run.trainer, watch)}
+    assert results["determinism"].status == "error"
+    assert results["determinism"].detail == "RuntimeError: planted crash inside the guard"  # one line
+    assert results["finite"].status == PASS and results["resume"].status == PASS  # the run went on
+    assert not guards_ok(list(results.values()))
+
+
+def _finite_verdict(norms: list[float], skipped: list[bool], losses: list[float]) -> tuple[str, str]:
+    from types import SimpleNamespace
+
+    from bench.guards import guard_finite
+
+    watch = FiniteWatch()
+    watch.norms, watch.skipped = [torch.tensor(n) for n in norms], skipped
+    trainer = SimpleNamespace(loss_history=losses, flush=lambda: None)
+    result = guard_finite(GuardContext(load_config(None, tiny_overrides()), SETTINGS, CPU, trainer, watch))
+    return result.status, result.detail
+
+
+def test_the_finite_guard_counts_skipped_fp16_steps_and_fails_a_nan_gradient_that_was_applied() -> None:
+    inf, nan = float("inf"), float("nan")
+    status, detail = _finite_verdict([inf, nan, 1.0], [True, True, False], [0.7, 0.7, 0.6])
+    assert status == PASS and "2 fp16 steps skipped by GradScaler" in detail  # skipping is how fp16 works
+    status, detail = _finite_verdict([1.0, nan, 1.0], [False, False, False], [0.7, 0.7, 0.6])
+    assert status == FAIL and detail.startswith("0 non-finite losses, 1 non-finite gradient norms")
+    status, detail = _finite_verdict([1.0, 1.0], [False, False], [0.7, nan])
+    assert status == FAIL and "(first non-finite loss at step 2)" in detail
+
+
+def test_fp16_steps_whose_gradients_overflow_are_skipped_not_failed() -> None:
+    # An initial loss scale of 2^40 overflows fp16 gradients: GradScaler skips those steps and halves the
+    # scale. The loss stays finite, so the finite guard passes and says how many were skipped.
+    from bench.guards import guard_finite
+
+    config = load_config(None, tiny_overrides(**{"precision": "fp16", "logging.track_grad_norm": True}))
+    watch = FiniteWatch()
+    run = build_run(config, hooks=[watch])
+    scaler = run.trainer.policy.scaler
+    state = scaler.state_dict()
+    state["scale"] = 2.0**40
+    scaler.load_state_dict(state)
+    run.trainer.fit(run.data.train_loader, None, stop_after_steps=4)
+    skipped = int(run.trainer.counters["skipped_steps"])
+    assert skipped >= 1 and sum(watch.skipped) == skipped
+    result = guard_finite(GuardContext(config, SETTINGS, CPU, run.trainer, watch))
+    assert result.status == PASS, result.detail
+    assert f"{skipped} fp16 steps skipped by GradScaler" in result.detail
+
+
+@pytest.mark.parametrize(("precision", "apart", "status"), [("fp32", 2e-3, FAIL), ("fp32", 5e-4, PASS),
+                                                            ("bf16", 0.1, FAIL), ("bf16", 0.02, PASS)])  # fmt: skip
+def test_the_equivalence_tolerance_by_hand(precision: str, apart: float, status: str) -> None:
+    # The one process moved its weights by 10 (L2); the ranks' weights sit `apart` of that away from it.
+    # bf16's limit is 50x fp32's, yet a fault of twice the limit (0.1: a seventh of rank_dependent's 0.73)
+    # is still caught.
+    from bench.guards import _equivalence
+
+    before = {"w": torch.zeros(4), "steps": torch.tensor(3)}
+    single = {"w": torch.tensor([6.0, 8.0, 0.0, 0.0]), "steps": torch.tensor(3)}  # moved 10
+    ranks = {"w": single["w"] + torch.tensor([0.0, 0.0, 6.0, 8.0]) * apart, "steps": torch.tensor(3)}
+    verdict, detail = _equivalence(ranks, single, before, precision, 2, 2)
+    assert verdict == status, detail
+    assert f"weights {apart:.2g} of the one-process run's change apart" in detail

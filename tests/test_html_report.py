@@ -80,6 +80,7 @@ def test_the_run_page_is_self_contained(tmp_path: Path) -> None:
 
 
 @needs_browser
+@pytest.mark.slow
 def test_the_run_page_in_a_real_browser(tmp_path: Path) -> None:
     recs = records()
     path = run_report(tmp_path, recs, {"torch": "2.15.0", "cpu": "Xeon"})

@@ -30,6 +30,7 @@ def test_channels_last_converts_parameters_and_inputs() -> None:
     assert eager.trainer.to_device(rgb, torch.zeros(2, dtype=torch.long))[0].is_contiguous()
 
 
+@pytest.mark.slow
 def test_compiled_module_is_really_used_and_checkpoints_stay_clean() -> None:
     import torch._dynamo
 
@@ -171,6 +172,7 @@ print(json.dumps({"before": before, "alive": alive, "freed": freed}))
 MB = 2**20
 
 
+@pytest.mark.slow
 def test_malloc_retain_serves_large_buffers_from_the_heap_and_keeps_them() -> None:
     # Each policy in its own process: mallopt is process-wide and cannot be undone. The page faults per
     # step that follow from this are a benchmark (scripts/malloc_faults.py, docs/measurements.md), not a

@@ -65,6 +65,7 @@ def _stream(cmd: list[str], final: Path | str, cwd: Path) -> tuple[str, list[str
     return first, [first.rstrip("\n"), *rest]
 
 
+@pytest.mark.slow
 def test_train_streams_epoch_lines_and_progress_records(tmp_path: Path) -> None:
     _, lines = _stream(
         [
@@ -88,6 +89,7 @@ def test_train_streams_epoch_lines_and_progress_records(tmp_path: Path) -> None:
     assert lines[-1] == "run dir: run"
 
 
+@pytest.mark.slow
 def test_run_streams_a_line_per_cell(tmp_path: Path) -> None:
     first, lines = _stream(
         [
@@ -112,32 +114,7 @@ def test_run_streams_a_line_per_cell(tmp_path: Path) -> None:
     assert sum(ln.startswith("[") for ln in lines) == 2
 
 
-def test_recipe_race_streams_each_epoch(tmp_path: Path) -> None:
-    _, lines = _stream(
-        [
-            "bench.recipe_race",
-            "--baseline",
-            TABULAR,
-            "--candidate",
-            TABULAR,
-            "--target",
-            "0.9",
-            "--out",
-            ".",
-            "--set",
-            "data.n_samples=400",
-            "--set",
-            "train.epochs=2",
-            "--baseline-set",
-            "train.epochs=2",
-            "--run-all-epochs",
-        ],
-        "recipe_race-*.json",
-        tmp_path,
-    )
-    assert sum(": epoch " in ln and "test acc" in ln for ln in lines) == 4  # 2 epochs a side, as they end
-
-
+@pytest.mark.slow
 def test_overhead_streams_rounds_and_reports_a_ratio(tmp_path: Path) -> None:
     # The README's harness-overhead claim, end to end on a tiny setting: both sides measured, a ratio reported.
     _, lines = _stream(
@@ -161,36 +138,5 @@ def test_overhead_streams_rounds_and_reports_a_ratio(tmp_path: Path) -> None:
     (result,) = tmp_path.glob("overhead-*.json")
     row = json.loads(result.read_text())["rows"][0]
     assert row["bare"] > 0 and row["runner"] > 0 and len(row["round_ratios"]) == 2 and row["unit"] == "samples/s"
-    assert row["ratio"] == pytest.approx(sorted(row["round_ratios"])[0] / 2 + sorted(row["round_ratios"])[1] / 2)
+    assert min(row["round_ratios"]) <= row["ratio"] <= max(row["round_ratios"])  # arithmetic: test_harness_overhead
     assert any(ln.startswith("lowest runner/bare ratio: ") for ln in lines)
-
-
-def test_tune_streams_and_checks_accuracy(tmp_path: Path) -> None:
-    # The README's --check-accuracy claim: start and winner trained for the same wall time, accuracy reported.
-    _, lines = _stream(
-        [
-            "bench.tune",
-            "--config",
-            TABULAR,
-            "--axes",
-            "data.batch_size=32,64",
-            "--set",
-            "data.n_samples=512",
-            "--rounds",
-            "1",
-            "--finalists",
-            "1",
-            "--check-accuracy",
-            "--accuracy-seconds",
-            "0.5",
-            "--out",
-            "res",
-        ],
-        "res/*/tune.md",
-        tmp_path,
-    )
-    (run_dir,) = [p for p in (tmp_path / "res").iterdir() if p.is_dir()]
-    acc = json.loads((run_dir / "tune.json").read_text())["accuracy"]
-    for side in ("start", "winner"):
-        assert acc[side]["train_seconds"] >= 0.5 and acc[side]["samples"] > 0 and 0.5 < acc[side]["val_accuracy"] <= 1
-    assert any(ln.startswith("Same wall time (") and "validation accuracy: start 0." in ln for ln in lines)

@@ -34,6 +34,7 @@ def _run_dir(out: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (
         run_cli.cli(["--matrix", SMOKE, "--out", str(tmp_path / "results"), "--profiles", str(tmp_path / "profiles")])
@@ -51,6 +52,7 @@ def test_smoke_matrix_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) 
         "throughput_vs_batch.png",
         "data_wait.png",
         "phase_breakdown.png",
+        "report.html",
     ):
         assert (d / name).is_file(), name
     records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
@@ -162,6 +164,7 @@ def _matrix(tmp_path: Path, models: list[str]) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     m = _matrix(tmp_path, ["bench.planted:raises", "SimpleMLP", "bench.planted:emits_nan"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 0
@@ -221,6 +224,7 @@ def _history_rows(path: Path) -> dict[str, list[tuple]]:
         db.close()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_rerunning_finished_cells(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -284,9 +288,16 @@ def _live_cell_children(parent: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
-def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> None:
-    # A CI timeout or `kill` sends SIGTERM to the runner only: its cell process must not live on,
-    # still burning the CPU that the next job measures on.
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGTERM, 143, "bench.run: terminated (SIGTERM)"), (signal.SIGINT, 130, "bench.run: interrupted")],
+)
+@pytest.mark.slow
+def test_a_signal_stops_the_cell_in_progress_with_the_shells_exit_code(
+    tmp_path: Path, sig: signal.Signals, code: int, said: str
+) -> None:
+    # A CI timeout or `kill` sends SIGTERM (Ctrl-C: SIGINT) to the runner only: its cell process must not
+    # live on, still burning the CPU that the next job measures on.
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = _runner_cmd(tmp_path, "device=cpu")
@@ -294,14 +305,14 @@ def test_sigterm_stops_the_cell_in_progress_and_exits_143(tmp_path: Path) -> Non
     try:
         # The signal's moment is an event: a cell has been measured and recorded, and the next one is running.
         children, recorded = _measured_then_running(out, proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "bench.run: terminated (SIGTERM)"
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1] == said
     still_running = [pid for pid in children if (_proc_stat(pid) or ["Z"])[0] != "Z"]
     assert not still_running
     after = (_run_dir(out) / "cells.jsonl").read_text()
@@ -363,6 +374,7 @@ def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: 
     assert lines[-2].startswith("history: ") and lines[-1].startswith("results: ")
 
 
+@pytest.mark.slow
 def test_cells_dispatched_as_submitit_jobs_give_the_same_records(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # submitit's local executor here; on a cluster the same code submits Slurm jobs (README)
     argv = ["--matrix", SMOKE, "--filter", "device=cpu", "--filter", "data.pin_memory=false",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ def _overfit_setup(precision: str) -> tuple[Trainer, torch.Tensor, torch.Tensor]
 
 
 @pytest.mark.parametrize(("precision", "steps"), [("fp32", 300), ("bf16", 300), ("bf16-true", 300), ("fp16", 150)])
+@pytest.mark.slow
 def test_overfit_tiny_batch(precision: str, steps: int) -> None:
     trainer, x, y = _overfit_setup(precision)
     losses = trainer.train_on_batch(x, y, num_steps=steps)
@@ -157,17 +159,31 @@ def test_fp16_overflow_steps_are_skipped_and_counted() -> None:
     assert not trainer.train_step(x, y).skipped
 
 
-@pytest.mark.parametrize("scheduler", ["none", "step", "cosine", "onecycle"])
-def test_schedulers_advance_per_step(scheduler: str) -> None:
+def _onecycle(t: int, total: int = 12, peak: float = 0.01, pct: float = 0.3) -> float:
+    """OneCycleLR's rate after t steps, by its published formula: cosine from peak/25 up to the peak by step
+    pct * total - 1, then cosine down to peak / 25 / 1e4 at the last step."""
+    start, low, up = peak / 25, peak / 25 / 1e4, pct * total - 1
+    a, b, frac = (start, peak, t / up) if t <= up else (peak, low, (t - up) / (total - 1 - up))
+    return b + (a - b) / 2 * (math.cos(math.pi * frac) + 1)
+
+
+# tiny_overrides: 192 training samples at batch 32 = 6 steps an epoch, 2 epochs = 12 steps, lr 0.01.
+SCHEDULES = {
+    "none": [0.01, 0.01],
+    "step": [0.01, 0.001],  # x0.1 every epoch (6 steps)
+    "cosine": [0.01 * (1 + math.cos(math.pi * 3 / 12)) / 2, 0.005],  # T_max = 12 steps
+    "onecycle": [_onecycle(3), _onecycle(6)],  # 0.0099442, 0.0064738
+}
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULES))
+def test_schedulers_advance_per_step_to_their_formulas(scheduler: str) -> None:
     run = build_run(load_config(None, tiny_overrides(**{"optim.scheduler": scheduler, "train.epochs": 2})))
     lrs = []
-    for _ in range(2):
+    for _ in range(2):  # after step 3, then after step 6
         run.trainer.fit(run.data.train_loader, None, stop_after_steps=3)
         lrs.append(run.trainer.optimizer.param_groups[0]["lr"])
-    if scheduler == "none":
-        assert lrs[0] == lrs[1] == 0.01
-    else:
-        assert lrs[0] != lrs[1]
+    assert lrs == pytest.approx(SCHEDULES[scheduler], rel=1e-6)
 
 
 def test_evaluate_restores_train_mode_and_counts_samples() -> None:

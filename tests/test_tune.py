@@ -7,6 +7,7 @@ import pytest
 import yaml
 from conftest import REPO, tiny_overrides
 
+from bench import history_db
 from bench import train as train_cli
 from bench import tune as tune_cli
 from bench.tune_report import format_report
@@ -50,6 +51,7 @@ def test_default_space_leaves_out_levers_the_device_or_config_cannot_take(monkey
     assert "optim.fused" not in default_space(load_config(classic, {"optim.foreach": True}), max_batch=64)
 
 
+@pytest.mark.slow
 def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = tune_cli.cli(
         [
@@ -65,6 +67,9 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
             "300",
             "--rounds",
             "1",
+            "--check-accuracy",
+            "--accuracy-seconds",
+            "0.5",
             "--out",
             str(tmp_path),
         ]
@@ -73,6 +78,15 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().out.strip().splitlines()
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert out[-1] == f"results: {run_dir}"
+    # the README's promises: report.html, the run in the history, and --check-accuracy's same-time training
+    assert (run_dir / "report.html").is_file() and f"report: {run_dir / 'report.html'}" in out
+    db = history_db.connect(tmp_path / "history.sqlite", create=False)
+    assert [(r["run_id"], r["kind"]) for r in history_db.runs(db)] == [(run_dir.name, "tune")]
+    db.close()
+    acc = json.loads((run_dir / "tune.json").read_text())["accuracy"]
+    for side in ("start", "winner"):
+        assert acc[side]["train_seconds"] >= 0.5 and acc[side]["samples"] > 0 and 0.5 < acc[side]["val_accuracy"] <= 1
+    assert any(ln.startswith("Same wall time (") and "validation accuracy: start 0." in ln for ln in out)
     result = json.loads((run_dir / "tune.json").read_text())
     assert result["start"] == {"precision": "fp32", "data.batch_size": 64}
     assert len(result["trials"]) >= 3 and all(t["status"] == "ok" for t in result["trials"])
@@ -80,8 +94,10 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     assert all("guards" in r and "step_s" in r for r in records)  # every trial is a full cell
     numbers = [r["cell_id"].split("-")[0] for r in records]
     assert numbers == [f"t{i + 1:02d}" for i in range(len(records))]  # search, finals, contributions: one sequence
-    if result["winner"] != result["start"]:
-        assert result["final"]["ci_low"] <= result["final"]["speedup"] <= result["final"]["ci_high"]
+    final = result["final"]
+    assert final is not None  # three or more configurations passed: the finalists met the start side by side
+    assert final["ci_low"] <= final["speedup"] <= final["ci_high"]
+    assert result["winner"] == (final["winner"] if final["ci_high"] >= 1.0 else result["start"])
     assert "Winning config" in (run_dir / "tune.md").read_text()
     assert (
         train_cli.cli(
@@ -99,6 +115,7 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     assert json.loads((tmp_path / "train" / "metrics.json").read_text())["test_accuracy"] > 0.9
 
 
+@pytest.mark.slow
 def test_a_budget_spent_on_the_start_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = tune_cli.cli(
         [
@@ -120,6 +137,7 @@ def test_a_budget_spent_on_the_start_says_so(tmp_path: Path, capsys: pytest.Capt
     assert "the start is fastest" not in report  # it was never compared with anything
 
 
+@pytest.mark.slow
 def test_tune_on_a_language_model_searches_tokens_per_s_and_reports_mfu(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -152,11 +170,23 @@ def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytes
     assert list(tmp_path.iterdir()) == []
 
 
-def test_train_for_seconds_stops_on_time() -> None:
+def test_train_for_seconds_stops_on_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer_core.trainer import Trainer
+
+    started_at: list[float] = []  # the train seconds already spent when each stretch of steps began
+    fit = Trainer.fit
+
+    def counted(self: Trainer, *args: object, **kwargs: object) -> object:
+        started_at.append(self.counters["train_seconds"])
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", counted)
     res = train_for_seconds(load_config(None, tiny_overrides()), seconds=0.3)
     assert res["train_seconds"] >= 0.3 and res["steps"] > 0 and 0 <= res["val_accuracy"] <= 1
+    assert started_at and all(t < 0.3 for t in started_at)  # no stretch began once the time was spent
 
 
+@pytest.mark.slow
 def test_resume_reuses_measured_configurations(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = [
         "--config",

@@ -141,6 +141,7 @@ WORKLOADS_UNDER_TEST = ["lm", "torchvision", "image folder", "user dataset and l
 
 
 @pytest.mark.parametrize("workload", WORKLOADS_UNDER_TEST)
+@pytest.mark.slow
 def test_every_workload_resumes_bit_exact_mid_epoch(workload: str, text: Path, tmp_path: Path) -> None:
     over = workload_overrides(workload, text, tmp_path)
     straight = build_run(load_config(None, over), checkpoint_dir=tmp_path / "a")
@@ -158,6 +159,7 @@ def test_every_workload_resumes_bit_exact_mid_epoch(workload: str, text: Path, t
 
 
 @pytest.mark.parametrize("workload", WORKLOADS_UNDER_TEST)
+@pytest.mark.slow
 def test_every_workload_trains_is_measured_and_passes_all_four_guards(
     workload: str, text: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

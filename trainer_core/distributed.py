@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -233,6 +234,16 @@ def init(config: RunConfig, device: torch.device) -> DistInfo:
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a rank whose work is done (outputs written and flushed, process group destroyed) at once,
+    without the interpreter's shutdown: there a C++ destructor of torch.distributed's sometimes met a
+    thread it could not join and aborted the rank (``terminate called without an active exception``,
+    SIGABRT) after a run that had succeeded (docs/measurements.md, Stress)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier() -> None:
