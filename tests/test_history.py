@@ -191,6 +191,11 @@ def test_reingesting_a_changed_folder_changes_nothing_and_says_so(
     out = capsys.readouterr().out
     assert "run-a: already recorded, left as it is; the folder changed since it was recorded" in out
     assert "2 cells recorded, 3 in the folder now" in out
+    lines = (run / "cells.jsonl").read_text().splitlines()
+    edited = json.loads(lines[0]) | {"samples_per_s": 1.0}  # the same cells, one of them rewritten in place
+    (run / "cells.jsonl").write_text("\n".join([json.dumps(edited), lines[1]]) + "\n")
+    assert history_cli.cli(["--history", str(db_path), "ingest", str(run)]) == 0
+    assert "the folder changed since it was recorded (cells fast differ)" in capsys.readouterr().out
     db = history_db.connect(db_path)
     assert db.execute("SELECT * FROM cells ORDER BY seq").fetchall() == before
     db.close()

@@ -158,16 +158,25 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
 build_run(load_config(None, tiny_overrides(**{"train.malloc": sys.argv[1]})))
 def info():
     m = libc.mallinfo2()
     return {"mmapped": m.hblkhd, "heap": m.arena}
-before = info()
-x = torch.ones(16 * 2**20)  # 64 MB of float32
-alive = info()
+out = {"tensor_before": info()}
+x = torch.ones(16 * 2**20)  # 64 MB of float32, through torch's CPU allocator
+out["tensor_alive"] = info()
 del x
-freed = info()
-print(json.dumps({"before": before, "alive": alive, "freed": freed}))
+out["tensor_freed"] = info()
+# 128 MB straight from malloc (more than the heap holds free now), freed at once: under retain it extends
+# the heap at its top, where glibc would trim it when freed
+out["top_before"] = info()
+block = libc.malloc(128 * 2**20)
+out["top_alive"] = info()
+libc.free(block)
+out["top_freed"] = info()
+print(json.dumps(out))
 """
 MB = 2**20
 
@@ -193,11 +202,15 @@ def test_malloc_retain_serves_large_buffers_from_the_heap_and_keeps_them() -> No
         return json.loads(out.stdout.splitlines()[-1])
 
     default, retain = counters("default"), counters("retain")
-    # default: the tensor is an mmapped block, returned to the kernel when freed (next step: fresh pages)
-    assert default["alive"]["mmapped"] - default["before"]["mmapped"] >= 64 * MB
-    assert default["freed"]["mmapped"] == default["before"]["mmapped"]
-    # retain: no mmapped block; the heap grows by the tensor and is not trimmed after the free (the next
-    # step reuses those pages)
-    assert retain["alive"]["mmapped"] == retain["before"]["mmapped"]
-    assert retain["alive"]["heap"] - retain["before"]["heap"] >= 64 * MB
-    assert retain["freed"]["heap"] == retain["alive"]["heap"]
+    # default: a torch tensor of 64 MB is an mmapped block, returned to the kernel when freed (next step:
+    # fresh pages), and so is a 128 MB malloc
+    assert default["tensor_alive"]["mmapped"] - default["tensor_before"]["mmapped"] >= 64 * MB
+    assert default["tensor_freed"]["mmapped"] == default["tensor_before"]["mmapped"]
+    assert default["top_alive"]["mmapped"] - default["top_before"]["mmapped"] >= 128 * MB
+    # retain (M_MMAP_MAX=0): no mmapped block; the heap grows by the tensor and keeps it after the free
+    assert retain["tensor_alive"]["mmapped"] == retain["tensor_before"]["mmapped"]
+    assert retain["tensor_alive"]["heap"] - retain["tensor_before"]["heap"] >= 64 * MB
+    assert retain["tensor_freed"]["heap"] == retain["tensor_alive"]["heap"]
+    # retain (M_TRIM_THRESHOLD): a block freed at the heap's top is kept too, where glibc would trim it
+    assert retain["top_alive"]["heap"] - retain["top_before"]["heap"] >= 64 * MB  # at least what was not free
+    assert retain["top_freed"]["heap"] == retain["top_alive"]["heap"]
