@@ -26,7 +26,7 @@ PLANTED = [
     "--set-b",
     "model.name=bench.planted:extra_time",
     "--set-b",
-    "model.kwargs={base: SimpleMLP, extra_ms: 5, input_dim: 2, hidden_dims: [32, 32], output_dim: 2, dropout: 0.1}",
+    "model.kwargs={base: SimpleMLP, extra_share: 2, input_dim: 2, hidden_dims: [32, 32], output_dim: 2, dropout: 0.1}",
 ]
 
 

