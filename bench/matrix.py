@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bench.contract import GuardsConfig, MeasureConfig, ProfileConfig
-from trainer_core.config import RunConfig, apply_overrides, format_validation_error, read_yaml, validate_config
+from bench.cells.contract import GuardsConfig, MeasureConfig, ProfileConfig
+from bench.guards.checks import GUARDS, resolved
+from trainer_core.config import RunConfig, apply_overrides, format_validation_error, read_yaml
 from trainer_core.distributed import fsdp_skip_reason
 from trainer_core.errors import ConfigError, PrecisionError
 from trainer_core.host_memory import malloc_unsupported_reason
+from trainer_core.loading import validate_config
 from trainer_core.precision import check_support
 
 
@@ -181,9 +183,10 @@ def load_matrix(path: str | Path, device_override: str | None = None) -> MatrixS
     p = Path(path)
     raw = read_yaml(p)
     try:
-        spec = MatrixSpec.model_validate(raw)
+        spec = MatrixSpec.model_validate(raw, context={"guards": tuple(GUARDS)})
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(p), set())) from None
+    spec.guards = resolved(spec.guards)
     if device_override is not None:
         spec.base = apply_overrides(spec.base, {"device": device_override})
         spec.axes.pop("device", None)

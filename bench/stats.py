@@ -99,53 +99,23 @@ def round_ratios(a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequenc
     return [float(np.median(a) / np.median(b)) for a, b in zip(a_rounds, b_rounds)]
 
 
-def bootstrap_ratio(
-    a_steps: Sequence[float], b_steps: Sequence[float], n: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Throughput ratio B/A = median step A / median step B, with a 95% percentile-bootstrap interval."""
-    a, b = np.asarray(a_steps, dtype=float), np.asarray(b_steps, dtype=float)
-    rng = np.random.default_rng(seed)
-    ma = np.median(a[rng.integers(0, len(a), size=(n, len(a)))], axis=1)
-    mb = np.median(b[rng.integers(0, len(b), size=(n, len(b)))], axis=1)
-    ratios = ma / mb
-    return float(np.median(a) / np.median(b)), float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
-
-
-def bootstrap_ratio_rounds(
-    a_rounds: Sequence[Sequence[float]], b_rounds: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Like :func:`bootstrap_ratio` for A and B measured in paired rounds (round i of A next to round i
-    of B): a two-level bootstrap that resamples whole rounds (jointly for A and B), then steps within
-    each. The interval then includes the machine's drift from one round to the next, which resampling
-    pooled steps cannot see (on a shared machine, that drift is most of the uncertainty).
-    """
-    if len(a_rounds) != len(b_rounds) or not a_rounds:
-        raise ValueError("need the same, non-zero number of rounds for A and B")
-    return _two_level_bootstrap(a_rounds, b_rounds, n, seed, paired=True)
-
-
 def bootstrap_ratio_readings(
     a_readings: Sequence[Sequence[float]], b_readings: Sequence[Sequence[float]], n: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """:func:`bootstrap_ratio_rounds` for readings that are not paired (two runs, each with one or more
-    readings of a configuration): A's and B's readings are resampled independently."""
+    """Throughput ratio B/A = median step A / median step B of readings that are *not* paired (two runs,
+    each with one or more readings of a configuration: ``bench.compare``), with a 95% two-level bootstrap
+    interval: A's and B's readings resampled independently, then steps within each. The interval then
+    includes how much readings of one configuration disagree, which resampling pooled steps cannot see.
+    (Paired rounds have their own estimator: :func:`bootstrap_paired_ratios`.)"""
     if not a_readings or not b_readings:
         raise ValueError("need at least one reading of A and of B")
-    return _two_level_bootstrap(a_readings, b_readings, n, seed, paired=False)
-
-
-def _two_level_bootstrap(
-    a_groups: Sequence[Sequence[float]], b_groups: Sequence[Sequence[float]], n: int, seed: int, paired: bool
-) -> tuple[float, float, float]:
-    a = [np.asarray(r, dtype=float) for r in a_groups]
-    b = [np.asarray(r, dtype=float) for r in b_groups]
+    a = [np.asarray(r, dtype=float) for r in a_readings]
+    b = [np.asarray(r, dtype=float) for r in b_readings]
     rng = np.random.default_rng(seed)
     ratios = np.empty(n)
     for i in range(n):
-        pick_a = rng.integers(0, len(a), size=len(a))
-        pick_b = pick_a if paired else rng.integers(0, len(b), size=len(b))
-        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in pick_a])
-        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in pick_b])
+        ra = np.concatenate([a[k][rng.integers(0, len(a[k]), size=len(a[k]))] for k in rng.integers(0, len(a), len(a))])
+        rb = np.concatenate([b[k][rng.integers(0, len(b[k]), size=len(b[k]))] for k in rng.integers(0, len(b), len(b))])
         ratios[i] = np.median(ra) / np.median(rb)
     point = float(np.median(np.concatenate(a)) / np.median(np.concatenate(b)))
     return point, float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STEP = r"""
 import resource, statistics, sys
-from trainer_core.config import load_config
+from trainer_core.loading import load_config
 from trainer_core.factory import build_run
 run = build_run(load_config(None, {
     "device": "cpu", "train.malloc": sys.argv[1], "model.name": "SimpleMLP",

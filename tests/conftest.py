@@ -82,7 +82,7 @@ def repo_clone(tmp_path: Path) -> Path:
     """A throwaway clone of this repository: worktrees and commits go to it, not to the checkout under test."""
     import subprocess
 
-    from bench.revisions import resolve
+    from bench.launch.revisions import resolve
 
     if resolve(REPO, "HEAD") is None:
         pytest.skip("this checkout is not a git repository (or git is missing)")
@@ -93,7 +93,7 @@ def repo_clone(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_config():
-    from trainer_core.config import load_config
+    from trainer_core.loading import load_config
 
     def make(**extra: Any):
         return load_config(None, tiny_overrides(**extra))

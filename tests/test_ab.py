@@ -12,19 +12,20 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from bench import ab as ab_cli
-from bench import history_db
-from bench.ab_setup import reading_method, readings_line
-from bench.abtest import FORKED, FRESH, Side
-from bench.launcher import read_records
-from bench.revisions import resolve
+from bench.ab import __main__ as ab_cli
+from bench.ab.setup import AbWhat, executor_for
+from bench.ab.subjects import FORKED, FRESH, Side
+from bench.cells.store import read_records
+from bench.history import db as history_db
+from bench.launch.revisions import resolve
+from trainer_core.errors import ConfigError
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
 QUICK = ["--min-rounds", "2", "--max-rounds", "2", "--reading-s", "0.2"]
 PLANTED = [
     "--set-b",
-    "model.name=bench.planted:extra_time",
+    "model.name=bench.guards.planted:extra_time",
     "--set-b",
     "model.kwargs={base: SimpleMLP, extra_share: 2, input_dim: 2, hidden_dims: [32, 32], output_dim: 2, dropout: 0.1}",
 ]
@@ -147,9 +148,26 @@ def test_bad_input_is_refused_before_anything_is_written(
 
 
 def test_readings_are_forked_only_when_both_sides_code_has_the_server(tmp_path: Path) -> None:
-    here, old = Side("A", "worktree", REPO), Side("B", "v0", tmp_path)  # tmp_path: code without bench/cell_serving.py
-    assert reading_method(FORKED, (here, here)) == FORKED
-    assert reading_method(FORKED, (here, old)) == FRESH  # both sides read alike, or the method is the difference
-    assert reading_method(FRESH, (here, here)) == FRESH
-    assert "need Linux and bench.cell_server" in readings_line(FRESH, FORKED)
-    assert readings_line(FRESH, FRESH) == "each a new interpreter"
+    here, old = Side("A", "worktree", REPO), Side("B", "v0", tmp_path)  # tmp_path: code without the server
+    assert executor_for(AbWhat(readings=FORKED), (here, here))[0] == "forked"
+    # both sides read alike, or the way they start is the difference
+    name, line = executor_for(AbWhat(readings=FORKED), (here, old))
+    assert name == "local" and "need Linux and bench.cell_server" in line
+    assert executor_for(AbWhat(readings=FRESH), (here, here)) == ("local", "each a new interpreter")
+    # --executor wins over --readings; forked asked for where a side cannot fork is refused, not swapped
+    assert executor_for(AbWhat(readings=FORKED, executor="local"), (here, here))[0] == "local"
+    with pytest.raises(ConfigError, match="--executor forked: a side's code has no bench.cell_server"):
+        executor_for(AbWhat(executor="forked"), (here, old))
+
+
+def test_the_server_is_found_in_both_layouts(tmp_path: Path) -> None:
+    from bench.launch.server import CellServer
+
+    old, new, neither = tmp_path / "old", tmp_path / "new", tmp_path / "neither"
+    (old / "bench").mkdir(parents=True)
+    (old / "bench" / "cell_serving.py").write_text("")  # before bench/ became packages (1544271 and earlier)
+    (new / "bench" / "measure").mkdir(parents=True)
+    (new / "bench" / "measure" / "serving.py").write_text("")
+    (neither / "bench").mkdir(parents=True)
+    assert CellServer.available(old) and CellServer.available(new) and CellServer.available(REPO)
+    assert not CellServer.available(neither)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from bench import history as history_cli
-from bench import history_db
-from bench.ab_bisect import bisect_slowdown, commits_between
-from bench.revisions import resolve
+from bench.history import __main__ as history_cli
+from bench.history import db as history_db
+from bench.history.bisect import bisect_slowdown, commits_between
+from bench.launch.revisions import resolve
 from trainer_core.errors import ConfigError
 
 SLOW_MLP = """
@@ -20,9 +20,9 @@ SLOW_MLP = """
 _fast_forward = SimpleMLP.forward
 
 
-def _slow_forward(self, x):  # planted by the bisect test: twenty more forwards' worth of work per step
+def _slow_forward(self, x):  # planted by the bisect test: a hundred more forwards' worth of work per step
     with torch.no_grad():
-        for _ in range(20):
+        for _ in range(100):
             _fast_forward(self, x)
     return _fast_forward(self, x)
 

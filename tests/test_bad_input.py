@@ -38,7 +38,7 @@ def test_bad_input_is_exit_2_one_line_and_writes_nothing(
     out = tmp_path / "out"
     out.mkdir()
     monkeypatch.chdir(tmp_path)  # a command that writes by default writes here: it must not
-    module = importlib.import_module(f"bench.{case.split('-')[0]}")
+    module = importlib.import_module(f"bench.{case.split('-')[0]}.__main__")
     rc = module.cli([a.replace("OUT", str(out)) for a in argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
@@ -50,4 +50,4 @@ def test_every_command_is_in_the_table() -> None:
     from test_architecture import CLI_MODULES
 
     internal = {"bench.cell", "bench.cell_server", "bench.prepare_text"}  # run by the harness, or fetches the corpus
-    assert {f"bench.{c.split('-')[0]}" for c in CASES} == CLI_MODULES - internal
+    assert {f"bench.{c.split('-')[0]}.__main__" for c in CASES} == CLI_MODULES - {f"{m}.__main__" for m in internal}

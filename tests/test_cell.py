@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.cell_run import run_cell
-from bench.contract import CellSpec, GuardsConfig, MeasureConfig, ProfileConfig
-from bench.measure import StepTimer
-from bench.report import summary_markdown
+from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig, ProfileConfig
+from bench.measure.entry import run_cell
+from bench.measure.timing import StepTimer
+from bench.report.tables import summary_markdown
 from trainer_core.config import apply_overrides
 from trainer_core.text import write_sample_text
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.cell_ranks import merge
-from bench.cell_run import run_cell
-from bench.contract import CellRecord, CellSpec, GuardResult, GuardsConfig, MeasureConfig, ProfileConfig
-from bench.trace_analysis import breakdown
+from bench.cells.contract import CellRecord, CellSpec, GuardResult, GuardsConfig, MeasureConfig, ProfileConfig
+from bench.measure.entry import run_cell
+from bench.measure.ranks import merge
+from bench.trace.analysis import breakdown
 from trainer_core.config import apply_overrides
 
 MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
@@ -67,7 +67,7 @@ def test_a_two_rank_cell_is_measured_merged_and_guarded(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_equivalence_guard_catches_a_rank_dependent_model(tmp_path: Path) -> None:
-    record = run_cell(_spec(tmp_path, "bench.planted:rank_dependent"))
+    record = run_cell(_spec(tmp_path, "bench.guards.planted:rank_dependent"))
     assert record.status == "ok"
     assert record.guards["ddp_equivalence"].status == "fail", record.guards["ddp_equivalence"].detail
     assert record.guards["determinism"].status == "pass" and not record.guards_ok
@@ -143,7 +143,7 @@ def test_an_fp16_cell_whose_first_steps_overflow_on_one_side_is_compared_at_a_lo
 
 def test_fsdp_is_skipped_with_the_reason_where_it_cannot_shard() -> None:
     from bench.matrix import lever_skip_reason
-    from trainer_core.config import load_config
+    from trainer_core.loading import load_config
 
     config = load_config(None, tiny_overrides(**{"train.strategy": "fsdp", "train.world_size": 2}))
     assert lever_skip_reason(config, torch.device("cpu")) is None  # FSDP2 shards over gloo on CPU

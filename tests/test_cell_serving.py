@@ -1,4 +1,4 @@
-"""bench.cell_server and its client (bench.launcher.CellServer): each cell a process forked from the
+"""bench.cell_server and its client (bench.launch.process.CellServer): each cell a process forked from the
 preloaded server, nothing carried from one cell to the next, and a cell that overruns, dies or finds
 the server gone reads as a failed cell while the others go on."""
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from bench.contract import FAILED, CellSpec, GuardsConfig, MeasureConfig
-from bench.launcher import CellServer, launch_cell
-from bench.revisions import REPO_ROOT
+from bench.cells.contract import FAILED, CellSpec, GuardsConfig, MeasureConfig
+from bench.launch.process import launch_cell
+from bench.launch.revisions import REPO_ROOT
+from bench.launch.server import CellServer
 from trainer_core.config import apply_overrides
 
 TESTS = Path(__file__).resolve().parent

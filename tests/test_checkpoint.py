@@ -9,9 +9,9 @@ import torch
 from conftest import tiny_overrides
 
 from trainer_core import checkpoint as ck
-from trainer_core.config import load_config
 from trainer_core.errors import CheckpointError
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 
 
 def _run(tmp_path: Path | None = None, **extra: Any):
@@ -191,7 +191,7 @@ def chunked_save(obj, f, *args, **kwargs):
         time.sleep(0.02)
 torch.save = chunked_save
 from conftest import tiny_overrides
-from trainer_core.config import load_config
+from trainer_core.loading import load_config
 from trainer_core.factory import build_run
 from trainer_core import checkpoint as ck
 run = build_run(load_config(None, tiny_overrides(**{"train.epochs": 100000,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from bench import evaluate as evaluate_cli
-from bench import train as train_cli
+from bench.evaluate import __main__ as evaluate_cli
+from bench.train import __main__ as train_cli
 from trainer_core import checkpoint as ck
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
@@ -186,7 +186,7 @@ def test_resume_across_processes_mid_epoch_with_workers_is_bit_identical(tmp_pat
 def test_train_profile_leaves_a_trace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from bench.trace_analysis import breakdown, load_trace
+    from bench.trace.analysis import breakdown, load_trace
 
     monkeypatch.chdir(tmp_path)  # traces go to ./profiles/<run-dir-name>/train/
     assert train_cli.cli(["--config", TABULAR, "--out", str(tmp_path / "run"), "--profile", *FAST]) == 0

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import compare as compare_cli
-from bench.comparison import SAME, SLOWER, compare, load_results
-from bench.stats import bootstrap_ratio
+from bench.compare import __main__ as compare_cli
+from bench.compare.comparison import SAME, SLOWER, compare, load_results
+from bench.stats import bootstrap_ratio_readings
 
 CELLS = [{"precision": p, "data.batch_size": bs} for p in ("fp32", "bf16") for bs in (64, 256)]
 PASS = {g: {"name": g, "status": "pass", "detail": ""} for g in ("overfit", "finite", "determinism", "resume")}
@@ -151,14 +151,14 @@ def test_repeated_readings_are_pooled_and_their_drift_widens_the_interval(tmp_pa
     def all_steps(d: Path) -> list[float]:
         return [x for line in (d / "cells.jsonl").read_text().splitlines() for x in json.loads(line)["step_s"]]
 
-    _, lo, hi = bootstrap_ratio(all_steps(a), all_steps(b))
+    _, lo, hi = bootstrap_ratio_readings([all_steps(a)], [all_steps(b)])
     assert row["ci_high"] - row["ci_low"] > 2 * (hi - lo)
     assert row["verdict"] == SAME  # same true speed, drift only
 
 
 def test_cells_measured_on_different_hardware_are_flagged(tmp_path: Path) -> None:
-    from bench.comparison import Readings, hardware_warnings
-    from bench.contract import CellRecord
+    from bench.cells.contract import CellRecord
+    from bench.compare.comparison import Readings, hardware_warnings
 
     def rec(cpu: str) -> Readings:
         machine = {"hostname": "node1", "cpu": cpu, "gpus": [], "driver": None}

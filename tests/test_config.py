@@ -6,8 +6,9 @@ import pytest
 from conftest import ALL_CONFIGS, MATRIX_CONFIGS, RUN_CONFIGS
 from pydantic import ValidationError
 
-from trainer_core.config import RunConfig, load_config, parse_override
+from trainer_core.config import RunConfig, parse_override
 from trainer_core.errors import ConfigError
+from trainer_core.loading import load_config
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[p.name for p in ALL_CONFIGS])

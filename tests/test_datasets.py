@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from trainer_core.config import DataConfig, load_config
+from trainer_core.config import DataConfig
 from trainer_core.data import ArraySplits, DataBundle, bundle_from_arrays
 from trainer_core.datasets import DATASETS, build_data, dataset_info, preflight_data, register_dataset
 from trainer_core.errors import ConfigError, DataError
 from trainer_core.idx import load_idx_split, locate_idx_dir
+from trainer_core.loading import load_config
 
 CPU = torch.device("cpu")
 

@@ -19,9 +19,10 @@ import torch
 import yaml
 from conftest import REPO, tiny_overrides
 
-from trainer_core.config import apply_overrides, load_config
+from trainer_core.config import apply_overrides
 from trainer_core.data import ResumableSampler
 from trainer_core.errors import ConfigError
+from trainer_core.loading import load_config
 
 
 def _batches(sampler: ResumableSampler, b: int) -> list[list[int]]:
@@ -135,7 +136,7 @@ def test_fsdp_trains_on_cuda_over_nccl(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_failing_rank_fails_the_run_with_its_error_and_no_rank_hangs(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "bad", **{"model.name": "bench.planted:raises", "model.kwargs": {}})
+    cfg = _config(tmp_path, "bad", **{"model.name": "bench.guards.planted:raises", "model.kwargs": {}})
     t0 = time.monotonic()
     proc = _train("--config", str(cfg), "--set", "train.strategy=ddp", "--set", "train.world_size=2",
                   "--out", str(tmp_path / "bad"), check=False)  # fmt: skip

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import RUN_CONFIGS, make_fake_mnist
 
-from trainer_core.config import load_config
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 from trainer_core.text import write_sample_text
 
 

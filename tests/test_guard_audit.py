@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from bench import guard_audit
-from bench import guards as guards_module
-from bench.contract import PASS, GuardResult
+from bench.cells.contract import PASS, GuardResult
+from bench.guard_audit import __main__ as guard_audit
+from bench.guards import checks as guards_module
 
 ONE_PROCESS_GUARDS = ["overfit", "finite", "determinism", "resume"]
 

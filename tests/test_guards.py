@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import REPO, make_fake_mnist, tiny_overrides
 
-from bench.guard_cases import GuardCase, planted_cases, run_case, shipped_cases, with_data
-from bench.guards import (
+from bench.guards.cases import GuardCase, planted_cases, run_case, shipped_cases, with_data
+from bench.guards.checks import (
     FAIL,
     GUARD_APPLIES,
     GUARDS,
@@ -20,9 +20,9 @@ from bench.guards import (
     run_guards,
 )
 from bench.matrix import GuardsConfig
-from bench.measure import CELL_OVERRIDES
-from trainer_core.config import load_config
+from bench.measure.timing import CELL_OVERRIDES
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 
 CPU = torch.device("cpu")
 SETTINGS = GuardsConfig(overfit_steps=150, overfit_samples=8, short_run_steps=3)
@@ -38,7 +38,7 @@ def _guards(model: str | None = None, **extra) -> dict[str, str]:
         },
     )
     if model is not None:
-        over.update({"model.name": f"bench.planted:{model}", "model.kwargs": {}})
+        over.update({"model.name": f"bench.guards.planted:{model}", "model.kwargs": {}})
     config = load_config(None, over)
     watch = FiniteWatch()
     run = build_run(config, hooks=[watch])
@@ -94,10 +94,10 @@ def test_overfit_guard_holds_a_schedule_at_its_peak(monkeypatch: pytest.MonkeyPa
         REPO / "configs" / "fashion_mnist.yaml",
         {**CELL_OVERRIDES, "data.name": "synthetic_images", "data.n_samples": 256},
     )
-    import bench.guards
+    import bench.guards.checks
 
     built = []
-    monkeypatch.setattr(bench.guards, "build_run", lambda c, **kw: built.append(build_run(c, **kw)) or built[-1])
+    monkeypatch.setattr(bench.guards.checks, "build_run", lambda c, **kw: built.append(build_run(c, **kw)) or built[-1])
     result = guard_overfit(GuardContext(config, QUICK_GUARDS, CPU))
     (run,) = built
     assert run.trainer.scheduler is None and run.trainer.optimizer.param_groups[0]["lr"] == 0.005  # after 60 steps
@@ -112,7 +112,7 @@ def test_hidden_state_passes_determinism_but_not_resume() -> None:
 
 
 def test_gpu_without_deterministic_algorithms_is_reported_honestly() -> None:
-    from bench.guards import guard_determinism
+    from bench.guards.checks import guard_determinism
 
     config = load_config(None, tiny_overrides(**{"train.deterministic": False}))
     result = guard_determinism(GuardContext(config, SETTINGS, torch.device("cuda")))  # decided before touching the GPU
@@ -123,7 +123,7 @@ def test_gpu_without_deterministic_algorithms_is_reported_honestly() -> None:
 def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     import time
 
-    from bench.planted import extra_time
+    from bench.guards.planted import extra_time
 
     kwargs = {"input_dim": 2, "hidden_dims": [32], "output_dim": 2, "dropout": 0.0}
     torch.manual_seed(0)
@@ -141,7 +141,7 @@ def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     share(x)
     assert share._last_wait >= 0.02  # half the step's own time: a ratio, not a fixed time
     planted = {
-        "model.name": "bench.planted:extra_time",
+        "model.name": "bench.guards.planted:extra_time",
         "model.kwargs": {"base": "SimpleMLP", "extra_ms": 0.5, **kwargs},
     }
     config = load_config(None, tiny_overrides(**planted))
@@ -170,7 +170,7 @@ def test_a_guard_that_crashes_is_that_guards_error_and_the_others_still_run(monk
 def _finite_verdict(norms: list[float], skipped: list[bool], losses: list[float]) -> tuple[str, str]:
     from types import SimpleNamespace
 
-    from bench.guards import guard_finite
+    from bench.guards.checks import guard_finite
 
     watch = FiniteWatch()
     watch.norms, watch.skipped = [torch.tensor(n) for n in norms], skipped
@@ -192,7 +192,7 @@ def test_the_finite_guard_counts_skipped_fp16_steps_and_fails_a_nan_gradient_tha
 def test_fp16_steps_whose_gradients_overflow_are_skipped_not_failed() -> None:
     # An initial loss scale of 2^40 overflows fp16 gradients: GradScaler skips those steps and halves the
     # scale. The loss stays finite, so the finite guard passes and says how many were skipped.
-    from bench.guards import guard_finite
+    from bench.guards.checks import guard_finite
 
     config = load_config(None, tiny_overrides(**{"precision": "fp16", "logging.track_grad_norm": True}))
     watch = FiniteWatch()
@@ -215,7 +215,7 @@ def test_the_equivalence_tolerance_by_hand(precision: str, apart: float, status:
     # The one process moved its weights by 10 (L2); the ranks' weights sit `apart` of that away from it.
     # bf16's limit is 50x fp32's, yet a fault of twice the limit (0.1: a seventh of rank_dependent's 0.73)
     # is still caught.
-    from bench.guards import _equivalence
+    from bench.guards.checks import _equivalence
 
     before = {"w": torch.zeros(4), "steps": torch.tensor(3)}
     single = {"w": torch.tensor([6.0, 8.0, 0.0, 0.0]), "steps": torch.tensor(3)}  # moved 10

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import history as history_cli
-from bench import history_db
-from bench.contract import CellRecord, GuardResult
-from bench.launcher import append_record
+from bench.cells.contract import CellRecord, GuardResult
+from bench.cells.store import append_record
+from bench.history import __main__ as history_cli
+from bench.history import db as history_db
 
 MACHINE = {"hostname": "h", "cpu": "Xeon", "gpus": [], "driver": None}
 

@@ -7,9 +7,9 @@ from conftest import tiny_overrides
 
 from bench.matrix import static_skip_reason
 from trainer_core import host_memory
-from trainer_core.config import load_config
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 
 
 def test_retain_is_supported_on_this_linux_glibc_machine() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import history_db
-from bench.contract import CellRecord, GuardResult
-from bench.html_report import history_report, run_report
-from bench.launcher import append_record
+from bench.cells.contract import CellRecord, GuardResult
+from bench.cells.store import append_record
+from bench.history import db as history_db
+from bench.report.html import history_report, run_report
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_browser = pytest.mark.skipif(

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.contract import CellRecord
+from bench.cells.contract import CellRecord
 from bench.matrix import static_skip_reason
-from bench.report import compile_break_even
-from trainer_core.config import load_config
+from bench.report.tables import compile_break_even
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 
 CNN = {"model.name": "SimpleCNN", "model.kwargs": {}, "data.name": "synthetic_images", "data.n_samples": 128}
 
@@ -147,7 +147,7 @@ import ctypes, json, sys
 sys.path.insert(0, sys.argv[2])
 import torch
 from conftest import tiny_overrides
-from trainer_core.config import load_config
+from trainer_core.loading import load_config
 from trainer_core.factory import build_run
 
 

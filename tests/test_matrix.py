@@ -7,8 +7,8 @@ import yaml
 from conftest import MATRIX_CONFIGS, REPO
 
 from bench.matrix import cell_id_for, expand, load_matrix, parse_filter, select, static_skip_reason
-from trainer_core.config import load_config
 from trainer_core.errors import ConfigError
+from trainer_core.loading import load_config
 
 BASE = {
     "device": "cpu",

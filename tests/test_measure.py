@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.contract import MeasureConfig
-from bench.measure import StepTimer, flops_per_step, matmul_peak_flops, measure, peak_rss_bytes
-from trainer_core.config import load_config
+from bench.cells.contract import MeasureConfig
+from bench.measure.timing import StepTimer, flops_per_step, matmul_peak_flops, measure, peak_rss_bytes
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 from trainer_core.trainer import PHASES
 
 CPU = torch.device("cpu")
@@ -67,7 +67,7 @@ def test_matmul_peak_and_memory_figures_are_real() -> None:
 
 
 def test_a_run_that_ends_early_is_an_error_not_a_short_measurement() -> None:
-    from bench.measure import run_steps
+    from bench.measure.timing import run_steps
 
     run = build_run(load_config(None, tiny_overrides(**{"train.max_steps": 3})))
     with pytest.raises(RuntimeError, match="asked for 5 steps, the run ended after 3"):
@@ -77,7 +77,7 @@ def test_a_run_that_ends_early_is_an_error_not_a_short_measurement() -> None:
 def _disturbed(monkeypatch: pytest.MonkeyPatch, slow_repeats: set[int]) -> dict:
     """measure() with the named timed repeats (counted from 0 after warm-up) 3x slower than the others, as
     a busy neighbour would make them (the step times are set, so the machine's own noise plays no part)."""
-    import bench.measure as m
+    import bench.measure.timing as m
 
     timer = StepTimer(CPU)
     run = build_run(load_config(None, tiny_overrides(**{"data.n_samples": 512, "train.epochs": 1000})), hooks=[timer])
@@ -111,7 +111,7 @@ def test_repeats_that_keep_disagreeing_mark_the_cell_unstable(monkeypatch: pytes
 def test_flops_count_the_attention_of_a_language_model_on_cpu() -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.measure import _missing_flop_formulas
+    from bench.measure.timing import _missing_flop_formulas
     from trainer_core.gpt import GPT
 
     model = GPT(vocab_size=65, n_layer=1, n_head=2, n_embd=32, block_size=16)

@@ -52,7 +52,7 @@ def test_bf16_true_casts_model_and_float_inputs_without_autocast() -> None:
 def test_bf16_true_trainer_keeps_bf16_weights_and_optimizer_state_and_an_fp32_loss() -> None:
     from conftest import tiny_overrides
 
-    from trainer_core.config import load_config
+    from trainer_core.loading import load_config
     from trainer_core.trainer import Trainer
 
     trainer = Trainer(load_config(None, tiny_overrides(precision="bf16-true")), nn.Linear(8, 4), "cpu")

@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.contract import CellRecord
-from bench.profiling import WORKER_NAME, ProfilerHook, maybe_profile, schedule_steps, trace_files
-from bench.runner import write_cell_scalars
-from trainer_core.config import load_config
+from bench.cells.contract import CellRecord
+from bench.measure.profiling import WORKER_NAME, ProfilerHook, maybe_profile, schedule_steps, trace_files
+from bench.run.runner import write_cell_scalars
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 from trainer_core.trainer import PHASES
 
 CELLS = {"cellA-fp32": "fp32", "cellB-bf16": "bf16"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import pytest_bench
+from bench.launch import pytest_bench as pytest_bench
 from trainer_core.errors import ConfigError
 
 DATA = {

@@ -1,6 +1,6 @@
-"""bench.race: time to a target accuracy from the per-epoch points."""
+"""bench.recipe_race.race: time to a target accuracy from the per-epoch points."""
 
-from bench.race import time_to_target
+from bench.recipe_race.race import time_to_target
 
 
 def test_time_to_target_picks_the_first_epoch_reaching_it() -> None:

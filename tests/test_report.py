@@ -1,9 +1,9 @@
 import csv
 from pathlib import Path
 
-from bench.contract import CellRecord
-from bench.guards import GUARDS
-from bench.report import (
+from bench.cells.contract import CellRecord
+from bench.guards.checks import GUARDS
+from bench.report.tables import (
     METRIC_COLUMNS,
     fastest_per_device,
     markdown_table,
@@ -130,7 +130,7 @@ def test_an_unstable_cell_is_said_wherever_it_is_used() -> None:
 
 
 def test_plot_lines_are_labelled_by_the_axes_that_vary() -> None:
-    from bench.report import lines_by_other_axes
+    from bench.report.tables import lines_by_other_axes
 
     recs = [
         CellRecord(cell_id=f"{p}-{b}", status="ok", axes={"precision": p, "data.batch_size": b, "device": "cpu"})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.revisions import check_code_root, resolve, worktree
+from bench.launch.revisions import check_code_root, resolve, worktree
 from trainer_core.errors import ConfigError
 
 

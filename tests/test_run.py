@@ -15,10 +15,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from bench import history_db
-from bench import run as run_cli
-from bench.guards import GUARD_APPLIES, GUARDS
-from bench.report import METRIC_COLUMNS
+from bench.guards.checks import GUARD_APPLIES, GUARDS
+from bench.history import db as history_db
+from bench.report.tables import METRIC_COLUMNS
+from bench.run import __main__ as run_cli
 from trainer_core.phases import PHASES
 
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
@@ -166,20 +166,20 @@ def _matrix(tmp_path: Path, models: list[str]) -> Path:
 
 @pytest.mark.slow
 def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    m = _matrix(tmp_path, ["bench.planted:raises", "SimpleMLP", "bench.planted:emits_nan"])
+    m = _matrix(tmp_path, ["bench.guards.planted:raises", "SimpleMLP", "bench.guards.planted:emits_nan"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 0
     assert "1 of 3 measured cells failed (reasons in summary.md)" in capsys.readouterr().out
     d = _run_dir(tmp_path / "out")
     records = {r["cell_id"]: r for r in map(json.loads, (d / "cells.jsonl").read_text().splitlines())}
-    assert records["bench_planted_raises"]["status"] == "failed"
-    assert "planted failure in forward" in records["bench_planted_raises"]["reason"]
+    assert records["bench_guards_planted_raises"]["status"] == "failed"
+    assert "planted failure in forward" in records["bench_guards_planted_raises"]["reason"]
     # each cell's own output goes to cells/<cell>.log: the failed one holds its traceback
     for cid in records:
         assert (d / "cells" / f"{cid}.log").is_file(), cid
-    log = (d / "cells" / "bench_planted_raises.log").read_text()
+    log = (d / "cells" / "bench_guards_planted_raises.log").read_text()
     assert "Traceback" in log and "RuntimeError: planted failure in forward" in log
     assert records["SimpleMLP"]["status"] == "ok" and records["SimpleMLP"]["guards_ok"]
-    nan = records["bench_planted_emits_nan"]
+    nan = records["bench_guards_planted_emits_nan"]
     assert nan["status"] == "ok" and nan["guards"]["finite"]["status"] == "fail" and not nan["guards_ok"]
 
 
@@ -364,7 +364,7 @@ def test_a_matrix_that_cannot_run_is_refused_before_any_cell(
 
 
 def test_a_run_where_every_measured_cell_failed_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    m = _matrix(tmp_path, ["bench.planted:raises"])
+    m = _matrix(tmp_path, ["bench.guards.planted:raises"])
     assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-4:-2] == [

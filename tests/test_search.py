@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from bench.contract import CellRecord
-from bench.search import Searcher, contributions, coordinate_search, finalists, values_key
+from bench.cells.contract import CellRecord
+from bench.tune.search import Searcher, contributions, coordinate_search, finalists, values_key
 
 SPACE = {
     "precision": ["fp32", "bf16"],
@@ -120,7 +120,7 @@ def test_contributions_one_change_at_a_time() -> None:
 
 
 def test_finalists_are_the_fastest_distinct_usable_trials() -> None:
-    from bench.search import finalists
+    from bench.tune.search import finalists
 
     result = coordinate_search(START, SPACE, Searcher(fake, 1e9))
     top = finalists(result, k=3)
@@ -201,7 +201,7 @@ def test_a_guard_that_fails_on_the_second_reading_disqualifies() -> None:
 
 
 def test_finalists_are_ranked_by_pooled_readings() -> None:
-    from bench.search import SearchResult
+    from bench.tune.search import SearchResult
 
     a, b = {**START, "precision": "bf16"}, CL
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import prepare_text
+from bench.prepare_text import __main__ as prepare_text
 from trainer_core.config import DataConfig
 from trainer_core.datasets import build_data
 from trainer_core.errors import ConfigError, DataError

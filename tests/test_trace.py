@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from test_profiling import capture
 
-from bench import trace as trace_cli
-from bench.trace_analysis import TraceError, breakdown, load_trace
+from bench.trace import __main__ as trace_cli
+from bench.trace.analysis import TraceError, breakdown, load_trace
 
 
 def _ev(name: str, ts: float, dur: float, cat: str = "cpu_op", tid: int = 1, **args) -> dict:

@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_overrides
 from torch import nn
 
-from trainer_core.config import load_config
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 from trainer_core.models import SimpleMLP
 from trainer_core.trainer import PHASES, BaseHook, EarlyStopping, Trainer
 

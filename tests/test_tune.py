@@ -7,12 +7,12 @@ import pytest
 import yaml
 from conftest import REPO, tiny_overrides
 
-from bench import history_db
-from bench import train as train_cli
-from bench import tune as tune_cli
-from bench.tune_report import format_report
-from bench.tuning import default_space, ordered, parse_axes, rounds_that_fit, train_for_seconds
-from trainer_core.config import load_config
+from bench.history import db as history_db
+from bench.train import __main__ as train_cli
+from bench.tune import __main__ as tune_cli
+from bench.tune.report import format_report
+from bench.tune.tuning import default_space, ordered, parse_axes, rounds_that_fit, train_for_seconds
+from trainer_core.loading import load_config
 from trainer_core.text import write_sample_text
 
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")

@@ -13,14 +13,15 @@ import torch
 import yaml
 from conftest import tiny_overrides
 
-from bench import train as train_cli
-from bench.cell_run import run_cell
-from bench.contract import CellSpec, GuardsConfig, MeasureConfig
-from bench.measure import flops_per_step
-from trainer_core.config import apply_overrides, load_config
+from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig
+from bench.measure.entry import run_cell
+from bench.measure.timing import flops_per_step
+from bench.train import __main__ as train_cli
+from trainer_core.config import apply_overrides
 from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
 from trainer_core.images import write_synthetic_jpegs
+from trainer_core.loading import load_config
 from trainer_core.text import write_sample_text
 from trainer_core.workloads import WORKLOADS, CausalLM, Classification, build_workload
 

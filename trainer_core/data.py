@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -334,3 +334,20 @@ def bundle_from_arrays(cfg: DataConfig, seed: int, device: torch.device, splits:
     )  # type: ignore[arg-type]
     names = splits.class_names or [str(i) for i in range(num_classes)]
     return DataBundle(train_loader, val_loader, test_loader, transform, num_classes, input_shape, names, meta)
+
+
+# What a dataset is to the registry (trainer_core.datasets) and to a user's factory (trainer_core.user_data).
+Builder = Callable[[DataConfig, int, torch.device], DataBundle]
+
+
+Kind = Literal["image", "tabular", "text"]
+ARRAY_PIPELINES = ("classic", "tensor")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: Kind
+    build: Builder
+    preflight: Callable[[DataConfig], None] | None = None
+    pipelines: tuple[str, ...] = ARRAY_PIPELINES  # the data.pipeline values it serves

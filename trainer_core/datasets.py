@@ -11,35 +11,18 @@ read the registry.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from trainer_core.config import DataConfig
-from trainer_core.data import ArraySplits, DataBundle, bundle_from_arrays
+from trainer_core.data import ARRAY_PIPELINES, ArraySplits, Builder, DataBundle, DatasetInfo, Kind, bundle_from_arrays
 from trainer_core.errors import ConfigError
 from trainer_core.idx import load_idx_split, locate_idx_dir
 from trainer_core.images import check_folder, image_folder_bundle, write_synthetic_jpegs
 from trainer_core.synthetic import make_blobs, make_synthetic_images
 from trainer_core.text import read_text, text_bundle
-
-Builder = Callable[[DataConfig, int, torch.device], DataBundle]
-
-
-Kind = Literal["image", "tabular", "text"]
-ARRAY_PIPELINES = ("classic", "tensor")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    kind: Kind
-    build: Builder
-    preflight: Callable[[DataConfig], None] | None = None
-    pipelines: tuple[str, ...] = ARRAY_PIPELINES  # the data.pipeline values it serves
-
+from trainer_core.user_data import user_dataset_info
 
 DATASETS: dict[str, DatasetInfo] = {}
 
@@ -65,8 +48,6 @@ def dataset_info(name: str) -> DatasetInfo:
     if name in DATASETS:
         return DATASETS[name]
     if ":" in name:
-        from trainer_core.user_data import user_dataset_info
-
         return user_dataset_info(name)
     raise ConfigError(
         f"data.name: unknown dataset {name!r}; expected one of {', '.join(DATASETS)} or 'package.module:factory'"

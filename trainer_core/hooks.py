@@ -11,12 +11,13 @@ import contextlib
 import sys
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import torch
 
-if TYPE_CHECKING:
-    from trainer_core.trainer import Trainer
+# The trainer_core.trainer.Trainer calling the hook. Named, not imported: the trainer imports this module
+# (a type-only import back would still be an import cycle).
+Trainer = Any
 
 _NULL = contextlib.nullcontext()
 

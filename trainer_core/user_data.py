@@ -14,8 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainer_core.config import DataConfig
-from trainer_core.data import DataBundle, make_loader
-from trainer_core.datasets import DatasetInfo
+from trainer_core.data import DataBundle, DatasetInfo, make_loader
 from trainer_core.errors import DataError
 from trainer_core.imports import import_callable
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from trainer_core import checkpoint as ck
-from trainer_core.config import load_config
 from trainer_core.factory import build_run
+from trainer_core.loading import load_config
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODELS = {

@@ -1,0 +1,47 @@
+"""Formatting of a ``bench.ab`` result (typed result in, text out; no torch)."""
+
+from __future__ import annotations
+
+from bench.ab.result import AbReport
+from bench.paired.result import PairedResult, Verdict
+
+
+def verdict_line(key: str, v: PairedResult, min_effect_pct: float) -> str:
+    change = 100.0 * (v.ratio - 1.0)
+    if v.verdict == Verdict.FASTER:
+        what = f"B is faster than A by {change:.1f}%"
+    elif v.verdict == Verdict.SLOWER:
+        what = f"B is slower than A by {-change:.1f}%"
+    elif v.resolved:
+        what = f"no change: the interval rules out a change of {min_effect_pct:g}% or more"
+    else:
+        reach = 100.0 * max(1.0 - v.ci_low, v.ci_high - 1.0)
+        what = (f"no change of {min_effect_pct:g}% or more detected, but the interval cannot rule out one of up "
+                f"to {reach:.1f}% (more --budget-s narrows it)")  # fmt: skip
+    label = "" if key == "cell" else f"{key}: "
+    return f"{label}{what} (B/A {v.ratio:.3f}, 95% CI {v.ci_low:.3f}-{v.ci_high:.3f})"
+
+
+def ab_markdown(report: AbReport) -> str:
+    """The run's summary: sides, verdicts, and per round each side's throughput and the paired ratio."""
+    m = report.min_effect_pct
+    lines = [
+        f"# A/B: {report.sides['A'].given} vs {report.sides['B'].given}",
+        "",
+        *[f"- {s.describe}" for s in report.sides.values()],
+        f"- {report.run.rounds} interleaved rounds ({report.order}) in {report.run.seconds:.0f} s; "
+        f"minimum effect {m:g}%",
+        *([f"- readings: {report.readings}"] if report.readings else []),
+        *[f"- round {x.round} taken again: {x.why} (a stall, not the code)" for x in report.run.retaken],
+        "",
+        "## Verdict",
+        "",
+        *[f"- {verdict_line(k, v, m)}" for k, v in report.results.items()],
+        *[f"- note: {n}" for n in report.notes],
+    ]
+    for key, v in report.results.items():
+        lines += ["", f"## Rounds{'' if key == 'cell' else ': ' + key}", "", f"| round | A {v.unit} | "
+                  f"B {v.unit} | B/A |", "|---:|---:|---:|---:|"]  # fmt: skip
+        for i, (a, b, r) in enumerate(zip(v.a_rate, v.b_rate, v.per_round), start=1):
+            lines.append(f"| {i} | {a:,.1f} | {b:,.1f} | {r:.3f} |")
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""What ``bench.ab`` compares: each side's code (this checkout or a git revision's worktree) and, for
+cells, the cell spec each side runs (a training config, or one cell of a matrix picked by ``--cell``).
+
+A side given as an existing file is that config with this checkout's code; a side given as a git
+revision (or ``worktree``: this checkout) runs ``--config`` (or the other side's file) with that
+revision's code. Specs are built and validated here, by this checkout, before anything runs; the
+revision's code then reads the spec, so it must share the cell contract (``bench.cells.contract``).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.ab.outputs import noise_notes, open_ab_dir, write_outputs
+from bench.ab.result import AbReport, AbSide
+from bench.ab.subjects import FORKED, CellSubject, PytestSubject, Side, ab_measure
+from bench.cells.contract import CellSpec, GuardsConfig
+from bench.launch.executors import build_executor, executor_name
+from bench.launch.forked import SERVER_ROUNDS
+from bench.launch.revisions import REPO_ROOT, check_code_root, resolve, worktree
+from bench.launch.server import CellServer
+from bench.matrix import (
+    expand,
+    load_matrix,
+    parse_filter,
+    preflight_config,
+    resolve_device_name,
+    select,
+    static_skip_reason,
+)
+from bench.paired.engine import ReadingError, Rounds, RoundsPlan, Subject, paired_run
+from trainer_core.config import RunConfig, apply_overrides, parse_override, read_yaml
+from trainer_core.errors import ConfigError
+from trainer_core.loading import validate_config
+
+WORKTREE = "worktree"  # a side that runs this checkout's code as it is, uncommitted changes included
+
+
+def resolve_sides(
+    a: str, b: str, config: str | None, repo: Path, stack: ExitStack, files_allowed: bool = True
+) -> tuple[Side, Side]:
+    """The two sides; revisions checked out (one worktree per distinct commit) for as long as ``stack``."""
+    trees: dict[str, Path] = {}
+    sides = []
+    for name, given in (("A", a), ("B", b)):
+        flag = f"--{name.lower()} {given}"
+        if given != WORKTREE and Path(given).is_file():
+            if not files_allowed:
+                raise ConfigError(f"{flag}: with --pytest, each side is a git revision or '{WORKTREE}'")
+            sides.append(Side(name, given, REPO_ROOT, None, given))
+            continue
+        commit = None if given == WORKTREE else resolve(repo, given)
+        if given != WORKTREE and commit is None:
+            raise ConfigError(f"{flag}: neither a file nor a git revision of {repo}")
+        if commit is not None and commit not in trees:
+            trees[commit] = stack.enter_context(worktree(repo, commit))
+            check_code_root(trees[commit])
+        sides.append(Side(name, given, trees[commit] if commit else REPO_ROOT, commit, config))
+    if files_allowed:
+        fallback = config or next((s.config for s in sides if s.config), None)
+        for s in sides:
+            s.config = s.config or fallback
+            if s.config is None:
+                raise ConfigError("--config: needed when neither --a nor --b is a config file")
+    return sides[0], sides[1]
+
+
+def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunConfig, dict, GuardsConfig | None]:
+    """(config, axes, the matrix's guards) of a training config, or of the one matrix cell ``cell`` picks."""
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such config file")
+    raw = read_yaml(path)
+    sets = dict(parse_override(o) for o in overrides)
+    if "axes" not in raw:
+        if cell:
+            raise ConfigError(f"--cell {' '.join(cell)}: {path} is a training config, not a matrix")
+        return validate_config(apply_overrides(raw, sets), source=path, overridden=set(sets)), {}, None
+    spec = load_matrix(path)
+    cells = select(expand(spec, source=path), parse_filter(cell)) if cell else expand(spec, source=path)
+    if len(cells) != 1:
+        ids = ", ".join(c.cell_id for c in cells[:8]) + (", ..." if len(cells) > 8 else "")
+        what = f"--cell {' '.join(cell)}" if cell else "no --cell"
+        raise ConfigError(f"{path}: {what} picks {len(cells)} cells ({ids}); pick exactly one")
+    picked = cells[0]
+    config = validate_config(apply_overrides(picked.config.to_dict(), sets), source=path, overridden=set(sets))
+    return config, picked.axes, spec.guards
+
+
+def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, reading_s: float) -> CellSpec:
+    """The spec ``side`` runs in every reading (guards: the matrix's, else the quick set tune uses)."""
+    from bench.guards.checks import QUICK_GUARDS
+
+    assert side.config is not None
+    config, axes, guards = cell_config(side.config, cell, overrides)
+    preflight_config(config, side.config)
+    skip = static_skip_reason(config)
+    if skip:
+        raise ConfigError(f"{side.config}: this cell cannot run here: {skip}")
+    return CellSpec(
+        cell_id=side.name,
+        axes={**axes, "ab_side": side.name},
+        config=config.to_dict(),
+        device=resolve_device_name(config.device),
+        threads=threads,
+        measure=ab_measure(reading_s),
+        guards=guards or QUICK_GUARDS,
+    )
+
+
+def executor_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[str, str]:
+    """(the executor's name, how ab.md describes the readings). ``--executor`` when given; else
+    ``--readings``: forked when every side's code has the server (a revision from before it has not: then
+    both sides start fresh interpreters, so they are read alike), else local."""
+    if what.executor:
+        if executor_name(what.executor) == "forked" and not all(CellServer.available(s.code_root) for s in sides):
+            raise ConfigError("--executor forked: a side's code has no bench.cell_server (or this system no pidfds)")
+        return what.executor, f"started by the {what.executor} executor"
+    if what.readings == FORKED and all(CellServer.available(s.code_root) for s in sides):
+        return "forked", (
+            f"each a process forked from a server that imported torch once (bench.cell_server), one server per "
+            f"code, renewed every {SERVER_ROUNDS} rounds"
+        )
+    why = " (forked readings need Linux and bench.cell_server in both sides' code)" if what.readings == FORKED else ""
+    return "local", f"each a new interpreter{why}"
+
+
+@dataclass
+class AbWhat:
+    """What both sides measure: a config (and matrix cell) with per-side overrides, or pytest-benchmark
+    tests; the repository revisions come from; threads and timed seconds of a cell reading; how a cell
+    reading starts (``forked`` from a server that imported torch once, or a ``fresh`` interpreter), or
+    the executor that starts it (``--executor``, which takes precedence)."""
+
+    config: str | None = None
+    cell: list[str] = field(default_factory=list)
+    sets: dict[str, list[str]] = field(default_factory=lambda: {"A": [], "B": []})
+    pytest: str | None = None
+    group: str | None = None
+    repo: Path = REPO_ROOT
+    threads: int = 1
+    reading_s: float = 2.0
+    readings: str = "forked"
+    executor: str | None = None
+
+
+@dataclass
+class AbOutcome:
+    """A finished A/B run: its folder, and its report and report.html, or why it stopped (a failed or
+    broken reading)."""
+
+    run_dir: Path
+    report: AbReport | None
+    error: str | None = None
+    html: Path | None = None
+
+
+def subject_for(
+    what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str | None, run_dir: Path
+) -> Subject:
+    by_name = {s.name: s for s in sides}
+    if what.pytest:
+        return PytestSubject(by_name, what.pytest, what.group, run_dir)
+    assert executor is not None
+    return CellSubject(by_name, specs, run_dir, build_executor(executor, {}, run_dir))
+
+
+def print_round(r: int, rounds: Rounds) -> None:
+    said = [f"{k}: B/A {v.ratio:.3f} [{v.ci_low:.3f}, {v.ci_high:.3f}]" for k, v in rounds.compare("A", "B", 0).items()]
+    print(f"round {r}: {'; '.join(said)}", flush=True)
+
+
+def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbOutcome:
+    """Resolve and check both sides, then the interleaved rounds in results/ab-<time>/; ab.json, ab.md
+    and report.html are written when it finishes. Bad input raises ConfigError before anything is written."""
+    from bench.report.html import folder_report
+
+    with ExitStack() as stack:
+        sides = resolve_sides(a, b, what.config, what.repo, stack, files_allowed=not what.pytest)
+        specs = {} if what.pytest else {s.name: cell_spec(s, what.cell, what.sets[s.name], what.threads,
+                                                          what.reading_s) for s in sides}  # fmt: skip
+        executor, readings = (None, None) if what.pytest else executor_for(what, sides)
+        run_dir = open_ab_dir(
+            out, sides, what.threads, {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
+        )
+        subject = subject_for(what, sides, specs, executor, run_dir)
+        stack.callback(subject.close)
+        for s in sides:
+            print(s.describe(), flush=True)
+        if readings:
+            print(f"readings: {readings}", flush=True)
+        try:
+            run = paired_run(subject, ("A", "B"), plan, on_round=print_round)
+        except ReadingError as e:
+            return AbOutcome(run_dir, None, str(e))
+    configs = {} if what.pytest else {n: s.config for n, s in subject.specs.items()}  # type: ignore[attr-defined]
+    ab_sides = {s.name: AbSide(s.given, s.commit, s.config, s.describe()) for s in sides}
+    report = AbReport(
+        ab_sides, plan.order, plan.min_effect_pct, plan.budget_s, run, readings, noise_notes(run, configs)
+    )
+    write_outputs(run_dir, report)
+    return AbOutcome(run_dir, report, html=folder_report(run_dir))

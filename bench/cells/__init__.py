@@ -1,0 +1,1 @@
+"""The cell contract and the record store: CellSpec in, CellRecord out, cells.jsonl. No torch."""

@@ -1,0 +1,1 @@
+"""``python -m bench.compare``: two results folders, cell by cell."""

@@ -1,0 +1,1 @@
+"""``python -m bench.evaluate``: a checkpoint's metrics on the test split."""

@@ -1,0 +1,1 @@
+"""``python -m bench.history``: the SQLite results history, its regression check and bisection."""

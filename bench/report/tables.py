@@ -1,0 +1,432 @@
+"""Tables from cell records: results.csv, results.md, summary.md, the terminal table, and bench.compare's table.
+
+Figures come from the cell records (computed in bench.stats / bench.measure.cell); this module only
+selects, compares and formats them. No torch import: guard columns come from the records themselves,
+so a newly registered guard gets its column without a change here.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.cells.contract import FAIL, FAILED, NONDETERMINISTIC, OK, PASS, SKIPPED, CellRecord, first_seen, guard_names
+from trainer_core.phases import PHASES
+
+PROFILE_PHASES = (*PHASES, "other")
+METRIC_COLUMNS = [
+    "status",
+    "reason",
+    "samples_per_s",
+    "throughput",
+    "throughput_unit",
+    "step_ms_median",
+    "step_ms_p10",
+    "step_ms_p90",
+    "repeat_spread_pct",
+    "data_wait_pct",
+    "h2d_ms_median",
+    "peak_mem_mb",
+    "tflops",
+    "pct_of_peak",
+    "mfu_pct",
+    "emulated",
+    "skipped_fp16_steps",
+    "compile_s",
+    "unstable",
+    "world_size",
+    "threads",
+    "straggler_pct",
+    "comm_pct",
+    # from the cell's torch.profiler trace (blank when profiling is off)
+    *(f"prof_{p}_pct" for p in PROFILE_PHASES),
+    "profiler_slowdown",
+    "reduced_precision_pct",
+    "trace_dir",
+]
+GUARD_MARK = {PASS: "ok", FAIL: "FAIL", NONDETERMINISTIC: "nondet", "error": "ERROR"}
+
+
+def lines_by_other_axes(records: list[CellRecord], drop: tuple[str, ...]) -> dict[str, list[CellRecord]]:
+    """Records grouped into the lines of a plot against the ``drop`` axes: one line per combination of
+    the other axes that vary among them, labelled ``name=value, ...`` (constant axes would only add
+    noise to the labels)."""
+    keys = [k for k in axis_keys(records) if k not in drop]
+    varying = [k for k in keys if len({str(r.axes.get(k)) for r in records}) > 1]
+    lines: dict[str, list[CellRecord]] = {}
+    for r in records:
+        label = ", ".join(f"{k.split('.')[-1]}={r.axes.get(k)}" for k in varying) or "all"
+        lines.setdefault(label, []).append(r)
+    return lines
+
+
+def axis_keys(records: list[CellRecord]) -> list[str]:
+    return first_seen(r.axes for r in records)
+
+
+def metric(record: CellRecord, column: str) -> Any:
+    """A METRIC_COLUMNS value of a record (profiler shares live in one dict, flattened into columns)."""
+    if column.startswith("prof_") and column.endswith("_pct"):
+        return record.prof_phase_pct.get(column[len("prof_") : -len("_pct")])
+    return getattr(record, column, None)
+
+
+def flat_row(record: CellRecord, axes: list[str], guards: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"cell_id": record.cell_id}
+    row.update({k: record.axes.get(k) for k in axes})
+    row.update({k: metric(record, k) for k in METRIC_COLUMNS})
+    row.update({f"guard_{g}": record.guard_status(g) for g in guards})
+    row["guards_ok"] = record.guards_ok
+    return row
+
+
+def write_csv(records: list[CellRecord], path: Path) -> None:
+    axes, guards = axis_keys(records), guard_names(records)
+    fields = ["cell_id", *axes, *METRIC_COLUMNS, *(f"guard_{g}" for g in guards), "guards_ok"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(flat_row(r, axes, guards) for r in records)
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _guard_marks(record: CellRecord) -> str:
+    if record.status != OK:
+        return ""
+    return " ".join(f"{name[:3]}:{GUARD_MARK.get(g.status, '-')}" for name, g in record.guards.items())
+
+
+def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
+    note = r.reason or ""  # skip/failure reason, or the precision policy's note (e.g. emulated fp16)
+    if r.unstable:
+        note = f"UNSTABLE (repeats spread {_fmt(r.repeat_spread_pct)}%)" + (f"; {note}" if note else "")
+    guards = _guard_marks(r)
+    if compact:
+        return [
+            r.cell_id,
+            r.status,
+            _rate(r, rate),
+            _fmt(r.step_ms_median, 2),
+            _fmt(r.data_wait_pct),
+            guards,
+            note[:60],
+        ]
+    ms = f"{_fmt(r.step_ms_median, 2)} ({_fmt(r.step_ms_p10, 2)}-{_fmt(r.step_ms_p90, 2)})" if r.status == OK else ""
+    return [
+        r.cell_id,
+        *(_fmt(r.axes.get(k)) for k in axes),
+        r.status,
+        _rate(r, rate),
+        ms,
+        _fmt(r.data_wait_pct),
+        _fmt(r.peak_mem_mb, 0),
+        _fmt(r.tflops, 3),
+        _fmt(r.pct_of_peak),
+        _fmt(r.mfu_pct),
+        guards,
+        note,
+    ]
+
+
+def rate_header(records: list[CellRecord]) -> str:
+    """The throughput column's title: its unit when every measured cell has the same one."""
+    units = {r.unit for r in records if r.status == OK}
+    return units.pop() if len(units) == 1 else "throughput"
+
+
+def _rate(r: CellRecord, header: str) -> str:
+    return _fmt(r.rate, 0) + (f" {r.unit}" if header == "throughput" and r.rate is not None else "")
+
+
+def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
+    axes, rate = axis_keys(records), rate_header(records)
+    head = [
+        "cell",
+        *axes,
+        "status",
+        rate,
+        "step ms (p10-p90)",
+        "data-wait %",
+        "peak MB",
+        "TFLOP/s",
+        "% peak",
+        "MFU %",
+        "guards",
+        "note",
+    ]
+    if compact:
+        head = ["cell", "status", rate, "step ms", "data-wait %", "guards", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in _row(r, axes, compact, rate)) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def pair_with_reference(
+    records: list[CellRecord], axis: str, reference: Any, ignore: tuple[str, ...] = ()
+) -> list[tuple[CellRecord, CellRecord]]:
+    """(cell, reference cell) for each measured cell whose ``axis`` is not ``reference``, matched with
+    the measured cell that has ``axis == reference`` and the same value on every other axis (but ``ignore``)."""
+    ok = [r for r in records if r.status == OK and axis in r.axes]
+
+    def others(r: CellRecord) -> tuple:
+        return tuple(sorted((k, str(v)) for k, v in r.axes.items() if k != axis and k not in ignore))
+
+    refs = {others(r): r for r in ok if r.axes[axis] == reference}
+    return [(r, refs[others(r)]) for r in ok if r.axes[axis] != reference and others(r) in refs]
+
+
+def speedups_vs_fp32(records: list[CellRecord]) -> list[dict[str, Any]]:
+    """Each measured cell against the fp32 cell with the same other axis values."""
+    return [
+        {
+            "cell_id": r.cell_id,
+            "vs": ref.cell_id,
+            "precision": r.axes["precision"],
+            "speedup": r.rate / ref.rate,
+            "guards_ok": r.guards_ok,
+            "unstable": [c.cell_id for c in (r, ref) if c.unstable],
+        }
+        for r, ref in pair_with_reference(records, "precision", "fp32")
+    ]
+
+
+def compile_break_even(records: list[CellRecord]) -> list[dict[str, Any]]:
+    """Each compiled cell against the same cell uncompiled: steps until compile time pays for itself."""
+    out = []
+    for r, ref in pair_with_reference(records, "train.compile", "off"):
+        if r.compile_s is None:
+            continue
+        saved_ms = ref.step_ms_median - r.step_ms_median  # per step, > 0 when compiled is faster
+        out.append(
+            {
+                "cell_id": r.cell_id,
+                "vs": ref.cell_id,
+                "compile_s": r.compile_s,
+                "speedup": r.rate / ref.rate,
+                "break_even_steps": (1e3 * r.compile_s / saved_ms) if saved_ms > 0 else None,
+            }
+        )
+    return out
+
+
+def fastest_per_device(records: list[CellRecord]) -> dict[str, CellRecord]:
+    """The fastest cell per device among those whose guards all passed (per device and throughput unit
+    when a matrix mixes workloads: samples/s and tokens/s do not compare)."""
+    ok = [r for r in records if r.status == OK and r.guards_ok]
+    mixed = len({r.unit for r in ok}) > 1
+    best: dict[str, CellRecord] = {}
+    for r in ok:
+        dev = (r.device or "?") + (f" ({r.unit})" if mixed else "")
+        if dev not in best or r.rate > best[dev].rate:
+            best[dev] = r
+    return best
+
+
+def fastest_section(records: list[CellRecord]) -> list[str]:
+    """summary.md's first section (also what bench.run prints at the end)."""
+    lines = ["## Fastest configuration per device (all guards passed)", ""]
+    best = fastest_per_device(records)
+    if not best:
+        lines.append("No measured cell passed every guard.")
+    for dev, r in best.items():
+        axes = ", ".join(f"{k}={v}" for k, v in r.axes.items())
+        unstable = (
+            f" **Unstable**: its repeats spread {r.repeat_spread_pct:.0f}% even when timed again; re-run it "
+            "(or compare with bench.compare) before trusting this ranking."
+            if r.unstable
+            else ""
+        )
+        lines.append(
+            f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}, "
+            f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%{unstable}"
+        )
+    failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
+    if failed_guards:
+        lines += ["", "Not recommended (a guard failed): " + ", ".join(f"`{r.cell_id}`" for r in failed_guards)]
+    return lines
+
+
+def summary_head(records: list[CellRecord], env: dict[str, Any]) -> list[str]:
+    counts = {s: sum(1 for r in records if r.status == s) for s in (OK, SKIPPED, FAILED)}
+    return [
+        f"# Summary: {env.get('matrix_name', '')}",
+        "",
+        f"{len(records)} cells: {counts[OK]} measured, {counts[SKIPPED]} skipped, {counts[FAILED]} failed. "
+        f"torch {env.get('torch')}, {env.get('cpu')}, {env.get('torch_threads')} threads, "
+        f"commit {env.get('git_commit')}.",
+        "",
+    ]
+
+
+def speedup_sections(records: list[CellRecord]) -> list[str]:
+    lines = [
+        "",
+        "## Speedup against fp32 (same other settings)",
+        "",
+        "| cell | vs | speedup | guards | caution |",
+        "|---|---|---:|---|---|",
+    ]
+    for s in speedups_vs_fp32(records):
+        caution = f"unstable: {', '.join(s['unstable'])}" if s["unstable"] else ""
+        lines.append(
+            f"| {s['cell_id']} | {s['vs']} | {s['speedup']:.2f}x | {'ok' if s['guards_ok'] else 'FAILED'} | {caution} |"
+        )
+    compiled = compile_break_even(records)
+    if compiled:
+        lines += [
+            "",
+            "## torch.compile (compile time is not part of samples/s)",
+            "",
+            "| cell | vs eager | compile s | speedup | break-even steps |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for c in compiled:
+            be = f"{c['break_even_steps']:,.0f}" if c["break_even_steps"] is not None else "never (not faster)"
+            lines.append(f"| {c['cell_id']} | {c['vs']} | {c['compile_s']:.1f} | {c['speedup']:.2f}x | {be} |")
+    return lines
+
+
+def scaling_rows(records: list[CellRecord]) -> list[dict[str, Any]]:
+    """Each data-parallel cell against the one-process cell with the same other axis values (the axis that
+    sets the number of ranks is ``train.world_size``): speedup and scaling efficiency T(N) / (N * T(1)).
+    One process is one process whatever ``train.strategy`` says, so DDP and FSDP cells share their reference."""
+    rows = []
+    for r, one in pair_with_reference(records, "train.world_size", 1, ignore=("train.strategy",)):
+        if not (r.rate and one.rate):
+            continue
+        speedup = r.rate / one.rate
+        rows.append(
+            {
+                "cell_id": r.cell_id,
+                "vs": one.cell_id,
+                "ranks": r.world_size,
+                "threads": f"{r.world_size} x {r.threads_per_rank or r.threads}",
+                "threads_one": one.threads,
+                "rate": r.rate,
+                "rate_one": one.rate,
+                "unit": r.unit,
+                "speedup": speedup,
+                "efficiency": speedup / r.world_size,
+                "comm_pct": r.comm_pct,
+                "straggler_pct": r.straggler_pct,
+                "guards_ok": bool(r.guards_ok and one.guards_ok),
+            }
+        )
+    return rows
+
+
+def scaling_section(records: list[CellRecord]) -> list[str]:
+    rows = scaling_rows(records)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Scaling: data-parallel ranks against one process (same per-rank batch)",
+        "",
+        "Efficiency = T(N) / (N x T(1)), T the throughput. Threads: ranks x threads per rank against the one "
+        "process's threads (the same total when the ranks share out the cell's thread budget). Comm: time "
+        "collectives were in flight, as a share of the step (DDP's gradient all-reduce, timed; FSDP's "
+        "all-gathers and reduce-scatters, from the profiled steps); they overlap compute.",
+        "",
+        "| cell | vs | ranks | threads | throughput | one process | speedup | efficiency | comm % | "
+        "straggler % | guards |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in rows:
+        lines.append(
+            f"| {x['cell_id']} | {x['vs']} | {x['ranks']} | {x['threads']} vs {x['threads_one']} | "
+            f"{x['rate']:,.0f} {x['unit']} | {x['rate_one']:,.0f} | {x['speedup']:.2f}x | {x['efficiency']:.0%} | "
+            f"{_fmt(x['comm_pct'])} | {_fmt(x['straggler_pct'])} | {'ok' if x['guards_ok'] else 'FAILED'} |"
+        )
+    return lines
+
+
+def notes_sections(records: list[CellRecord]) -> list[str]:
+    # Records written before cells kept their notes as a list have only the joined line.
+    notes = sorted({n for r in records if r.status == OK for n in (r.notes or ([r.reason] if r.reason else []))})
+    notes += [
+        f"`{r.cell_id}`: {w}"
+        for r in records
+        for w in (r.mixed_precision_warning, r.trace_warning, r.profile_error, r.flops_warning)
+        if w
+    ]
+    machines = sorted({r.hardware for r in records if r.status == OK and r.hardware})
+    if len(machines) > 1:
+        notes.append(
+            f"cells ran on {len(machines)} kinds of machine ({'; '.join(machines)}): compare cells of one kind only"
+        )
+    lines = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
+    skipped = sorted({r.reason for r in records if r.status == SKIPPED and r.reason})
+    if skipped:
+        n = {why: sum(1 for r in records if r.reason == why and r.status == SKIPPED) for why in skipped}
+        lines += ["", "Skipped cells, by reason: " + "; ".join(f"{why} ({n[why]})" for why in skipped)]
+    failed = [r for r in records if r.status == FAILED]
+    if failed:
+        lines += ["", "## Failed cells", ""] + [f"- `{r.cell_id}`: {r.reason}" for r in failed]
+    return lines
+
+
+def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
+    lines = summary_head(records, env) + fastest_section(records) + speedup_sections(records)
+    lines += scaling_section(records) + notes_sections(records)
+    return "\n".join(lines) + "\n"
+
+
+def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
+    """bench.compare's table (plain text, or Markdown for a CI comment)."""
+    lines = [f"A: {result['a']}", f"B: {result['b']}"] + [f"WARNING: {w}" for w in result["warnings"]] + [""]
+    units = {r["unit"] for r in result["rows"] if "ratio" in r}
+    unit = units.pop() if len(units) == 1 else "throughput"
+    head = ["cell", f"A {unit}", f"B {unit}", "B/A", "95% CI", "noise", "verdict", "guards"]
+    body = [_comparison_row(r) for r in result["rows"]]
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body]]
+    for side in ("a", "b"):
+        missing = result[f"only_in_{side}"]
+        if missing:
+            lines.append(f"only in {side.upper()}: " + "; ".join(missing))
+    return "\n".join(lines)
+
+
+def _comparison_row(r: dict[str, Any]) -> list[str]:
+    regressed = ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else ""
+    if "ratio" not in r:
+        return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", regressed]
+    n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
+    return [
+        r["cell_id"],
+        f"{r['throughput_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
+        f"{r['throughput_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""),
+        f"{r['ratio']:.3f}",
+        f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
+        f"±{r['noise_threshold_pct']:.1f}%",
+        r["verdict"],
+        regressed or "ok",
+    ]
+
+
+def guard_audit_table(caught: dict[str, list[int]], alarms: dict[str, list[int]]) -> str:
+    """bench.guard_audit's per-guard table: planted runs caught and healthy runs failed (false alarms)."""
+
+    def share(tally: list[int] | None) -> str:
+        return "-" if not tally or not tally[1] else f"{tally[0]} of {tally[1]}"
+
+    names = list(dict.fromkeys([*alarms, *caught]))
+    lines = ["| guard | planted faults caught | false alarms on healthy runs |", "|---|---|---|"]
+    lines += [f"| {g} | {share(caught.get(g))} | {share(alarms.get(g))} |" for g in names]
+    return "\n".join(lines)

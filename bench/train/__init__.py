@@ -1,0 +1,1 @@
+"""``python -m bench.train``: train one config (one process, or data-parallel ranks), with profiling."""

@@ -1,0 +1,1 @@
+"""``python -m bench.tune``: the budgeted search for the fastest configuration, and its report."""

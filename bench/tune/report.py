@@ -1,0 +1,127 @@
+"""bench.tune's report (tune.md): the trials, the winner, the side-by-side rounds, each lever on its
+own, the accuracy check. Formatting only: the figures are in the tune result (bench.tune.tuning)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _mfu(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else ""
+
+
+def _changes(values: dict[str, Any], start: dict[str, Any], sep: str = "=") -> str:
+    return ", ".join(f"{k}{sep}{v}" for k, v in values.items() if v != start.get(k))
+
+
+def trials_section(result: dict[str, Any]) -> list[str]:
+    start, rechecked = result["start"], result.get("rechecks") or []
+    with_mfu = any(t.get("mfu_pct") is not None for t in result["trials"])
+    lines = [
+        f"# bench.tune: {result['config']}",
+        "",
+        f"{len(result['trials'])} configurations tried in {result['search_seconds']:.0f} s"
+        + (" (time budget reached)" if result["budget_exhausted"] else "")
+        + (
+            f"; {len(rechecked)} readings taken again for close calls (within {result['recheck_band']:.0%}), "
+            "where the throughput is the geometric mean of the two readings"
+            if rechecked
+            else ""
+        )
+        + ".",
+        "",
+        f"| configuration (changes from start) | status | {result.get('unit', 'samples/s')} | readings | guards |"
+        + (" MFU % |" if with_mfu else ""),
+        "|---|---|---:|---|---|" + ("---:|" if with_mfu else ""),
+    ]
+    for t in result["trials"]:
+        readings = t.get("readings") or []
+        sps = (
+            f"{t['score']:,.0f}" if t.get("score") else (f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else "")
+        )
+        both = " / ".join(f"{x:,.0f}" for x in readings) if len(readings) > 1 else ""
+        g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
+        if g == "ok" and not t.get("score"):  # a passing first reading scores 0 only when its second one failed
+            g += " (second reading FAILED)"
+        why = f": {t['reason']}" if t.get("reason") and t["status"] != "ok" else ""
+        row = f"| {_changes(t['values'], start) or '(start)'} | {t['status']}{why} | {sps} | {both} | {g} |"
+        lines.append(row + (f" {_mfu(t.get('mfu_pct'))} |" if with_mfu else ""))
+    unmeasured = len(result["trials"]) < 2
+    changes = ", ".join(f"{k}: {start.get(k)} -> {v}" for k, v in result["winner"].items() if v != start.get(k))
+    changes = changes or (
+        "none: the budget ran out before any other configuration was measured (raise --budget-s)"
+        if unmeasured
+        else "none (the start is fastest)"
+    )
+    return lines + ["", f"**Winner**: {changes}"]
+
+
+def final_section(result: dict[str, Any]) -> list[str]:
+    f, start = result.get("final"), result["start"]
+    if not f:
+        return []
+    short = (
+        f"; {f['rounds']} of the {f['rounds_asked']} asked for: no time left in the budget for more"
+        if f.get("rounds_asked", f["rounds"]) > f["rounds"]
+        else ""
+    )
+    with_mfu = any(fin.get("mfu_pct") is not None for fin in f["finalists"])
+    lines = [
+        "",
+        f"Finalists re-measured side by side with the start ({f['rounds']} rounds, rotating order{short}):",
+        "",
+        f"| configuration | {result.get('unit', 'samples/s')} (pooled median) |" + (" MFU % |" if with_mfu else ""),
+        "|---|---:|" + ("---:|" if with_mfu else ""),
+    ]
+    lines += [
+        f"| {_changes(fin['values'], start) or '(start)'} | {fin['samples_per_s']:,.0f} |"
+        + (f" {_mfu(fin.get('mfu_pct'))} |" if with_mfu else "")
+        for fin in f["finalists"]
+    ]
+    lines += [
+        "",
+        f"**Speedup of the winner over the start, side by side**: "
+        f"{f['speedup']:.2f}x (95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f}, bootstrap over rounds and steps)",
+    ]
+    if f.get("speedup_per_round"):
+        lines += ["", "Round by round: " + ", ".join(f"{x:.2f}x" for x in f["speedup_per_round"])]
+    return lines + (["", f["note"]] if f.get("note") else [])
+
+
+def levers_section(result: dict[str, Any]) -> list[str]:
+    start, winner, lines = result["start"], result["winner"], []
+    if result["contributions"]:
+        lines += [
+            "",
+            "What each lever gives on its own (start + that one change; one reading each, against the start's "
+            f"{result.get('unit', 'samples/s')} pooled over its {result.get('start_readings', 1)} readings):",
+            "",
+            "| lever | from | to | speedup | guards |",
+            "|---|---|---|---:|---|",
+        ]
+        for c in result["contributions"]:
+            sp = f"{c['speedup']:.2f}x" if c["speedup"] is not None else c["status"]
+            lines.append(f"| {c['axis']} | {c['from']} | {c['to']} | {sp} | {'ok' if c['guards_ok'] else '-'} |")
+    if winner.get("data.batch_size") != start.get("data.batch_size"):
+        lines += [
+            "",
+            f"Note: the batch size changed ({start.get('data.batch_size')} -> {winner.get('data.batch_size')}). "
+            "That changes the optimisation (fewer, larger steps per epoch; the learning rate may need scaling): "
+            "check accuracy with --check-accuracy before adopting it.",
+        ]
+    acc = result.get("accuracy")
+    if acc:
+        side = {k: f"{acc[k]['val_accuracy']:.4f}, loss {acc[k]['val_loss']:.4f}" for k in ("start", "winner")}
+        lines += [
+            "",
+            f"Same wall time ({acc['seconds']:.0f} s of training each), validation accuracy: "
+            f"start {side['start']} ({acc['start']['samples']:,} samples), "
+            f"winner {side['winner']} ({acc['winner']['samples']:,} samples)",
+        ]
+    return lines
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = trials_section(result) + final_section(result) + levers_section(result)
+    lines += ["", f"Winning config: `{result['winner_yaml']}` (python -m bench.train --config {result['winner_yaml']})"]
+    return "\n".join(lines) + "\n"
