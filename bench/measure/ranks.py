@@ -1,6 +1,6 @@
 """A data-parallel cell: the cell process starts ``train.world_size`` ranks through torch's elastic
 launcher (as torchrun would); each rank sets up, measures and guards the cell exactly as a one-process
-cell does (:func:`bench.cell_run.measure_cell`, its Trainer wrapped in DistributedDataParallel or sharded
+cell does (:func:`bench.measure.cell.measure_cell`, its Trainer wrapped in DistributedDataParallel or sharded
 by FSDP2, its measurement decisions agreed between ranks) with the thread budget shared out; then the
 ranks' records are merged into one: global throughput, each rank's median step and the straggler spread,
 time in collectives, the largest peak memory, and a guard passes only where it passed on every rank.

@@ -6,7 +6,7 @@ half of such a reading importing torch (and ``torch._inductor``, which ``use_det
 pulls in) before the cell starts. A child forked from the preloaded server starts with those modules
 loaded and nothing else done: no torch op has run in the server, so no thread pool, allocator or RNG
 state is inherited, and the cell then runs exactly as ``python -m bench.cell`` runs it
-(:func:`bench.cell_run.run_cell_file`). Each child is still its own process: what one reading leaves
+(:func:`bench.measure.entry.run_cell_file`). Each child is still its own process: what one reading leaves
 behind (threads, heap, compiled kernels) never reaches the next.
 
 The server forks its children itself (``os.fork``) rather than through multiprocessing's forkserver: that
