@@ -28,7 +28,7 @@ def test_a_worktree_runs_its_own_code_and_is_removed(repo: Path) -> None:
     head = resolve(repo, "HEAD")
     assert head is not None
     with worktree(repo, head) as tree:
-        assert (tree / "bench" / "cell.py").is_file()
+        assert (tree / "bench" / "cell" / "__main__.py").is_file()  # the commit's own files
         check_code_root(tree)  # a child process imports bench and trainer_core from the worktree
         listed = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
         assert str(tree) in listed
