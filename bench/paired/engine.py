@@ -256,7 +256,7 @@ def decided(rounds: Rounds, plan: RoundsPlan) -> bool:
     """Every live arm against the first decided at the plan's minimum effect."""
     base, others = rounds.arms[0], [a for a in rounds.live() if a != rounds.arms[0]]
     results = [rounds.compare(base, o, plan.min_effect_pct) for o in others]
-    return bool(others) and all(PairedRun(0, 0.0, res).decided(plan.min_effect_pct) for res in results)
+    return bool(others) and all(res and all(r.decided(plan.min_effect_pct) for r in res.values()) for res in results)
 
 
 def paired_run(
