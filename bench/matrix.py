@@ -238,7 +238,16 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
             cid = f"{cid}-{seen[cid]}"
         else:
             seen[cid] = 0
+        if spec.measure.mode == "time_to_target" and config.train.strategy != "single":
+            raise ConfigError(
+                f"{source}: measure.mode: time_to_target runs each cell in one process; cell {cid} has "
+                f"train.strategy {config.train.strategy} (data-parallel time to target is not supported yet)"
+            )
         cells.append(Cell(cid, axes, config, static_skip_reason(config, spec.skip_emulated)))
+    ref = spec.measure.reference
+    if ref is not None and ref not in {c.cell_id for c in cells}:
+        ids = ", ".join(c.cell_id for c in cells)
+        raise ConfigError(f"{source}: measure.reference: no cell {ref!r} (cells: {ids})")
     return cells
 
 

@@ -101,6 +101,36 @@ def test_cell_ids_are_deterministic_and_safe() -> None:
         ),
         ({"axes": {"precision": ["fp32"]}, "profiles": {}}, "profiles: unknown key"),
         (
+            {"axes": {"precision": ["fp32"]}, "measure": {"mode": "time_to_target"}},
+            "measure: mode time_to_target needs target",
+        ),
+        (
+            {
+                "axes": {"precision": ["fp32"]},
+                "measure": {"mode": "time_to_target", "target": {"metric": "accuracy", "value": 0.9}},
+            },
+            "measure.target.metric: 'accuracy': expected <val|test>_<metric>",
+        ),
+        (
+            {
+                "axes": {"precision": ["fp32"]},
+                "measure": {
+                    "mode": "time_to_target",
+                    "reference": "nope",
+                    "target": {"metric": "val_accuracy", "value": 0.9},
+                },
+            },
+            "measure.reference: no cell 'nope' (cells: fp32)",
+        ),
+        (
+            {
+                "axes": {"precision": ["fp32"]},
+                "base": {**BASE, "train": {"strategy": "ddp", "world_size": 2}},
+                "measure": {"mode": "time_to_target", "target": {"metric": "val_accuracy", "value": 0.9}},
+            },
+            "time_to_target runs each cell in one process; cell fp32 has train.strategy ddp",
+        ),
+        (
             {"axes": {"precision": ["fp32"]}, "base": {**BASE, "optim": {"lr": -1}}},
             "base: optim.lr: Input should be greater than 0",
         ),

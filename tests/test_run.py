@@ -390,3 +390,44 @@ def test_cells_dispatched_as_submitit_jobs_give_the_same_records(tmp_path: Path,
     assert run_cli.cli([*argv, "--executor-opt", "nodes=2", "--out", str(tmp_path / "bad")]) == 2
     assert "--executor-opt nodes: unknown; expected one of cluster, partition" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_time_to_target_matrix_opens_with_the_fastest_cell_to_the_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    matrix = {
+        "name": "tta",
+        "base": {"device": "cpu", "seed": 0, "data": {"name": "synthetic_blobs", "n_samples": 256, "n_test_samples": 64,
+                 "val_fraction": 0.25}, "model": {"name": "SimpleMLP", "kwargs": {"input_dim": 2, "hidden_dims": [16]}},
+                 "optim": {"lr": 0.01, "reference_batch_size": 16}, "train": {"epochs": 4}},
+        "axes": {"data.batch_size": [16, 64], "optim.lr_scaling": ["none", "linear"]},
+        "exclude": [{"data.batch_size": 16, "optim.lr_scaling": "linear"}],
+        "measure": {"mode": "time_to_target", "target": {"metric": "val_accuracy", "value": 0.8}, "runs": 3},
+        "guards": {"overfit_samples": 8, "overfit_steps": 60, "short_run_steps": 2},
+    }  # fmt: skip
+    path = tmp_path / "tta.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    rc = run_cli.cli(["--matrix", str(path), "--out", str(tmp_path / "r"), "--profiles", str(tmp_path / "p")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    d = _run_dir(tmp_path / "r")
+    records = [json.loads(x) for x in (d / "cells.jsonl").read_text().splitlines()]
+    assert [r["cell_id"] for r in records] == ["bs16-lr_scalingnone", "bs64-lr_scalingnone", "bs64-lr_scalinglinear"]
+    assert [r["optim"]["lr"] for r in records] == pytest.approx([0.01, 0.01, 0.04])
+    for r in records:
+        t = r["time_to_target"]
+        assert r["status"] == "ok" and r["guards_ok"] and len(t["runs"]) == 3 and t["target"]["value"] == 0.8
+    summary = (d / "summary.md").read_text().splitlines()
+    assert summary[4].startswith("## Fastest to val_accuracy >= 0.8 (all guards passed; MLPerf scoring)")
+    reached = sorted(
+        (r for r in records if r["time_to_target"]["reached"]), key=lambda r: r["time_to_target"]["score_s"]
+    )
+    assert reached and summary[6].startswith(f"**`{reached[0]['cell_id']}`**: ")
+    assert "## Time to target, every cell" in summary and "| cell | score s |" in "\n".join(summary)
+    assert "Why the others lost:" in out and out.strip().splitlines()[-1] == f"results: {d}"
+    page = (d / "report.html").read_text()
+    assert page.index("Fastest to val_accuracy &gt;= 0.8") < page.index("<h2>Cells</h2>") and "score s" in page
+    assert (d / "time_to_target.png").is_file()
+    for cell in ("bs16-lr_scalingnone", "bs64-lr_scalinglinear"):  # each seed's run is kept for --resume
+        assert sorted(p.name for p in (d / "cells" / f"{cell}.target").iterdir()) == ["seed-0", "seed-1", "seed-2"]

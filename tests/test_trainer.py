@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_overrides
 from torch import nn
 
+from trainer_core.errors import ConfigError
 from trainer_core.factory import build_run
 from trainer_core.loading import load_config
 from trainer_core.models import SimpleMLP
@@ -192,3 +193,33 @@ def test_evaluate_restores_train_mode_and_counts_samples() -> None:
     metrics = run.trainer.evaluate(run.data.test_loader)
     assert run.model.training
     assert metrics["samples"] == 64 and 0.0 <= metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("scaling", "batch", "lr", "warmup"),
+    [("none", 128, 0.01, 8), ("linear", 128, 0.04, 2), ("sqrt", 128, 0.02, 2), ("linear", 16, 0.005, 16)],
+)
+def test_lr_scaling_moves_lr_and_warmup_with_the_batch(scaling: str, batch: int, lr: float, warmup: int) -> None:
+    # Written for batch 32 at lr 0.01 with 8 warm-up steps (256 samples): the warm-up keeps its samples.
+    over = {"optim.lr": 0.01, "optim.scheduler": "cosine", "optim.warmup_steps": 8, "data.batch_size": batch,
+            "optim.lr_scaling": scaling, "optim.reference_batch_size": 32, "train.max_steps": 40}  # fmt: skip
+    config = load_config(None, tiny_overrides(**over))
+    scaled = config.scaled_optim()
+    assert scaled.lr == pytest.approx(lr) and scaled.warmup_steps == warmup
+    run = build_run(config)
+    sched = run.trainer.scheduler
+    assert run.trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(lr)
+    assert sched is not None and sched._milestones == [warmup]  # type: ignore[attr-defined]
+    expected_how = (
+        "none" if scaling == "none" else f"{scaling}: global batch {batch} / reference 32 -> lr x{lr / 0.01:.4g}"
+    )
+    assert scaled.how == expected_how
+
+
+def test_lr_scaling_counts_every_rank_and_needs_a_reference() -> None:
+    over = {"optim.lr_scaling": "linear", "optim.reference_batch_size": 32, "data.batch_size": 32,
+            "train.strategy": "ddp", "train.world_size": 4}  # fmt: skip
+    config = load_config(None, tiny_overrides(**over))
+    assert config.global_batch_size == 128 and config.scaled_optim().lr == pytest.approx(4 * config.optim.lr)
+    with pytest.raises(ConfigError, match=r"optim: .*lr_scaling=sqrt needs reference_batch_size"):
+        load_config(None, ["optim.lr_scaling=sqrt"])

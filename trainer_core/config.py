@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,6 +155,15 @@ class OptimConfig(_Section):
     min_lr: float = Field(0.0, ge=0, description="cosine: final learning rate.")
     pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: share of steps spent warming up.")
     warmup_steps: int = Field(0, ge=0, description="cosine: steps of linear warm-up from lr/100 before the decay.")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="How lr follows the global batch (data.batch_size x ranks) away from reference_batch_size: "
+        "linear (Goyal et al. 2017, SGD), sqrt (Hoffer et al. 2017, Adam), or none; warmup_steps shrink or "
+        "grow so warm-up covers the same number of samples.",
+    )
+    reference_batch_size: int | None = Field(
+        None, ge=1, description="The global batch at which lr and warmup_steps hold as written (lr_scaling)."
+    )
     foreach: bool | None = Field(
         None, description="Multi-tensor (foreach) optimizer kernels; None = torch's default for the device."
     )
@@ -165,6 +175,8 @@ class OptimConfig(_Section):
     def _foreach_xor_fused(self) -> OptimConfig:
         if self.foreach and self.fused:
             raise ValueError("foreach and fused cannot both be true (torch uses one implementation)")
+        if self.lr_scaling != "none" and self.reference_batch_size is None:
+            raise ValueError(f"lr_scaling={self.lr_scaling} needs reference_batch_size (the batch lr was tuned at)")
         return self
 
 
@@ -261,6 +273,20 @@ class LoggingConfig(_Section):
         return v
 
 
+@dataclass(frozen=True)
+class ScaledOptim:
+    """What :meth:`RunConfig.scaled_optim` resolves: the lr and warm-up steps trained with, the factor
+    applied to optim.lr, and how it was found (one line, for records and logs)."""
+
+    lr: float
+    warmup_steps: int
+    factor: float
+    how: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps, "lr_factor": self.factor, "lr_scaling": self.how}
+
+
 class RunConfig(_Section):
     """The whole run: top-level scalars plus one section per concern."""
 
@@ -293,6 +319,25 @@ class RunConfig(_Section):
         if v not in PRECISIONS:
             raise ValueError(f"unknown precision {v!r}; expected one of {', '.join(PRECISIONS)}")
         return v
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per optimizer step over every rank (data.batch_size is per rank)."""
+        ranks = self.train.world_size * self.train.nnodes if self.train.strategy != "single" else 1
+        return self.data.batch_size * ranks
+
+    def scaled_optim(self) -> ScaledOptim:
+        """The learning rate and warm-up this run trains with: optim.lr and optim.warmup_steps moved from
+        optim.reference_batch_size to this run's global batch by optim.lr_scaling (the one place the rule lives)."""
+        o, batch = self.optim, self.global_batch_size
+        if o.lr_scaling == "none" or o.reference_batch_size is None:
+            return ScaledOptim(o.lr, o.warmup_steps, 1.0, "none")
+        ratio = batch / o.reference_batch_size
+        factor = ratio if o.lr_scaling == "linear" else ratio**0.5
+        # The same samples of warm-up: a batch k times larger needs k times fewer steps (at least one if any).
+        warmup = max(1, round(o.warmup_steps / ratio)) if o.warmup_steps else 0
+        how = f"{o.lr_scaling}: global batch {batch} / reference {o.reference_batch_size} -> lr x{factor:.4g}"
+        return ScaledOptim(o.lr * factor, warmup, factor, how)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (stored in checkpoints and metadata)."""

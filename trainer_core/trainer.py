@@ -89,20 +89,20 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
 
 
 def _build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    o = cfg.optim
+    o, lr = cfg.optim, cfg.scaled_optim().lr
     # Only pass the implementation switches the user set: None keeps torch's per-device default.
     impl = {k: v for k, v in (("foreach", o.foreach), ("fused", o.fused)) if v is not None}
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **impl)
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, **impl)
     if o.name == "adam":
-        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
+        return torch.optim.Adam(params, lr=lr, betas=o.betas, weight_decay=o.weight_decay, **impl)
     # AdamW decays matrices and embeddings only, not biases and norm scales (GPT-2, nanoGPT, HF).
     params = list(params)
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=o.betas, **impl)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=o.betas, **impl)
 
 
 def _build_scheduler(
@@ -123,13 +123,15 @@ def _build_scheduler(
         step_size = o.step_size_epochs * (steps_per_epoch or total)
         return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=o.gamma)
     if o.scheduler == "cosine":
-        warm = min(o.warmup_steps, total - 1)
+        warm = min(cfg.scaled_optim().warmup_steps, total - 1)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm, eta_min=o.min_lr)
         if not warm:
             return cosine
         linear = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=warm)
         return torch.optim.lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warm])
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.pct_start)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.scaled_optim().lr, total_steps=total, pct_start=o.pct_start
+    )
 
 
 def _schedule_length(state: dict[str, Any], key: str) -> int | None:
@@ -194,7 +196,7 @@ class Trainer:
         self._epoch_norms: list[float] = []
         self._best_n: list[tuple[float, Path]] = []
         self._t0 = time.perf_counter()  # start of the current timed stretch of the epoch loop
-        self.should_stop = False  # a hook may set this; fit() stops after the current epoch
+        self.should_stop = False  # a hook may set this; fit() stops after the current step
         self.end_reason: str | None = None  # why training ended (checkpoint.END_*), saved in checkpoints
         # (loader, (epoch, samples_in_epoch), iterator) of a fit() interrupted by stop_after_steps
         self._live_batches: tuple[DataLoader, tuple[int, int], Iterator[Any]] | None = None
@@ -417,7 +419,7 @@ class Trainer:
             if steps_left is not None:
                 steps_left -= taken
             if not epoch_done:
-                return self._interrupt(train_loader, batches)
+                return self._stop_mid_epoch() if self.should_stop else self._interrupt(train_loader, batches)
             del batches  # shut down this epoch's workers before validation starts its own
             early = self._end_epoch(val_loader)
             if early or self.should_stop:
@@ -435,8 +437,8 @@ class Trainer:
         t0 = self._t0 = time.perf_counter()
         taken, epoch_done = 0, True
         while not self._max_steps_reached():
-            if steps_left is not None and taken >= steps_left:
-                epoch_done = False
+            if (steps_left is not None and taken >= steps_left) or self.should_stop:
+                epoch_done = False  # a hook may end training mid-epoch (a target met at a step's evaluation)
                 break
             with self._phase("data"):
                 batch = next(batches, None)
@@ -479,6 +481,14 @@ class Trainer:
                 "interrupted", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch
             )
         return FitResult(self.history, True, False, self.global_step)
+
+    def _stop_mid_epoch(self) -> FitResult:
+        """A hook set should_stop during the epoch: training ends here, without the epoch's validation."""
+        self.flush()
+        self.end_reason = ck.END_STOPPED
+        if self.logger:
+            self.logger.event("stopped", step=self.global_step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch)
+        return FitResult(self.history, False, False, self.global_step, self.end_reason)
 
     def _log_step(self) -> None:
         self.flush()
@@ -583,7 +593,12 @@ class Trainer:
     # ------------------------------------------------------------------------------- checkpoints
     def _save_named(self, name: str) -> None:
         if self.checkpoint_dir is not None:
+            t0 = time.perf_counter()
             self.save_checkpoint(self.checkpoint_dir / name)
+            # Kept apart so a clock around the whole run (time to target) can leave checkpoint writes out.
+            self.counters["checkpoint_seconds"] = (
+                self.counters.get("checkpoint_seconds", 0.0) + time.perf_counter() - t0
+            )
 
     def _keep_best_n(self, val_loss: float) -> None:
         n = self.config.checkpoint.keep_best_n

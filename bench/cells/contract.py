@@ -15,12 +15,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bench.cells.target import Target, TargetResult
 from trainer_core.phases import PHASES
 
 SCHEMA_VERSION = 2
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 PASS, FAIL, NONDETERMINISTIC, ERROR = "pass", "fail", "nondeterministic", "error"
 GUARD_OK_STATUSES = (PASS, NONDETERMINISTIC)  # a cell may be recommended with these
+TARGET_TIMEOUT_S = 12 * 3600
 
 
 class _Section(BaseModel):
@@ -60,8 +62,47 @@ class MeasureConfig(_Section):
         "more repeats; still above it, the cell is marked unstable (None: never).",
     )
     cell_timeout_s: float = Field(
-        600, gt=0, description="A cell still running after this long is killed and marked failed."
+        600,
+        gt=0,
+        description="A cell still running after this long is killed and marked failed (time_to_target: "
+        f"{TARGET_TIMEOUT_S // 3600} h unless set).",
     )
+    mode: Literal["throughput", "time_to_target"] = Field(
+        "throughput",
+        description="throughput: timed steps after a warm-up (samples/s); time_to_target: seeded runs trained "
+        "until `target` is first met, scored by MLPerf's rule (bench/cells/target.py).",
+    )
+    target: Target | None = Field(None, description="time_to_target: the metric and the value to reach.")
+    runs: int = Field(5, ge=1, description="time_to_target: runs per cell, seeds seed, seed+1, ...")
+    max_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="time_to_target: epochs a run may train before it counts as not reached "
+        "(None: the config's train.epochs; the LR schedule is sized for it).",
+    )
+    eval_every: Literal["epoch"] | int = Field(
+        "epoch", description="time_to_target: evaluate the target metric after every epoch, or every K steps."
+    )
+    reference: str | None = Field(
+        None,
+        description="time_to_target: the cell whose epochs to target the others are checked against "
+        "(None: the first measured cell).",
+    )
+
+    @field_validator("eval_every")
+    @classmethod
+    def _positive_steps(cls, v: Literal["epoch"] | int) -> Literal["epoch"] | int:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("eval_every: 'epoch' or a number of steps (at least 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _target_mode(self) -> MeasureConfig:
+        if self.mode == "time_to_target" and self.target is None:
+            raise ValueError("mode time_to_target needs target: {metric: ..., value: ...}")
+        if self.mode == "time_to_target" and "cell_timeout_s" not in self.model_fields_set:
+            self.cell_timeout_s = TARGET_TIMEOUT_S  # several full trainings, not a few timed seconds
+        return self
 
     def steps_per_repeat(self, step_estimate_s: float) -> int:
         """Timed steps per repeat for a cell whose warm-up steps took ``step_estimate_s``."""
@@ -145,6 +186,11 @@ class CellSpec(BaseModel):
     role: str | None = Field(
         None, description="Why the cell was measured (bench.tune: search, recheck, final-..., or None)."
     )
+    state_dir: str | None = Field(
+        None,
+        description="time_to_target: folder where each seed's finished run and checkpoint are kept, so an "
+        "interrupted cell resumes (None: nothing kept).",
+    )
 
 
 class GuardResult(BaseModel):
@@ -187,6 +233,9 @@ class CellRecord(BaseModel):
     device: str | None = Field(None, description="Device it ran on.")
     batch_size: int | None = Field(None, description="Samples per optimizer step and rank (data.batch_size).")
     emulated: bool | None = Field(None, description="The precision has no native instructions on this device.")
+    optim: dict[str, Any] | None = Field(
+        None, description="The lr and warm-up steps the cell trained with (optim.lr_scaling applied) and how."
+    )
     threads: int | None = Field(None, description="torch intra-op threads in the cell process.")
     steps_timed: int | None = Field(None, description="Timed steps over all repeats.")
     step_ms_median: float | None = Field(None, description="Median step time, ms (data wait included).")
@@ -282,6 +331,9 @@ class CellRecord(BaseModel):
         "without profile.enabled); they overlap compute, so this bounds what communication costs the step.",
     )
     comm_pct: float | None = Field(None, description="comm_ms_per_step as a share of the median step, %.")
+    time_to_target: TargetResult | None = Field(
+        None, description="measure.mode time_to_target: every seed's run and the cell's score."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -202,6 +202,25 @@ def traced_collectives_ms(b: dict[str, Any], timed_median_ms: float) -> float | 
     return comm["collective_ms_per_step"] / traced_step_ms * timed_median_ms
 
 
+def identity(spec: CellSpec, setup: CellSetup) -> dict[str, Any]:
+    """The record's fields that say which cell this is and how it ran (not what it measured)."""
+    policy = setup.run.trainer.policy
+    return {
+        "cell_id": spec.cell_id,
+        "axes": spec.axes,
+        "role": spec.role,
+        "status": OK,
+        "reason": "; ".join(policy.notes) or None,  # one line for the tables
+        "notes": list(policy.notes),  # each note whole, for summary.md's list
+        "precision": setup.config.precision,
+        "device": str(setup.device),
+        "batch_size": setup.config.data.batch_size,
+        "emulated": policy.emulated,
+        "optim": setup.config.scaled_optim().to_dict(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def measure_cell(spec: CellSpec) -> CellRecord:
     """Measure then guard one cell in this process (one rank of a data-parallel cell: the same steps)."""
     t_start = time.perf_counter()
@@ -227,17 +246,7 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         profile, traced_comm_ms = profile_cell(setup, spec.profile, Path(str(spec.trace_dir)), stats["step_ms_median"])
     guards = run_guards(setup.config, spec.guards, setup.device, trainer, setup.watch)
     return CellRecord(
-        cell_id=spec.cell_id,
-        axes=spec.axes,
-        role=spec.role,
-        status=OK,
-        reason="; ".join(trainer.policy.notes) or None,  # one line for the tables
-        notes=list(trainer.policy.notes),  # each note whole, for summary.md's list
-        precision=setup.config.precision,
-        device=str(setup.device),
-        batch_size=setup.config.data.batch_size,
-        emulated=trainer.policy.emulated,
-        threads=torch.get_num_threads(),
+        **identity(spec, setup),
         **stats,
         **memory,
         flops_per_step=flops,

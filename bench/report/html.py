@@ -178,12 +178,48 @@ def top_ops(records: list[CellRecord], n: int = 8) -> str:
     return ("<h2>Top operators (torch.profiler)</h2>" + "".join(parts)) if parts else ""
 
 
+def _inline(text: str) -> str:
+    """summary.md's inline marks (**bold**, `code`) as HTML, the rest escaped."""
+    out = _esc(text)
+    for mark, tag in (("**", "b"), ("`", "code")):
+        parts = out.split(mark)
+        out = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(parts))
+    return out
+
+
+def markdown_block(lines: list[str], table_id: str) -> str:
+    """The answer and tables of summary.md as HTML: headings, bullets, pipe tables and paragraphs."""
+    out, rows = [], [ln for ln in lines if ln.startswith("|") and not ln.startswith("|---")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")] if rows else []
+    body = ["<tr>" + "".join(_td(c.strip()) for c in r.strip("|").split("|")) + "</tr>" for r in rows[1:]]
+    for ln in lines:
+        if ln.startswith("## "):
+            out.append(f"<h2>{_inline(ln[3:])}</h2>")
+        elif ln.startswith("- "):
+            out.append(f"<li>{_inline(ln[2:])}</li>")
+        elif ln.startswith("|") and header and ln == rows[0]:
+            out.append(table(table_id, header, body))
+        elif ln and not ln.startswith("|"):
+            out.append(f"<p>{_inline(ln)}</p>")
+    return "\n".join(out)
+
+
+def answer(records: list[CellRecord], env: dict[str, Any]) -> str:
+    """The answer a user came for, first on the page (what summary.md opens with)."""
+    from bench.report.tables import fastest_section
+    from bench.report.target import target_answer, target_table
+
+    if any(r.time_to_target is not None for r in records):
+        return markdown_block(target_answer(records, env) + target_table(records, env), "target")
+    return markdown_block(fastest_section(records), "answer")
+
+
 def run_report(run_dir: Path, records: list[CellRecord], env: dict[str, Any]) -> Path:
-    """``<run_dir>/report.html`` for a finished run."""
+    """``<run_dir>/report.html`` for a finished run: the answer first, then every cell and the figures."""
     from bench.report import figures as hf
 
     header, rows = cell_rows(records, run_dir)
-    body = [environment(env), "<h2>Cells</h2>" + table("cells", header, rows)]
+    body = [answer(records, env), environment(env), "<h2>Cells</h2>" + table("cells", header, rows)]
     figures: list[dict[str, Any]] = []
     phases = hf.phase_breakdown(records)
     for fig_id, heading, fig, note in (

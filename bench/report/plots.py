@@ -45,7 +45,7 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title:
 
 def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
     """Throughput (the workload's unit) against batch size: one line per combination of the other axes."""
-    ok = [r for r in records if r.status == OK and "data.batch_size" in r.axes]
+    ok = [r for r in records if r.status == OK and "data.batch_size" in r.axes and r.time_to_target is None]
     if not ok:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -63,7 +63,7 @@ def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
 
 def plot_data_wait(records: list[CellRecord], path: str | Path) -> Path | None:
     """Data-wait share of the step per cell, grouped by num_workers."""
-    ok = [r for r in records if r.status == OK]
+    ok = [r for r in records if r.status == OK and r.data_wait_pct is not None]
     if not ok:
         return None
     ok.sort(key=lambda r: (r.axes.get("data.num_workers", 0), r.cell_id))
@@ -100,4 +100,29 @@ def plot_phase_breakdown(records: list[CellRecord], path: str | Path) -> Path | 
     ax.set_ylabel("share of step time (%)")
     ax.set_title("Where the step time goes (torch.profiler, per cell)")
     ax.legend(fontsize=7, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_target_curves(records: list[CellRecord], path: str | Path) -> Path | None:
+    """Time to target: each cell's runs as the target metric against the clock (one colour per cell, one
+    line per seed), with the target as a horizontal line."""
+    cells = [r for r in records if r.status == OK and r.time_to_target is not None]
+    if not cells:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(cells):
+        assert r.time_to_target is not None
+        for k, run in enumerate(r.time_to_target.runs):
+            xs, ys = [e["seconds"] for e in run.evals], [e["value"] for e in run.evals]
+            colour = colours[i % len(colours)]
+            ax.plot(xs, ys, marker=".", color=colour, alpha=0.7, label=r.cell_id if k == 0 else None)
+    target = cells[0].time_to_target.target if cells[0].time_to_target else None
+    if target is not None:
+        ax.axhline(target.value, color="black", linestyle="--", linewidth=1, label=target.describe())
+        ax.set_ylabel(target.metric)
+    ax.set_xlabel("seconds on the clock (evaluations included, setup excluded)")
+    ax.set_title("Time to target: every run of every cell")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)

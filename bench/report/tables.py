@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cells.contract import FAIL, FAILED, NONDETERMINISTIC, OK, PASS, SKIPPED, CellRecord, first_seen, guard_names
+from bench.report.target import target_answer, target_table
 from trainer_core.phases import PHASES
 
 PROFILE_PHASES = (*PHASES, "other")
@@ -247,10 +248,9 @@ def fastest_section(records: list[CellRecord]) -> list[str]:
             if r.unstable
             else ""
         )
-        lines.append(
-            f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}, "
-            f"step {r.step_ms_median:.2f} ms, data-wait {r.data_wait_pct:.1f}%{unstable}"
-        )
+        step = f", step {r.step_ms_median:.2f} ms" if r.step_ms_median is not None else ""
+        wait = f", data-wait {r.data_wait_pct:.1f}%" if r.data_wait_pct is not None else ""
+        lines.append(f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}{step}{wait}{unstable}")
     failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
     if failed_guards:
         lines += ["", "Not recommended (a guard failed): " + ", ".join(f"`{r.cell_id}`" for r in failed_guards)]
@@ -378,6 +378,9 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
 
 
 def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
+    if any(r.time_to_target is not None for r in records):
+        lines = summary_head(records, env) + target_answer(records, env) + target_table(records, env)
+        return "\n".join(lines + notes_sections(records)) + "\n"
     lines = summary_head(records, env) + fastest_section(records) + speedup_sections(records)
     lines += scaling_section(records) + notes_sections(records)
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from bench.launch.executor import Executor
 from bench.launch.local import LocalExecutor
 from bench.matrix import Cell, MatrixSpec
 from bench.report.tables import fastest_section, markdown_table, summary_head, summary_markdown, write_csv
+from bench.report.target import target_answer, target_table
 from trainer_core.errors import ConfigError
 from trainer_core.precision import COMPUTE_DTYPES
 from trainer_core.provenance import environment_info, utc_timestamp
@@ -125,6 +126,8 @@ def submit_cell(
         return lambda: skipped_record(cell, role)
     cell_dir = run.run_dir / "cells"
     cspec = cell_spec(cell, spec, run, profiles / run.run_dir.name / cell.cell_id, role)
+    if spec.measure.mode == "time_to_target":  # each seed's finished run and checkpoint: --resume continues
+        cspec.state_dir = str(cell_dir / f"{cell.cell_id}.target")
     return (executor or LocalExecutor()).submit(cspec, cell_dir)
 
 
@@ -132,7 +135,7 @@ def write_cell_scalars(root: Path, record: CellRecord) -> None:
     """A measured cell's samples/s (per repeat), step time (per timed step) and data-wait share as
     TensorBoard scalars in ``<profiles>/<run-id>/scalars/<cell-id>``, beside the traces, so one
     ``tensorboard --logdir profiles/<run-id>`` shows both."""
-    if record.status != OK:
+    if record.status != OK or record.time_to_target is not None:  # a run to a target has no timed steps
         return
     from torch.utils.tensorboard import SummaryWriter
 
@@ -174,6 +177,9 @@ class Progress:
             return
         eta = self.measuring_s / self.measured * (self.to_measure - self.measured) if self.measured else float("nan")
         what = f"{record.rate:,.0f} {record.unit}" if record.rate else (record.reason or "")
+        t = record.time_to_target
+        if t is not None:
+            what = f"{t.score_s:.3g} s to target" if t.score_s is not None else f"target not reached ({t.note})"
         print(f"[{i}/{self.total}] {record.cell_id}: {record.status} {what} (ETA {eta:.0f} s)", flush=True)
 
     def close(self) -> None:
@@ -201,7 +207,7 @@ def run_cells(
 
 def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any]) -> list[Path]:
     from bench.report.html import run_report
-    from bench.report.plots import plot_data_wait, plot_phase_breakdown, plot_throughput
+    from bench.report.plots import plot_data_wait, plot_phase_breakdown, plot_target_curves, plot_throughput
 
     write_csv(records, run_dir / "results.csv")
     (run_dir / "results.md").write_text(markdown_table(records) + "\n")
@@ -211,6 +217,7 @@ def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any])
         plot_throughput(records, run_dir / "throughput_vs_batch.png"),
         plot_data_wait(records, run_dir / "data_wait.png"),
         plot_phase_breakdown(records, run_dir / "phase_breakdown.png"),
+        plot_target_curves(records, run_dir / "time_to_target.png"),
     ):
         if plot is not None:
             paths.append(plot)
@@ -221,13 +228,11 @@ def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any])
 def closing_lines(records: list[CellRecord], env: dict[str, Any], paths: list[Path]) -> list[str]:
     """What the terminal shows at the end: the compact table, the fastest configuration, the files,
     and how many cells failed (a run in which none succeeded is a failure: see :func:`succeeded`)."""
-    lines = [
-        "",
-        markdown_table(records, compact=True),
-        "",
-        "\n".join(summary_head(records, env) + fastest_section(records)),
-        "",
-    ]
+    if any(r.time_to_target is not None for r in records):
+        table, answer = target_table(records, env), target_answer(records, env)
+    else:
+        table, answer = [markdown_table(records, compact=True)], fastest_section(records)
+    lines = ["", *table, "", "\n".join(summary_head(records, env) + answer), ""]
     lines += [f"  {p}" for p in paths]
     ok = sum(1 for r in records if r.status == OK)
     failed = sum(1 for r in records if r.status == FAILED)

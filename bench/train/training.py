@@ -86,6 +86,7 @@ def finish(run: Run, run_dir: RunDir, result: FitResult, wall0: float, logger: R
         end_reason=trainer.end_reason,
         global_step=trainer.global_step,
         precision=trainer.policy.metadata(),
+        optim=run.config.scaled_optim().to_dict(),
         data=run.data.meta,
         finished=utc_timestamp(),
     )
@@ -110,9 +111,12 @@ def start_run(run: Run, run_dir: RunDir, resume_from: Path | None, done: str | N
         step=trainer.global_step,
         epoch=trainer.epoch,
         precision=trainer.policy.metadata(),
+        optim=run.config.scaled_optim().to_dict(),
         data=run.data.meta,
         env=environment_info(),
     )
+    if run.config.optim.lr_scaling != "none":
+        print(f"note: optim.lr_scaling {run.config.scaled_optim().how}", file=sys.stderr)
     for note in trainer.policy.notes + (
         [run.data.meta["pin_memory_note"]] if "pin_memory_note" in run.data.meta else []
     ):
