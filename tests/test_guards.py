@@ -136,10 +136,14 @@ def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     assert time.perf_counter() - t0 >= 0.02  # and at least the planted time more
     share = extra_time(base="SimpleMLP", extra_share=0.5, **kwargs)
     share(x)
-    assert share._last_wait == 0.0  # the first forward has no step of its own to measure yet
+    assert share._last is not None and share._last[2] == 0.0  # the first forward has no step to measure yet
     time.sleep(0.04)  # the rest of a step of at least 40 ms
     share(x)
-    assert share._last_wait >= 0.02  # half the step's own time: a ratio, not a fixed time
+    assert share._last[2] >= 0.02  # half the step's own time: a ratio, not a fixed time
+    share._last = (share._last[0] + 1, *share._last[1:])  # as a forked child sees its parent's last forward
+    time.sleep(0.2)
+    share(x)
+    assert share._last[2] == 0.0 and share._own == []  # the child measures its own steps, not the gap
     planted = {
         "model.name": "bench.guards.planted:extra_time",
         "model.kwargs": {"base": "SimpleMLP", "extra_ms": 0.5, **kwargs},

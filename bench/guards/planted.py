@@ -26,6 +26,8 @@ the same faults for the causal_lm workload (token ids in, logits over the vocabu
 
 from __future__ import annotations
 
+import os
+import statistics
 import time
 
 import torch
@@ -232,26 +234,32 @@ def lm_hidden_state(vocab_size: int = 32) -> nn.Module:
 # --------------------------------------------------------------------------------- planted slowdown
 class ExtraTime(nn.Module):
     """The base model, unchanged, plus busy-waiting (a CPU kept busy, not a sleep) after each forward:
-    ``extra_ms`` each time, and ``extra_share`` times the step's own time (from the start of the last
-    forward to the start of this one, less what was waited then), so that a step of ``s`` ms takes
-    ``s * (1 + extra_share)`` whatever speed the machine runs at that minute."""
+    ``extra_ms`` each time, and ``extra_share`` times the step's own time (the median of the last five
+    intervals from one forward's start to the next, less what was waited then), so that a step of ``s`` ms
+    takes ``s * (1 + extra_share)`` whatever speed the machine runs at that minute. The median keeps a pause
+    between forwards (an evaluation, the gap before a forked reading's first step) from becoming a wait of
+    its own; a forked process starts its own intervals rather than measuring from its parent's forward."""
 
     def __init__(self, base: nn.Module, extra_ms: float, extra_share: float = 0.0) -> None:
         super().__init__()
         self.base, self.extra_s, self.share = base, extra_ms / 1e3, extra_share
-        self._last_start: float | None = None
-        self._last_wait = 0.0
+        self._last: tuple[int, float, float] | None = None  # (pid, start, wait) of the last forward
+        self._own: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         out = self.base(x)
         wait = self.extra_s
-        if self.share and self._last_start is not None:
-            wait += self.share * max(0.0, start - self._last_start - self._last_wait)
+        last, pid = self._last, os.getpid()
+        if last is not None and last[0] != pid:  # forked after its parent's forward: nothing measured yet
+            last, self._own = None, []
+        if self.share and last is not None:
+            self._own = [*self._own[-4:], max(0.0, start - last[1] - last[2])]
+            wait += self.share * statistics.median(self._own)
         until = time.perf_counter() + wait
         while time.perf_counter() < until:
             pass
-        self._last_start, self._last_wait = start, wait
+        self._last = (pid, start, wait)
         return out
 
 
