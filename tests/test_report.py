@@ -1,11 +1,14 @@
 import csv
 from pathlib import Path
 
+import pytest
+
 from bench.cells.contract import CellRecord
 from bench.guards.checks import GUARDS
 from bench.report.tables import (
     METRIC_COLUMNS,
     fastest_per_device,
+    fastest_section,
     markdown_table,
     scaling_rows,
     speedups_vs_fp32,
@@ -56,8 +59,24 @@ def test_speedup_against_matching_fp32_cell() -> None:
 def test_a_guard_failure_is_never_recommended() -> None:
     assert fastest_per_device(RECORDS)["cpu"].cell_id == "b"
     summary = summary_markdown(RECORDS, {"matrix_name": "t"})
-    assert "`b`" in summary.split("## Speedup")[0] and "Not recommended (a guard failed): `c`" in summary
-    assert "CUDA not available (1)" in summary
+    answer = summary.split("## Speedup")[0]
+    assert "- **cpu**: `b` (precision=bf16, data.batch_size=64): 250 samples/s" in answer
+    assert "  - `c`: a guard failed (overfit, finite, determinism, resume, ddp_equivalence)" in answer
+    assert "  - `d`: slower: 120 samples/s, 0.48x the fastest" in answer
+    assert answer.index("`c`: a guard failed") < answer.index("`d`: slower") < answer.index("`a`: slower")
+    assert "1 cells skipped: CUDA not available (1)" in answer and summary.count("CUDA not available") == 1
+
+
+def test_the_answer_gives_the_speedup_over_the_baseline_cell_with_an_interval() -> None:
+    steps = {"steps_per_repeat": 5, "items_per_step": 64}
+    base = _rec("a", "fp32", 64, 6400.0, step_s=[0.010] * 15, **steps)
+    jittery = [0.004, 0.0041, 0.0039, 0.004, 0.004] + [0.0038, 0.0039, 0.0038, 0.0038, 0.0038] * 2
+    fast = _rec("b", "bf16", 64, 16000.0, step_s=jittery, **steps)
+    lines = "\n".join(fastest_section([base, fast]))
+    # baseline median step 10 ms, the winner's 3.8 ms: 2.63x; the repeats' bootstrap spans 2.50 (4.0 ms) to 2.63
+    assert "  2.63x the throughput of the baseline `a` (95% interval 2.50-2.63," in lines
+    assert fast.readings() == [jittery[:5], jittery[5:10], jittery[10:]]
+    assert base.rate_band == pytest.approx((6400 / 1.1, 6400 / 0.9))  # rate at the p90 and at the p10 step
 
 
 def test_csv_and_markdown_have_every_row_and_column(tmp_path: Path) -> None:
@@ -143,3 +162,15 @@ def test_plot_lines_are_labelled_by_the_axes_that_vary() -> None:
         "precision=bf16": ["bf16-32", "bf16-64"],
     }
     assert list(lines_by_other_axes(recs[:1], ())) == ["all"]  # nothing varies
+
+
+def test_the_throughput_chart_shows_each_cells_p10_p90_band() -> None:
+    from bench.report.figures import throughput_vs_batch
+
+    fig = throughput_vs_batch(RECORDS)
+    assert fig is not None
+    (fp32,) = [t for t in fig.data if t.name == "precision=fp32"]
+    assert list(fp32.x) == [64, 128] and list(fp32.y) == [100.0, 120.0]
+    # median 1.0 ms, p10 0.9, p90 1.1: throughput 100/0.9 at the p10 step, 100/1.1 at the p90 step
+    assert list(fp32.error_y.array) == pytest.approx([100 / 0.9 - 100, 120 / 0.9 - 120])
+    assert list(fp32.error_y.arrayminus) == pytest.approx([100 - 100 / 1.1, 120 - 120 / 1.1])

@@ -353,6 +353,19 @@ class CellRecord(BaseModel):
         return self.throughput if self.throughput is not None else self.samples_per_s
 
     @property
+    def rate_band(self) -> tuple[float, float] | None:
+        """Throughput at the 90th and at the 10th percentile step (the p10-p90 band of the rate)."""
+        rate, med, p10, p90 = self.rate, self.step_ms_median, self.step_ms_p10, self.step_ms_p90
+        if not (rate and med and p10 and p90):
+            return None
+        return rate * med / p90, rate * med / p10
+
+    def readings(self) -> list[list[float]]:
+        """The timed steps as the repeats that took them (one reading each), for unpaired intervals."""
+        n = self.steps_per_repeat or len(self.step_s)
+        return [self.step_s[i : i + n] for i in range(0, len(self.step_s), n)] if n else []
+
+    @property
     def unit(self) -> str:
         return self.throughput_unit or "samples/s"
 

@@ -16,15 +16,19 @@ LAYOUT = {"margin": {"l": 60, "r": 20, "t": 30, "b": 120}, "template": "plotly_w
 
 
 def throughput_vs_batch(records: list[CellRecord]) -> go.Figure | None:
-    """A line per combination of the other varying axes (precision among them)."""
+    """A line per combination of the other varying axes (precision among them); error bars: each cell's
+    throughput at its p90 and its p10 step."""
     ok = [r for r in records if r.status == OK and r.rate and "data.batch_size" in r.axes]
     if not ok:
         return None
     fig = go.Figure(layout={**LAYOUT, "xaxis": {"type": "log", "title": "batch size"}, "yaxis": {"title": ok[0].unit}})
     for name, rs in sorted(lines_by_other_axes(ok, ("data.batch_size",)).items()):
         rs.sort(key=lambda r: r.axes["data.batch_size"])
+        bands = [r.rate_band or (r.rate, r.rate) for r in rs]  # throughput at the p90 and the p10 step
+        error = {"type": "data", "symmetric": False, "array": [hi - r.rate for r, (_, hi) in zip(rs, bands)],
+                 "arrayminus": [r.rate - lo for r, (lo, _) in zip(rs, bands)]}  # fmt: skip
         fig.add_scatter(x=[r.axes["data.batch_size"] for r in rs], y=[r.rate for r in rs], name=name,
-                        mode="lines+markers", text=[r.cell_id for r in rs])  # fmt: skip
+                        mode="lines+markers", text=[r.cell_id for r in rs], error_y=error)  # fmt: skip
     return fig
 
 

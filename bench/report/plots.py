@@ -50,11 +50,14 @@ def plot_throughput(records: list[CellRecord], path: str | Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
     for label, rs in sorted(lines_by_other_axes(ok, ("data.batch_size",)).items()):
-        pts = sorted((r.axes["data.batch_size"], r.rate) for r in rs)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        rs = sorted(rs, key=lambda r: r.axes["data.batch_size"])
+        bands = [r.rate_band or (r.rate, r.rate) for r in rs]  # throughput at the p90 and the p10 step
+        yerr = [[r.rate - lo for r, (lo, _) in zip(rs, bands)], [hi - r.rate for r, (_, hi) in zip(rs, bands)]]
+        ax.errorbar([r.axes["data.batch_size"] for r in rs], [r.rate for r in rs], yerr=yerr, marker="o",
+                    capsize=3, label=label)  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
-    ax.set_ylabel(f"{ok[0].unit} (median step)")
+    ax.set_ylabel(f"{ok[0].unit} (median step; bars: p10-p90 step)")
     ax.set_title("Throughput vs batch size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

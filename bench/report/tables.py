@@ -166,8 +166,9 @@ def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
         "guards",
         "note",
     ]
-    if compact:
+    if compact:  # the terminal: skipped cells are one line of the answer below, not rows here
         head = ["cell", "status", rate, "step ms", "data-wait %", "guards", "note"]
+        records = [r for r in records if r.status != SKIPPED]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(str(c) for c in _row(r, axes, compact, rate)) + " |" for r in records]
     return "\n".join(lines)
@@ -234,8 +235,37 @@ def fastest_per_device(records: list[CellRecord]) -> dict[str, CellRecord]:
     return best
 
 
+def baseline_of(records: list[CellRecord], best: CellRecord) -> CellRecord | None:
+    """The baseline ``best`` is compared with: the first measured cell of the matrix on its device and unit."""
+    same = [r for r in records if r.status == OK and r.rate and r.device == best.device and r.unit == best.unit]
+    return same[0] if same else None
+
+
+def speedup_line(best: CellRecord, base: CellRecord) -> str:
+    """best / baseline throughput with a 95% interval from their repeats (unpaired: two processes)."""
+    from bench.stats import bootstrap_ratio_readings
+
+    items = (best.items_per_step or best.batch_size or 1) / (base.items_per_step or base.batch_size or 1)
+    ratio, low, high = bootstrap_ratio_readings(base.readings(), best.readings())
+    return (
+        f"{ratio * items:.2f}x the throughput of the baseline `{base.cell_id}` (95% interval "
+        f"{low * items:.2f}-{high * items:.2f}, its repeats against this cell's; taken in separate processes)."
+    )
+
+
+def why_not(r: CellRecord, best: CellRecord) -> str:
+    """One line: why a measured cell is not the answer."""
+    if not r.guards_ok:
+        failed = [name for name, g in r.guards.items() if g.status not in (PASS, NONDETERMINISTIC)]
+        return f"a guard failed ({', '.join(failed)})"
+    why = f"slower: {r.rate:,.0f} {r.unit}, {r.rate / best.rate:.2f}x the fastest" if r.rate else "no throughput"
+    return why + (f"; unstable (repeats spread {r.repeat_spread_pct:.0f}%)" if r.unstable else "")
+
+
 def fastest_section(records: list[CellRecord]) -> list[str]:
-    """summary.md's first section (also what bench.run prints at the end)."""
+    """summary.md's first section (also what bench.run prints at the end): per device, the fastest
+    guard-passing cell, its speedup over the baseline cell, and why every other measured cell lost;
+    skipped cells folded into one line."""
     lines = ["## Fastest configuration per device (all guards passed)", ""]
     best = fastest_per_device(records)
     if not best:
@@ -251,10 +281,23 @@ def fastest_section(records: list[CellRecord]) -> list[str]:
         step = f", step {r.step_ms_median:.2f} ms" if r.step_ms_median is not None else ""
         wait = f", data-wait {r.data_wait_pct:.1f}%" if r.data_wait_pct is not None else ""
         lines.append(f"- **{dev}**: `{r.cell_id}` ({axes}): {r.rate:,.0f} {r.unit}{step}{wait}{unstable}")
-    failed_guards = [r for r in records if r.status == OK and not r.guards_ok]
-    if failed_guards:
-        lines += ["", "Not recommended (a guard failed): " + ", ".join(f"`{r.cell_id}`" for r in failed_guards)]
-    return lines
+        base = baseline_of(records, r)
+        if base is not None and base is not r and base.step_s and r.step_s:
+            lines.append(f"  {speedup_line(r, base)}")
+        others = [x for x in records if x.status == OK and x is not r and x.device == r.device and x.unit == r.unit]
+        lines += [f"  - `{x.cell_id}`: {why_not(x, r)}" for x in sorted(others, key=lambda x: -(x.rate or 0))]
+    return lines + skipped_line(records)
+
+
+def skipped_line(records: list[CellRecord]) -> list[str]:
+    """Skipped cells folded into one line: how many, and why."""
+    skipped = [r for r in records if r.status == SKIPPED]
+    if not skipped:
+        return []
+    reasons: dict[str, int] = {}
+    for r in skipped:
+        reasons[r.reason or "?"] = reasons.get(r.reason or "?", 0) + 1
+    return ["", f"{len(skipped)} cells skipped: " + "; ".join(f"{why} ({n})" for why, n in reasons.items())]
 
 
 def summary_head(records: list[CellRecord], env: dict[str, Any]) -> list[str]:
@@ -367,10 +410,6 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
             f"cells ran on {len(machines)} kinds of machine ({'; '.join(machines)}): compare cells of one kind only"
         )
     lines = ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
-    skipped = sorted({r.reason for r in records if r.status == SKIPPED and r.reason})
-    if skipped:
-        n = {why: sum(1 for r in records if r.reason == why and r.status == SKIPPED) for why in skipped}
-        lines += ["", "Skipped cells, by reason: " + "; ".join(f"{why} ({n[why]})" for why in skipped)]
     failed = [r for r in records if r.status == FAILED]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"- `{r.cell_id}`: {r.reason}" for r in failed]
