@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from conftest import REPO, tiny_overrides
 
+from bench.cells.contract import CellRecord
 from bench.history import db as history_db
 from bench.train import __main__ as train_cli
 from bench.tune import __main__ as tune_cli
-from bench.tune.report import format_report
-from bench.tune.tuning import default_space, ordered, parse_axes, rounds_that_fit, train_for_seconds
+from bench.tune.report import format_report, pruning_section
+from bench.tune.tuning import default_space, ordered, parse_axes, prune_levers, rounds_that_fit, train_for_seconds
 from trainer_core.loading import load_config
 from trainer_core.text import write_sample_text
 
@@ -97,7 +100,10 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
     final = result["final"]
     assert final is not None  # three or more configurations passed: the finalists met the start side by side
     assert final["ci_low"] <= final["speedup"] <= final["ci_high"]
-    assert result["winner"] == (final["winner"] if final["ci_high"] >= 1.0 else result["start"])
+    chosen = final["winner"] if final["ci_high"] >= 1.0 else result["start"]
+    dropped = {r["axis"] for r in result["pruning"] if not r["kept"]}  # levers that did not pay were taken out
+    assert {r["axis"] for r in result["pruning"]} == {k for k, v in chosen.items() if v != result["start"][k]}
+    assert result["winner"] == {k: result["start"][k] if k in dropped else v for k, v in chosen.items()}
     assert "Winning config" in (run_dir / "tune.md").read_text()
     assert (
         train_cli.cli(
@@ -246,3 +252,45 @@ def test_report_says_when_rounds_were_cut() -> None:
     text = format_report(result)
     assert "(2 rounds, rotating order; 2 of the 4 asked for: no time left in the budget for more)" in text
     assert "of the 4 asked" not in format_report({**result, "final": {**final, "rounds": 4}})
+
+
+class FakeCells:
+    """TuneCells stand-in: lever ``a`` halves the step, lever ``b`` changes nothing, ``c`` breaks a guard."""
+
+    def __init__(self) -> None:
+        self.executor = self
+        self.seen: list[str] = []
+        self.rng = np.random.default_rng(3)
+
+    def close(self) -> None:
+        pass
+
+    def __call__(self, values: dict[str, Any], label: str | None = None) -> CellRecord:
+        self.seen.append(str(label))
+        step = 0.01 * (0.5 if values["a"] else 1.0)
+        steps = list(step * (1 + 0.01 * self.rng.standard_normal(20)))
+        broken = values.get("c") == 0  # without c, a guard fails
+        guards = {"finite": {"name": "finite", "status": "fail" if broken else "pass", "detail": ""}}
+        return CellRecord.model_validate({"cell_id": label, "status": "ok", "samples_per_s": 32 / step,
+                                          "items_per_step": 32, "step_s": steps, "guards": guards,
+                                          "guards_ok": not broken})  # fmt: skip
+
+
+def test_every_lever_of_the_winner_must_pay() -> None:
+    cells = FakeCells()
+    start, winner = {"a": 0, "b": 0, "c": 0}, {"a": 1, "b": 1, "c": 1}
+    pruned, rows = prune_levers(cells, start, winner, 4, None)  # type: ignore[arg-type]
+    assert pruned == {"a": 1, "b": 0, "c": 1}  # b pays nothing: dropped; c stays (without it a guard fails)
+    by = {r["axis"]: r for r in rows}
+    assert by["a"]["kept"] and by["a"]["without"][2] < 0.6  # half the throughput without it
+    assert not by["b"]["kept"] and by["b"]["without"][1] <= 1.0 <= by["b"]["without"][2]
+    assert by["c"]["kept"] and by["c"]["without"] is None and "without it" in by["c"]["why"]
+    assert len([x for x in cells.seen if x.startswith("final-winner-")]) == 4  # four rounds of every arm
+    # one lever: the finals already measured winner against start side by side; its interval decides
+    final = {"speedup": 1.02, "ci_low": 0.97, "ci_high": 1.08}
+    assert prune_levers(cells, {"a": 0}, {"a": 1}, 4, final)[0] == {"a": 0}  # type: ignore[arg-type]
+    kept = {"speedup": 1.5, "ci_low": 1.3, "ci_high": 1.7}
+    assert prune_levers(cells, {"a": 0}, {"a": 1}, 4, kept)[0] == {"a": 1}  # type: ignore[arg-type]
+    table = "\n".join(pruning_section({"pruning": rows}))
+    assert "| b | " in table and "**dropped**: not slower without it" in table
+    assert "| c | without it: " in table and table.count("| kept |") == 3  # the header, a and c

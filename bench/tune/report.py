@@ -121,7 +121,22 @@ def levers_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def pruning_section(result: dict[str, Any]) -> list[str]:
+    """Each lever of the winner taken out on its own: kept only if the winner is slower without it."""
+    rows = result.get("pruning") or []
+    if not rows:
+        return []
+    lines = ["", "Every lever must pay: the winner without each one, side by side (without / with, 95% CI):", ""]
+    lines += ["| lever | without / with | kept |", "|---|---:|---|"]
+    for r in rows:
+        w = r.get("without")
+        ratio = f"{w[0]:.2f}x ({w[1]:.2f}-{w[2]:.2f})" if w else r["why"]
+        verdict = "kept" if r["kept"] else "**dropped**: not slower without it"
+        lines.append(f"| {r['axis']} | {ratio} | {verdict} |")
+    return lines
+
+
 def format_report(result: dict[str, Any]) -> str:
-    lines = trials_section(result) + final_section(result) + levers_section(result)
+    lines = trials_section(result) + final_section(result) + pruning_section(result) + levers_section(result)
     lines += ["", f"Winning config: `{result['winner_yaml']}` (python -m bench.train --config {result['winner_yaml']})"]
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from bench.launch.forked import SERVER_ROUNDS
 from bench.launch.local import LocalExecutor
 from bench.matrix import cell_id_for, lever_skip_reason, preflight_config, resolve_device_name, static_skip_reason
 from bench.measure.timing import STEP_DRIVEN_OVERRIDES
-from bench.paired.engine import Reading, ReadingError, RoundsPlan, run_rounds
+from bench.paired.engine import Reading, ReadingError, Rounds, RoundsPlan, run_rounds
 from bench.stats import geometric_mean
 from bench.tune.search import (
     RECHECK,
@@ -261,7 +261,10 @@ class TunePlan:
             )
         else:
             levers = max(0, len(self.space) - 1)
-        return rounds * self.round_s(searcher, top) + (searcher.trial_seconds or 0.0) * levers
+        # Then the winner without each of its levers, side by side (when it has more than one).
+        changed = sum(1 for a in self.space if top and top[0][a] != self.start[a])
+        pruning = rounds * FINAL_COST * (changed + 1) * (searcher.trial_seconds or 0.0) if changed > 1 else 0.0
+        return rounds * self.round_s(searcher, top) + (searcher.trial_seconds or 0.0) * levers + pruning
 
     def reserve_s(self, searcher: Searcher) -> float:
         return self.after_search_s(searcher, self.rounds)
@@ -368,6 +371,21 @@ class FinalsSubject:
         self.cells.executor.close()
 
 
+def paired_cells(
+    cells: TuneCells, configs: dict[str, dict[str, Any]], rounds: int, what: str
+) -> tuple[Rounds, FinalsSubject]:
+    """The configurations (first: the one the others are judged against, never dropped) measured side by
+    side for ``rounds`` rounds by the paired-rounds engine; any other arm that fails is dropped."""
+    names = list(configs)
+    subject = FinalsSubject(cells, configs)
+    try:
+        return run_rounds(subject, names, RoundsPlan.fixed(rounds), droppable=names[1:]), subject
+    except ReadingError as e:
+        raise ConfigError(f"{what} failed: {e}") from None
+    finally:
+        subject.close()
+
+
 def side_by_side(
     cells: TuneCells, start: dict[str, Any], candidates: list[dict[str, Any]], rounds: int
 ) -> dict[str, Any]:
@@ -376,13 +394,7 @@ def side_by_side(
     pooled throughput; its speedup over the start is the engine's paired ratio and 95% interval."""
     names = ["start"] + [f"f{i + 1}" for i in range(len(candidates))]
     configs = dict(zip(names, [start, *candidates]))
-    subject = FinalsSubject(cells, configs)
-    try:
-        done = run_rounds(subject, names, RoundsPlan.fixed(rounds), droppable=names[1:])
-    except ReadingError as e:
-        raise ConfigError(f"final re-measurement of the start configuration failed: {e}") from None
-    finally:
-        subject.close()
+    done, subject = paired_cells(cells, configs, rounds, "final re-measurement of the start configuration")
 
     def throughput(name: str) -> float:  # items (samples or tokens) per second at the pooled median step
         steps = [s for rd in done.taken if name in rd for s in rd[name]["cell"].steps]
@@ -415,6 +427,47 @@ def side_by_side(
         "speedup_per_round": paired.per_round,
         **common,
     }
+
+
+def levers_of(start: dict[str, Any], winner: dict[str, Any]) -> list[str]:
+    return [k for k in winner if winner[k] != start.get(k)]
+
+
+def without(winner: dict[str, Any], start: dict[str, Any], lever: str) -> dict[str, Any]:
+    return {**winner, lever: start[lever]}
+
+
+def prune_levers(
+    cells: TuneCells, start: dict[str, Any], winner: dict[str, Any], rounds: int, final: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every lever of the winner must pay: each one taken out on its own (set back to the start's value)
+    and measured side by side with the winner in rotating rounds. A lever whose removal is not slower
+    (the paired interval of without/with reaches 1) is dropped; one whose removal breaks a guard stays.
+    One lever alone: the finals already compared the winner with the start, side by side."""
+    levers = levers_of(start, winner)
+    if not levers:
+        return winner, []
+    if len(levers) == 1:
+        if final is None or final.get("ci_low") is None:
+            return winner, []
+        kept = final["ci_low"] > 1.0
+        ratio = (1 / final["speedup"], 1 / final["ci_high"], 1 / final["ci_low"])
+        row = {"axis": levers[0], "kept": kept, "without": ratio, "why": "the finals' winner against the start"}
+        return (winner if kept else dict(start)), [row]
+    configs = {"winner": winner, **{f"no-{k}": without(winner, start, k) for k in levers}}
+    done, _ = paired_cells(cells, configs, rounds, "re-measuring the winner")
+    rows, pruned = [], dict(winner)
+    for k in levers:
+        arm = f"no-{k}"
+        if arm in done.dropped:
+            rows.append({"axis": k, "kept": True, "without": None, "why": f"without it: {done.dropped[arm]}"})
+            continue
+        r = done.compare("winner", arm, RoundsPlan().min_effect_pct)["cell"]
+        kept = r.ci_high < 1.0  # without the lever is slower: it pays
+        rows.append({"axis": k, "kept": kept, "without": (r.ratio, r.ci_low, r.ci_high), "why": "side by side"})
+        if not kept:
+            pruned[k] = start[k]
+    return pruned, rows
 
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
@@ -469,6 +522,7 @@ def conclude(
     if final:
         final["rounds_asked"] = plan.rounds
         winner = final["winner"] if final["ci_high"] >= 1.0 else setup.start  # every finalist slower: the start stands
+    winner, pruning = prune_levers(final_measure, setup.start, winner, rounds, final)
     # Against every reading of the start (search and final rounds), not its first one: the contribution
     # cells are measured last, minutes after the search's start reading.
     start_samples = searcher.readings(setup.start) + (final["start_samples_per_s_per_round"] if final else [])
@@ -493,6 +547,7 @@ def conclude(
         "search_seconds": search_seconds,
         "contributions": contributions(setup.start, winner, searcher, start_sps=start_sps),
         "final": final,
+        "pruning": pruning,
         "winner_yaml": str(winner_yaml),
         "start_samples_per_s": start_sps,
         "start_readings": len(start_samples),
