@@ -1,107 +1,76 @@
-"""Time to accuracy of two training configs, measured side by side (``python -m bench.recipe_race`` is the CLI).
+"""Time to a target test accuracy of two training configs, measured side by side: a thin use of the
+time-to-target measurement (:mod:`bench.target`), ``python -m bench.recipe_race`` is the CLI.
 
-Each config trains in this process, one after the other, with the same threads. After every epoch
-the test split is evaluated *outside* the timed region (the Trainer's ``train_seconds`` covers the
-batch loop only: data wait, h2d, forward, backward, optimizer). The figure of merit is the training
-time until test accuracy first reaches the target.
+Both configs run in this process, seed by seed in alternating order (baseline then candidate for the first
+seed, candidate then baseline for the next, ...), so a machine that slows down slows both. Each run is timed
+on MLPerf's clock (evaluations count, setup apart) and the sides are scored by MLPerf's rule
+(:func:`bench.target.scoring.score_runs`).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from trainer_core.factory import build_run
+from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig
+from bench.cells.target import Target, TargetResult
+from bench.target.runs import run_one
+from bench.target.scoring import score_runs, speedup_interval
+from trainer_core.config import RunConfig
 from trainer_core.loading import load_config
-from trainer_core.trainer import BaseHook, Trainer
+
+SIDES = ("baseline", "candidate")
 
 
-class TestEvalHook(BaseHook):
-    """After each epoch's validation, evaluate the test split (untimed) and record the clock."""
-
-    def __init__(self, test_loader: Any, stop_at: float | None, name: str = "") -> None:
-        self.test_loader = test_loader
-        self.stop_at = stop_at
-        self.name = name
-        self.points: list[dict[str, float]] = []
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        test = trainer.evaluate(self.test_loader)
-        self.points.append(
-            {
-                "epoch": record["epoch"],
-                "train_seconds": trainer.counters["train_seconds"],
-                "test_accuracy": test["accuracy"],
-                "val_accuracy": record["val_accuracy"],
-            }
-        )
-        print(
-            f"{self.name}: epoch {record['epoch']}  train {trainer.counters['train_seconds']:.1f} s  "
-            f"test acc {test['accuracy']:.4f}",
-            flush=True,
-        )
-        if self.stop_at is not None and test["accuracy"] >= self.stop_at:
-            trainer.should_stop = True
+def side_spec(name: str, config: RunConfig, target: Target, runs: int, threads: int) -> CellSpec:
+    """One side as a time-to-target cell (no guards: a race of two recipes, not a matrix cell)."""
+    measure = MeasureConfig(mode="time_to_target", target=target, runs=runs, max_epochs=config.train.epochs)
+    return CellSpec(cell_id=name, config=config.to_dict(), threads=threads, measure=measure,
+                    guards=GuardsConfig(enabled=[]))  # fmt: skip
 
 
-def time_to_target(points: list[dict[str, float]], target: float) -> tuple[float | None, int | None]:
-    for p in points:
-        if p["test_accuracy"] >= target:
-            return p["train_seconds"], int(p["epoch"])
-    return None, None
+def race(sides: dict[str, tuple[str, list[str]]], target: Target, runs: int, threads: int) -> dict[str, Any]:
+    """Each seed's run of both sides, alternating which goes first; both scored; candidate against baseline."""
+    specs = {s: side_spec(s, load_config(path, over), target, runs, threads) for s, (path, over) in sides.items()}
+    done: dict[str, list[Any]] = {s: [] for s in SIDES}
+    for i in range(runs):
+        for side in SIDES if i % 2 == 0 else SIDES[::-1]:
+            spec = specs[side]
+            run = run_one(spec, int(spec.config["seed"]) + i, None)
+            done[side].append(run)
+            reached = f"{run.seconds:.1f} s, epoch {run.epochs:g}" if run.reached else "not reached"
+            print(f"{side} seed {run.seed}: {reached} (final {target.metric} {run.final:.4f})", flush=True)
+    scored = {s: score_runs(target, done[s]) for s in SIDES}
+    out: dict[str, Any] = {s: {"config": sides[s][0], "overrides": sides[s][1], **scored[s].to_dict()} for s in SIDES}
+    base, cand = scored["baseline"], scored["candidate"]
+    out["time_ratio"] = cand.score_s / base.score_s if (base.score_s and cand.score_s) else None
+    out["speedup_interval"] = speedup_interval(base, cand) if out["time_ratio"] else None
+    return out
 
 
-def race_one(config_path: str, overrides: list[str], target: float, stop_at_target: bool) -> dict[str, Any]:
-    config = load_config(
-        config_path, overrides + ["logging.tensorboard=false", "logging.jsonl=false", "logging.progress_bar=off"]
+def _side_line(side: str, r: TargetResult) -> str:
+    if not r.reached:
+        return f"{side}: not reached ({r.note})"
+    return (
+        f"{side}: {r.score_s:.1f} s to target (min {r.min_s:.1f}, max {r.max_s:.1f}; {r.score_with_setup_s:.1f} s "
+        f"with setup), {r.epochs_to_target:.2f} epochs, {r.converged} of {len(r.runs)} runs reached it"
     )
-    run = build_run(config)
-    hook = TestEvalHook(run.data.test_loader, target if stop_at_target else None, name=config.name)
-    run.trainer.hooks.append(hook)
-    wall0 = time.perf_counter()
-    run.trainer.fit(run.data.train_loader, run.data.val_loader)
-    seconds, epoch = time_to_target(hook.points, target)
-    return {
-        "config": config_path,
-        "overrides": overrides,
-        "name": config.name,
-        "epochs_allowed": config.train.epochs,
-        "precision": config.precision,
-        "pipeline": config.data.pipeline,
-        "batch_size": config.data.batch_size,
-        "points": hook.points,
-        "time_to_target_s": seconds,
-        "epoch_reached": epoch,
-        "samples_per_second": run.trainer.counters["samples_seen"] / run.trainer.counters["train_seconds"],
-        "wall_seconds": time.perf_counter() - wall0,
-    }
 
 
 def format_race(result: dict[str, Any]) -> str:
-    target = result["target"]
-    lines = [
-        f"target test accuracy {target:.3f}",
-        "",
-        "| config | epoch | train s (cum.) | test acc |",
-        "|---|---:|---:|---:|",
-    ]
-    for side in ("baseline", "candidate"):
-        r = result[side]
-        for p in r["points"]:
-            lines.append(f"| {r['name']} | {p['epoch']} | {p['train_seconds']:.1f} | {p['test_accuracy']:.4f} |")
-    lines.append("")
-    for side in ("baseline", "candidate"):
-        r = result[side]
-        reached = (
-            f"{r['time_to_target_s']:.1f} s (epoch {r['epoch_reached']})"
-            if r["time_to_target_s"] is not None
-            else "not reached"
-        )
-        lines.append(f"{side}: {r['name']}: {r['samples_per_second']:.0f} samples/s, time to target {reached}")
-    ratio = result["time_ratio"]
-    lines.append(
-        f"candidate/baseline time to target: {ratio:.3f}"
-        if ratio is not None
-        else "ratio: n/a (target not reached by both)"
-    )
+    scored = {s: TargetResult.model_validate({k: v for k, v in result[s].items() if k not in ("config", "overrides")})
+              for s in SIDES}  # fmt: skip
+    target = scored["baseline"].target
+    lines = [f"time to {target.describe()} (MLPerf scoring over {len(scored['baseline'].runs)} runs a side)", ""]
+    lines += ["| side | seed | reached | s | epochs | final |", "|---|---:|---|---:|---:|---:|"]
+    for s in SIDES:
+        for r in scored[s].runs:
+            lines.append(f"| {s} | {r.seed} | {'yes' if r.reached else 'no'} | {r.seconds:.1f} | {r.epochs:g} | "
+                         f"{r.final:.4f} |")  # fmt: skip
+    lines += ["", *(_side_line(s, scored[s]) for s in SIDES)]
+    ratio, interval = result["time_ratio"], result.get("speedup_interval")
+    if ratio is None:
+        lines.append("ratio: n/a (the target was not reached by both)")
+    else:
+        lines.append(f"candidate/baseline time to target: {ratio:.3f} ({1 / ratio:.2f}x faster; baseline/candidate "
+                     f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, runs resampled)")  # fmt: skip
     return "\n".join(lines)
