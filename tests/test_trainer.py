@@ -223,3 +223,21 @@ def test_lr_scaling_counts_every_rank_and_needs_a_reference() -> None:
     assert config.global_batch_size == 128 and config.scaled_optim().lr == pytest.approx(4 * config.optim.lr)
     with pytest.raises(ConfigError, match=r"optim: .*lr_scaling=sqrt needs reference_batch_size"):
         load_config(None, ["optim.lr_scaling=sqrt"])
+
+
+def test_a_hook_can_stop_training_mid_epoch_and_checkpoint_writes_are_timed_apart(tmp_path: Any) -> None:
+    from trainer_core.hooks import BaseHook
+
+    class StopAtStep(BaseHook):
+        def on_step_end(self, trainer: Any, result: Any) -> None:
+            if trainer.global_step == 4:
+                trainer.should_stop = True
+
+    config = load_config(None, tiny_overrides(**{"train.epochs": 3}))  # 6 steps an epoch
+    run = build_run(config, checkpoint_dir=tmp_path, hooks=[StopAtStep()])
+    result = run.trainer.fit(run.data.train_loader, run.data.val_loader)
+    assert result.global_step == 4 and result.end_reason == "stopped" and not result.interrupted
+    assert run.trainer.history == [] and run.trainer.epoch == 0  # no epoch ended: no validation ran
+    run2 = build_run(config, checkpoint_dir=tmp_path / "b")
+    run2.trainer.fit(run2.data.train_loader, run2.data.val_loader)
+    assert run2.trainer.global_step == 18 and run2.trainer.counters["checkpoint_seconds"] > 0  # 3 epoch-end saves

@@ -18,7 +18,7 @@ LAYOUT = {"margin": {"l": 60, "r": 20, "t": 30, "b": 120}, "template": "plotly_w
 def throughput_vs_batch(records: list[CellRecord]) -> go.Figure | None:
     """A line per combination of the other varying axes (precision among them); error bars: each cell's
     throughput at its p90 and its p10 step."""
-    ok = [r for r in records if r.status == OK and r.rate and "data.batch_size" in r.axes]
+    ok = [r for r in records if r.status == OK and r.rate and "data.batch_size" in r.axes and r.time_to_target is None]
     if not ok:
         return None
     fig = go.Figure(layout={**LAYOUT, "xaxis": {"type": "log", "title": "batch size"}, "yaxis": {"title": ok[0].unit}})

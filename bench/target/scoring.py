@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,7 +47,9 @@ def p_beyond_target(finals: Sequence[float], target: Target) -> float | None:
         beyond = finals[0] < target.value if target.lower_is_better else finals[0] > target.value
         return 0.0 if beyond else 1.0
     alternative = "less" if target.lower_is_better else "greater"
-    return float(sps.ttest_1samp(list(finals), target.value, alternative=alternative).pvalue)
+    with warnings.catch_warnings():  # finals that nearly agree: scipy warns of precision, the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(sps.ttest_1samp(list(finals), target.value, alternative=alternative).pvalue)
 
 
 def score_runs(target: Target, runs: Sequence[TargetRun]) -> TargetResult:
