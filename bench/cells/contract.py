@@ -383,6 +383,10 @@ class CellRecord(BaseModel):
         """Measured, and every guard passed: only such a record may win a comparison."""
         return self.status == OK and bool(self.guards_ok) and (self.rate or 0) > 0
 
+    def failed_guards(self) -> list[str]:
+        """The guards that did not pass (failed or errored), by name: what keeps a cell from winning."""
+        return [name for name, g in self.guards.items() if g.status not in GUARD_OK_STATUSES]
+
     def guard_status(self, name: str) -> str:
         g = self.guards.get(name)
         return g.status if g else ""

@@ -71,7 +71,8 @@ class TargetRun(_Section):
 
     @property
     def seconds_with_setup(self) -> float:
-        return self.seconds + self.setup_s
+        """The run's time with its setup and compile charged (the second score's figure)."""
+        return self.seconds + self.setup_s + (self.compile_s or 0.0)
 
 
 class TargetResult(_Section):

@@ -256,8 +256,7 @@ def speedup_line(best: CellRecord, base: CellRecord) -> str:
 def why_not(r: CellRecord, best: CellRecord) -> str:
     """One line: why a measured cell is not the answer."""
     if not r.guards_ok:
-        failed = [name for name, g in r.guards.items() if g.status not in (PASS, NONDETERMINISTIC)]
-        return f"a guard failed ({', '.join(failed)})"
+        return f"a guard failed ({', '.join(r.failed_guards())})"
     why = f"slower: {r.rate:,.0f} {r.unit}, {r.rate / best.rate:.2f}x the fastest" if r.rate else "no throughput"
     return why + (f"; unstable (repeats spread {r.repeat_spread_pct:.0f}%)" if r.unstable else "")
 

@@ -38,8 +38,7 @@ def why_lost(r: CellRecord, winner: CellRecord) -> str:
     t = r.time_to_target
     assert t is not None
     if not r.guards_ok:
-        failed = [g.name for g in r.guards.values() if g.status not in ("pass", "nondeterministic")]
-        return f"a guard failed ({', '.join(failed)})"
+        return f"a guard failed ({', '.join(r.failed_guards())})"
     if not t.reached:
         return f"target not reached: {t.note}"
     return f"slower: {secs(t.score_s)} s, {_score(r) / _score(winner):.2f}x the winner's time"

@@ -64,7 +64,7 @@ def score_runs(target: Target, runs: Sequence[TargetRun]) -> TargetResult:
             note += " (with fewer than 3 runs every run must reach it)"
         return TargetResult(**common, reached=False, status="not reached", note=note)
     times = [r.seconds for r in converged] + [math.inf] * failed
-    with_setup = [r.seconds_with_setup + (r.compile_s or 0.0) for r in converged] + [math.inf] * failed
+    with_setup = [r.seconds_with_setup for r in converged] + [math.inf] * failed
     scored = sorted(converged, key=lambda r: r.seconds)
     if len(runs) >= 3:
         scored = scored[1:] if failed else scored[1:-1]

@@ -490,7 +490,7 @@ def why_unusable(record: CellRecord) -> str:
     """One line: why a cell record cannot be a tune start (failed, or which guards did not pass)."""
     if record.status != OK:
         return f"{record.status}: {record.reason}"
-    bad = [f"{name}: {g.detail}" for name, g in record.guards.items() if g.status not in ("pass", "nondeterministic")]
+    bad = [f"{name}: {record.guards[name].detail}" for name in record.failed_guards()]
     return "did not pass its guards (" + "; ".join(bad) + ")" if bad else "measured no throughput"
 
 
