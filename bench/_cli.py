@@ -42,8 +42,7 @@ def sigterm_unwinds() -> Iterator[None]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors already exit 2; keep them one line
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -51,6 +50,21 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description=description)
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse turns the ValueError into a one-line exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch intra-op threads in every reading of a paired run (bench.ab, bench.history bisect)."""
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch intra-op threads in every reading (default: torch's default)"
+    )
 
 
 def add_overrides(parser: argparse.ArgumentParser, what: str) -> None:
@@ -66,7 +80,10 @@ def run_cli(
     # command's lines only when it ends. Every line goes out as it is printed instead.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, one line): returned like every other outcome
+        return int(e.code or 0)
     try:
         with sigterm_unwinds():
             return main(args)

@@ -23,7 +23,9 @@ from trainer_core.errors import ConfigError
 TABULAR = str(REPO / "configs" / "tabular_mlp.yaml")
 SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
 # Four rounds: a 95% interval from fewer is wide under load (Student's t with 1 degree of freedom is 12.7).
-QUICK = ["--min-rounds", "4", "--max-rounds", "4", "--reading-s", "0.2"]
+# One thread: with two, every parallel region waits for both, and on cores other processes keep busy that
+# wait swamps a step this small, so readings of the same code scatter by several times.
+QUICK = ["--min-rounds", "4", "--max-rounds", "4", "--reading-s", "0.2", "--threads", "1"]
 PLANTED = [
     "--set-b",
     "model.name=bench.guards.planted:extra_time",
@@ -96,9 +98,15 @@ def test_an_a_a_run_with_a_fail_threshold_passes(tmp_path: Path, capsys: pytest.
 
 @pytest.mark.slow
 def test_a_matrix_cell_at_a_revision_against_the_working_tree(
-    repo_clone: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    repo_clone: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clone = repo_clone
+    temp = tmp_path / "temp"  # this test's own temp dir: another test may hold a worktree of the same commit
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    made: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1])
     cell = ["--cell", "precision=fp32", "--cell", "data.batch_size=32", "--cell", "data.pin_memory=false",
             "--cell", "device=cpu"]  # fmt: skip
     one_round = ["--min-rounds", "1", "--max-rounds", "1", "--reading-s", "0.2"]
@@ -109,8 +117,8 @@ def test_a_matrix_cell_at_a_revision_against_the_working_tree(
     assert "A = HEAD (code at " in out and "B = worktree (code of this checkout" in out
     env = json.loads((_run_dir(tmp_path / "out") / "env.json").read_text())
     assert env["sides"]["A"]["commit"] == resolve(clone, "HEAD") and env["sides"]["B"]["commit"] is None
-    worktrees = Path(tempfile.gettempdir()).glob(f"trainbench-rev-*/{env['sides']['A']['commit'][:12]}")
-    assert not list(worktrees)  # the revision's worktree is gone from disk, and from the clone's git
+    assert [Path(m).parent for m in made if "trainbench-rev-" in m] == [temp]
+    assert not list(temp.glob("trainbench-rev-*"))  # the revision's worktree is gone from disk, and from git's list
     listed = subprocess.run(["git", "-C", str(clone), "worktree", "list"], capture_output=True, text=True, check=True)
     assert len(listed.stdout.strip().splitlines()) == 1, listed.stdout
     records = read_records(_run_dir(tmp_path / "out") / "cells.jsonl")

@@ -69,7 +69,8 @@ def test_bisect_finds_the_commit_that_slowed_the_model(repo_clone: Path, tmp_pat
     # An exact answer needs a large plant whose size does not depend on the machine's load: extra work
     # (the step several times slower), not extra time (a fixed 5 ms read as 11% on a loaded machine). Five
     # rounds: the trimmed mean then drops a round a burst of other load hit, and Student's t has 4 degrees of
-    # freedom instead of 2.
+    # freedom instead of 2. One thread: with two, each parallel region waits for both threads, and on cores
+    # that other processes keep busy that wait swamped a step this small.
     clone = repo_clone
     good = resolve(clone, "HEAD")
     with open(clone / "trainer_core" / "models.py", "a") as f:
@@ -80,7 +81,8 @@ def test_bisect_finds_the_commit_that_slowed_the_model(repo_clone: Path, tmp_pat
     db = tmp_path / "h.sqlite"
     rc = history_cli.cli(["--history", str(db), "bisect", str(good), "HEAD", "--config",
                           str(REPO / "configs" / "tabular_mlp.yaml"), "--repo", str(clone), "--min-rounds", "5",
-                          "--budget-s", "1", "--reading-s", "0.2", "--out", str(tmp_path / "out")])  # fmt: skip
+                          "--budget-s", "1", "--reading-s", "0.1", "--threads", "1",
+                          "--out", str(tmp_path / "out")])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"first slower commit: {culprit}" in out

@@ -25,6 +25,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "overhead-text": (["--workload", "lm", "--text", "OUT/corpus.txt", "--out", "OUT"], "--text OUT/corpus.txt"),
     "guard_audit": (["--seeds", "0", "--json", "OUT/v.json"], "--seeds 0"),
     "ab": (["--a", "no-such-thing", "--b", TABULAR, "--out", "OUT"], "--a no-such-thing"),
+    "ab-threads": (["--a", TABULAR, "--b", TABULAR, "--threads", "0", "--out", "OUT"], "--threads: 0: must be"),
     "history": (["--history", "OUT/h.sqlite", "check"], "OUT/h.sqlite: no history database"),
     "history-ingest": (["--history", "OUT/h.sqlite", "ingest", "OUT/none"], "OUT/none: no cells.jsonl"),
 }

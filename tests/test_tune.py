@@ -73,6 +73,8 @@ def test_tune_end_to_end_and_the_winner_trains(tmp_path: Path, capsys: pytest.Ca
             "--check-accuracy",
             "--accuracy-seconds",
             "0.5",
+            "--executor",
+            "forked",  # each cell a child of a server that imported torch once (the default, local, is slower)
             "--out",
             str(tmp_path),
         ]
@@ -158,7 +160,8 @@ def test_tune_on_a_language_model_searches_tokens_per_s_and_reports_mfu(
         "logging": {"tensorboard": False, "jsonl": False, "progress_bar": "off"},
     }
     config.write_text(yaml.safe_dump(lm))
-    argv = ["--config", str(config), "--axes", "data.batch_size=4,16", "--rounds", "1", "--out", str(tmp_path / "t")]
+    argv = ["--config", str(config), "--axes", "data.batch_size=4,16", "--rounds", "1", "--executor", "forked",
+            "--out", str(tmp_path / "t")]  # fmt: skip
     assert tune_cli.cli(argv) == 0
     (run_dir,) = [p for p in (tmp_path / "t").iterdir() if p.is_dir()]
     result = json.loads((run_dir / "tune.json").read_text())
@@ -205,6 +208,8 @@ def test_resume_reuses_measured_configurations(tmp_path: Path, capsys: pytest.Ca
         "1",
         "--finalists",
         "1",
+        "--executor",
+        "forked",
         "--out",
         str(tmp_path),
     ]

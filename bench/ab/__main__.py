@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, add_overrides, make_parser, run_cli
+from bench._cli import EXIT_FAILED, add_overrides, add_threads, make_parser, run_cli
 from bench.ab.report import verdict_line
 from bench.ab.setup import WORKTREE, AbWhat, measure_ab
 from bench.ab.subjects import FORKED, FRESH
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "interpreter (what bench.run does; seconds slower per reading)",
     )
     p.add_argument("--executor", help=f"{EXECUTOR_HELP} (default: what --readings says)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads in every reading (default: torch's default)")
+    add_threads(p)
     p.add_argument("--repo", default=str(REPO_ROOT), help="git repository revisions are taken from (default: this one)")
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
     p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
