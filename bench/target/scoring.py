@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 from bench.cells.target import Target, TargetResult, TargetRun
 
@@ -49,6 +48,8 @@ def p_beyond_target(finals: Sequence[float], target: Target) -> float | None:
     alternative = "less" if target.lower_is_better else "greater"
     with warnings.catch_warnings():  # finals that nearly agree: scipy warns of precision, the p-value stands
         warnings.simplefilter("ignore", RuntimeWarning)
+        from scipy import stats as sps  # here: importing scipy.stats costs every cell process most of a second
+
         return float(sps.ttest_1samp(list(finals), target.value, alternative=alternative).pvalue)
 
 
@@ -102,6 +103,8 @@ def too_fast(result: TargetResult, reference: TargetResult) -> str | None:
         fewer = mine[0] < ref[0]
         p = 0.0 if fewer else 1.0
     else:
+        from scipy import stats as sps
+
         p = float(sps.ttest_ind(mine, ref, equal_var=False, alternative="less").pvalue)
     if math.isnan(p) or p >= P_FAST:
         return None

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure.profiling import ProfilerHook, maybe_profile
-from bench.report.plots import plot_learning_curves
 from trainer_core import checkpoint as ck
 from trainer_core import distributed
 from trainer_core.config import RunConfig
@@ -92,6 +91,8 @@ def finish(run: Run, run_dir: RunDir, result: FitResult, wall0: float, logger: R
     )
     run_dir.archive_finals()
     (run_dir.root / METRICS_NAME).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    from bench.report.plots import plot_learning_curves  # here: matplotlib costs every rank's start half a second
+
     plot_learning_curves(result.history, run_dir.root / CURVES_NAME, title=trainer.config.name)
     logger.event("end", **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None})
     return metrics
