@@ -16,6 +16,7 @@ SMOKE = str(REPO / "configs" / "smoke_matrix.yaml")
 CASES: dict[str, tuple[list[str], str]] = {
     "run": (["--matrix", SMOKE, "--out", "OUT", "--filter", "precision=fp8"], "matches no cell"),
     "tune": (["--config", TABULAR, "--axes", "precision=fp8", "--out", "OUT"], "--axes precision=fp8"),
+    "tune-target": (["--config", TABULAR, "--objective", "time_to_target", "--out", "OUT"], "--target: needed"),
     "compare": (["OUT/a", "OUT/b"], "OUT/a: no cells.jsonl"),
     "trace": (["OUT/none.json"], "OUT/none.json"),
     "train": (["--config", "OUT/missing.yaml", "--out", "OUT/run"], "OUT/missing.yaml"),

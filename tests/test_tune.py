@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,35 @@ def test_tune_on_a_language_model_searches_tokens_per_s_and_reports_mfu(
     assert json.loads((run_dir / "env.json").read_text())["peaks"]["fp32"] > 0
     report = (run_dir / "tune.md").read_text()
     assert "| tokens/s | readings | guards | MFU % |" in report and "| tokens/s (pooled median) | MFU % |" in report
+
+
+@pytest.mark.slow
+def test_tune_for_time_to_target_runs_seeded_finals_and_the_winner_trains_to_the_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--config", TABULAR, "--objective", "time_to_target", "--target", "val_accuracy=0.9", "--runs", "3",
+            "--axes", "data.batch_size=32,64", "--set", "data.n_samples=512", "--finalists", "1",
+            "--executor", "forked", "--out", str(tmp_path / "t")]  # fmt: skip
+    assert tune_cli.cli(argv) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "t").glob("tune-*")
+    result = json.loads((run_dir / "tune.json").read_text())
+    assert result["objective"] == "time_to_target" and result["target"] == {"metric": "val_accuracy", "value": 0.9}
+    assert all(t["score"] > 0 for t in result["trials"])  # 1 / seconds to the target: every configuration reached it
+    finals = result["final"]["finalists"]
+    assert [len(f["runs"]) for f in finals] == [3, 3] and all(f["status"] == "reached" for f in finals)
+    assert [sorted(r["seed"] for r in f["runs"]) for f in finals] == [[42, 43, 44]] * 2
+    ids = [json.loads(x)["cell_id"] for x in (run_dir / "cells.jsonl").read_text().splitlines()]
+    assert [i.split("-", 1)[1] for i in ids[2:]] == ["final-start-s01", "final-f1-s01", "final-f1-s02",
+                                                     "final-start-s02", "final-start-s03", "final-f1-s03"]  # fmt: skip
+    assert "Objective: time to val_accuracy >= 0.9" in out and "| configuration | s to target |" in out
+    winner = yaml.safe_load((run_dir / "winner.yaml").read_text())
+    reached = [r["epochs"] for f in finals if f["values"] == result["winner"] for r in f["runs"]]
+    assert winner["train"]["epochs"] == max(1, math.ceil(max(reached)))
+    trained = tmp_path / "winner"
+    assert train_cli.cli(["--config", str(run_dir / "winner.yaml"), "--out", str(trained)]) == 0
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["best_val_accuracy"] >= 0.9 and metrics["total_epochs"] == winner["train"]["epochs"]
 
 
 def test_bad_axis_is_rejected_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

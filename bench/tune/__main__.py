@@ -20,8 +20,10 @@ from bench.history.db import record_in_history
 from bench.launch.executors import EXECUTOR_HELP, build_executor, check_options, parse_options
 from bench.report.html import folder_report
 from bench.tune.report import format_report
+from bench.tune.to_target import OBJECTIVE_OPTIONS, Objective, parse_target
 from bench.tune.tuning import (
     MIN_ROUNDS,
+    TUNE_MEASURE,
     TuneCells,
     TunePlan,
     conclude,
@@ -70,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--accuracy-seconds", type=float, default=60.0, help="training seconds per side for --check-accuracy"
     )
+    for flag, options in OBJECTIVE_OPTIONS.items():
+        p.add_argument(flag, **options)
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
     p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a tune run: configurations already measured are reused")
@@ -80,15 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_objective(args: argparse.Namespace) -> Objective:
+    if args.objective == "samples_per_s":
+        return Objective()
+    return Objective("time_to_target", parse_target(args.target), args.runs, args.search_runs, args.max_epochs)
+
+
 def main(args: argparse.Namespace) -> int:
     options = parse_options(args.executor_opt)
     check_options(args.executor, options)
-    setup = prepare(args.config, args.overrides, args.axes, args.max_batch)
-    plan = TunePlan(args.budget_s, setup.start, setup.space, args.finalists, args.rounds)
+    setup = prepare(
+        args.config, args.overrides, args.axes, args.max_batch, resolve_objective(args), args.allow_model_change
+    )
+    rounds = setup.objective.runs if setup.objective.to_target else args.rounds
+    plan = TunePlan(args.budget_s, setup.start, setup.space, args.finalists, rounds)
     run_dir, threads, peaks = open_tune_dir(Path(args.out), setup, args.resume)
     print(f"{run_dir}: searching {', '.join(setup.space)} from {args.config} within {args.budget_s:.0f} s", flush=True)
     executor = build_executor(args.executor, options, run_dir)
-    measure = TuneCells(setup, run_dir, threads, peaks=peaks, executor=executor)
+    measure = TuneCells(setup, run_dir, threads, setup.objective.measure(TUNE_MEASURE), peaks, executor)
     try:
         searcher, result = search(setup, measure, plan, args.mem_cap_mb or default_mem_cap_mb())
         out = conclude(setup, measure, searcher, result, plan)

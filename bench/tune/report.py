@@ -5,9 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.cells.target import Target
+
 
 def _mfu(value: float | None) -> str:
     return f"{value:.1f}" if value is not None else ""
+
+
+def _to_target(result: dict[str, Any]) -> bool:
+    return result.get("objective") == "time_to_target"
+
+
+def _value(result: dict[str, Any], x: float) -> str:
+    """A search value as the report shows it: samples/s, or seconds to the target (the value is 1 / s)."""
+    return f"{1 / x:.1f}" if _to_target(result) else f"{x:,.0f}"
 
 
 def _changes(values: dict[str, Any], start: dict[str, Any], sep: str = "=") -> str:
@@ -37,9 +48,11 @@ def trials_section(result: dict[str, Any]) -> list[str]:
     for t in result["trials"]:
         readings = t.get("readings") or []
         sps = (
-            f"{t['score']:,.0f}" if t.get("score") else (f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") else "")
+            _value(result, t["score"])
+            if t.get("score")
+            else (f"{t['samples_per_s']:,.0f}" if t.get("samples_per_s") and not _to_target(result) else "")
         )
-        both = " / ".join(f"{x:,.0f}" for x in readings) if len(readings) > 1 else ""
+        both = " / ".join(_value(result, x) for x in readings) if len(readings) > 1 else ""
         g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
         if g == "ok" and not t.get("score"):  # a passing first reading scores 0 only when its second one failed
             g += " (second reading FAILED)"
@@ -56,10 +69,36 @@ def trials_section(result: dict[str, Any]) -> list[str]:
     return lines + ["", f"**Winner**: {changes}"]
 
 
+def target_final_section(result: dict[str, Any]) -> list[str]:
+    """The finals tuned for time to the target: every finalist's seeded runs, side by side, scored by MLPerf's rule."""
+    f, start = result["final"], result["start"]
+    short = (
+        f"; {f['runs']} of the {f['runs_asked']} asked for: no time left" if f.get("runs_asked", 0) > f["runs"] else ""
+    )
+    lines = ["", f"Finalists trained to the target side by side with the start ({f['runs']} seeded runs each, "
+             f"rotating order{short}; MLPerf's rule: the fastest and slowest run dropped):", "",
+             "| configuration | s to target | min-max s | epochs | runs reached | final metric p |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in f["finalists"]:
+        name = _changes(r["values"], start) or "(start)"
+        if not r.get("score_s"):
+            lines.append(f"| {name} | {r.get('status')}: {r.get('note') or ''} | | | | |")
+            continue
+        p = f"{r['p_beyond_target']:.3f}" if r.get("p_beyond_target") is not None else ""
+        lines.append(f"| {name} | {r['score_s']:.1f} | {r['min_s']:.1f}-{r['max_s']:.1f} | "
+                     f"{r['epochs_to_target']:.2f} | {r['converged']} of {len(r['runs'])} | {p} |")  # fmt: skip
+    if f.get("speedup") is not None:
+        lines += ["", f"**Speedup to the target of the winner over the start**: {f['speedup']:.2f}x "
+                  f"(95% CI {f['ci_low']:.2f}-{f['ci_high']:.2f}, runs resampled)"]  # fmt: skip
+    return lines + (["", f["note"]] if f.get("note") else [])
+
+
 def final_section(result: dict[str, Any]) -> list[str]:
     f, start = result.get("final"), result["start"]
     if not f:
         return []
+    if _to_target(result):
+        return target_final_section(result)
     short = (
         f"; {f['rounds']} of the {f['rounds_asked']} asked for: no time left in the budget for more"
         if f.get("rounds_asked", f["rounds"]) > f["rounds"]
@@ -102,7 +141,7 @@ def levers_section(result: dict[str, Any]) -> list[str]:
         for c in result["contributions"]:
             sp = f"{c['speedup']:.2f}x" if c["speedup"] is not None else c["status"]
             lines.append(f"| {c['axis']} | {c['from']} | {c['to']} | {sp} | {'ok' if c['guards_ok'] else '-'} |")
-    if winner.get("data.batch_size") != start.get("data.batch_size"):
+    if winner.get("data.batch_size") != start.get("data.batch_size") and not _to_target(result):
         lines += [
             "",
             f"Note: the batch size changed ({start.get('data.batch_size')} -> {winner.get('data.batch_size')}). "
@@ -136,7 +175,34 @@ def pruning_section(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def objective_lines(result: dict[str, Any]) -> list[str]:
+    """What was optimised, said first when it is not samples/s (and when the model may have changed)."""
+    if not _to_target(result):
+        return []
+    target = Target.model_validate(result["target"])
+    runs = result.get("search_runs", 1)
+    lines = [
+        "",
+        f"Objective: time to {target.describe()} (MLPerf's clock: evaluations count, setup "
+        f"apart), {runs} run{'s' if runs > 1 else ''} per configuration while searching; searched: "
+        f"{', '.join(result['space'])}.",
+    ]
+    if "model.name" in result["space"]:
+        lines.append(
+            f"The model was allowed to change (--allow-model-change): tried {', '.join(result['space']['model.name'])}."
+        )
+    return lines
+
+
 def format_report(result: dict[str, Any]) -> str:
-    lines = trials_section(result) + final_section(result) + pruning_section(result) + levers_section(result)
+    head = trials_section(result)
+    lines = (
+        head[:1]
+        + objective_lines(result)
+        + head[1:]
+        + final_section(result)
+        + pruning_section(result)
+        + levers_section(result)
+    )
     lines += ["", f"Winning config: `{result['winner_yaml']}` (python -m bench.train --config {result['winner_yaml']})"]
     return "\n".join(lines) + "\n"

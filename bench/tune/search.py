@@ -25,7 +25,14 @@ from bench.stats import geometric_mean
 Record = CellRecord
 # measure(values) for a first reading; measure(values, "recheck") for another reading of known values
 Measure = Callable[..., Record]
+# What a reading is worth, higher better (samples/s, or 1 / seconds to a target); None: it cannot count
+Value = Callable[[Record], float | None]
 RECHECK = "recheck"
+
+
+def throughput(record: Record) -> float | None:
+    """The default objective: a guard-passing reading's throughput."""
+    return record.rate if record.usable else None
 
 
 def values_key(values: dict[str, Any]) -> str:
@@ -58,7 +65,7 @@ class Searcher:
     ``reserve_s(searcher)`` is time the search must leave for work that follows it (the caller's
     side-by-side re-measurements); it is asked before each trial, so it can scale with the measured
     cost of a trial (``trial_seconds``). ``known``/``known_rechecks``: records of an earlier run
-    (``--resume``), used instead of measuring again.
+    (``--resume``), used instead of measuring again. ``value``: what a reading is worth (the objective).
     """
 
     def __init__(
@@ -69,8 +76,9 @@ class Searcher:
         known: dict[str, Record] | None = None,
         reserve_s: Callable[[Searcher], float] = lambda searcher: 0.0,
         known_rechecks: dict[str, Record] | None = None,
+        value: Value = throughput,
     ) -> None:
-        self.measure = measure
+        self.measure, self.value = measure, value
         self.budget_s = budget_s
         self.clock = clock
         self.reserve_s = reserve_s
@@ -140,13 +148,14 @@ class Searcher:
         return [r for r in (self.cache.get(key), self.recheck_cache.get(key)) if r is not None]
 
     def readings(self, values: dict[str, Any]) -> list[float]:
-        """samples/s of this configuration's guard-passing readings so far."""
-        return [r.rate for r in self._records(values) if r.usable]
+        """The objective's value of this configuration's readings that count so far."""
+        return [v for v in map(self.value, self._records(values)) if v is not None]
 
     def score(self, values: dict[str, Any]) -> float:
-        """Pooled samples/s; 0 if any reading failed or broke a guard (a flaky guard disqualifies)."""
-        records = self._records(values)
-        return geometric_mean(self.readings(values)) if records and all(r.usable for r in records) else 0.0
+        """Pooled value; 0 if any reading does not count (failed, broke a guard, missed the target: a
+        flaky guard disqualifies)."""
+        records, readings = self._records(values), self.readings(values)
+        return geometric_mean(readings) if records and len(readings) == len(records) else 0.0
 
     def _timed(self, values: dict[str, Any], *label: str) -> Record:
         t0 = self.clock()
@@ -201,7 +210,7 @@ class CoordinateSearch:
     def run(self) -> SearchResult:
         start_record = self.best = self.searcher.get(self.current)
         exhausted = False
-        if start_record.usable:  # nothing can be judged against a start that failed or broke a guard
+        if self.searcher.value(start_record) is not None:  # nothing can be judged against a start that does not count
             try:
                 if self.first_pass():
                     self.later_passes()
@@ -341,18 +350,19 @@ def contributions(
     start: dict[str, Any], winner: dict[str, Any], searcher: Searcher, start_sps: float | None = None
 ) -> list[dict[str, Any]]:
     """Each lever on its own: the start with only that axis set to the winner's value, against the
-    start's samples/s (``start_sps``: e.g. pooled over every reading of it; default: the search's).
+    start's value (``start_sps``: e.g. pooled over every reading of it; default: the search's).
 
     Not bounded by the search budget: at most one measurement per axis, and a table with rows
     silently missing would misreport what the winner is made of.
     """
-    base = searcher.get(start)
+    base = searcher.value(searcher.get(start))
     base_sps = start_sps or searcher.score(start)
     rows = []
     for axis in winner:
         if winner[axis] == start.get(axis):
             continue
         record = searcher.get({**start, axis: winner[axis]})
+        value = searcher.value(record)
         rows.append(
             {
                 "axis": axis,
@@ -360,7 +370,7 @@ def contributions(
                 "to": winner[axis],
                 "status": record.status,
                 "guards_ok": record.guards_ok,
-                "speedup": (record.rate / base_sps) if record.usable and base.usable and base_sps else None,
+                "speedup": (value / base_sps) if value is not None and base is not None and base_sps else None,
             }
         )
     return rows

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from bench.tune.search import (
     ranked,
     values_key,
 )
+from bench.tune.to_target import Objective, epochs_to_reach, prune_target_levers, target_finals, target_space
 from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml
 from trainer_core.datasets import dataset_info
 from trainer_core.errors import ConfigError
@@ -154,19 +155,35 @@ class TuneSetup:
     config: RunConfig
     space: dict[str, list[Any]]
     start: dict[str, Any]
+    objective: Objective = field(default_factory=Objective)
 
 
-def prepare(config_path: str, overrides: list[str], axes: list[str], max_batch: int) -> TuneSetup:
+def prepare(
+    config_path: str,
+    overrides: list[str],
+    axes: list[str],
+    max_batch: int,
+    objective: Objective | None = None,
+    allow_model_change: bool = False,
+) -> TuneSetup:
+    objective = objective or Objective()
+    if allow_model_change and (axes or not objective.to_target):
+        raise ConfigError(
+            "--allow-model-change: only with --objective time_to_target and no --axes (a changed model is "
+            "judged by time to the target; with --axes, name the models: model.name=...)"
+        )
     base = apply_overrides(read_yaml(config_path), dict(parse_override(o) for o in overrides))
     config = validate_config(base, source=config_path)
     preflight_config(config, config_path)
     space = parse_axes(axes) if axes else default_space(config, max_batch)
+    if objective.to_target and not axes:
+        space = target_space(config, space, allow_model_change)
     for key, values in space.items():  # every value must give a valid, loadable config before anything runs
         for v in values:
             where = f"--axes {key}={v}"
             preflight_config(validate_config(apply_overrides(base, {key: v}), source=where), where)
     space = ordered(space)
-    return TuneSetup(config_path, base, config, space, start_values(config, space))
+    return TuneSetup(config_path, base, config, space, start_values(config, space), objective)
 
 
 # ------------------------------------------------------------------------------------- measurement
@@ -221,6 +238,9 @@ class TuneCells:
             record = self.executor.submit(spec, self.run_dir / "cells")()
         append_record(self.run_dir / "cells.jsonl", record)
         sps = f"{record.rate:,.0f} {record.unit}" if record.rate else (record.reason or "")
+        ttt = record.time_to_target
+        if ttt is not None:
+            sps += f", {ttt.score_s:.1f} s to target" if ttt.reached and ttt.score_s else f", {ttt.note}"
         guards = "" if record.status != OK else ("guards ok" if record.guards_ok else "GUARD FAILED")
         print(f"[{number}] {cell_id}: {record.status} {sps} {guards}", flush=True)
         return record
@@ -329,7 +349,12 @@ def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: flo
     known = {values_key(r.axes): r for r in records if (r.role or "search") == "search"}
     rechecks = {values_key(r.axes): r for r in records if r.role == RECHECK}
     searcher = Searcher(
-        measure, plan.budget_s - plan.elapsed(), known=known, reserve_s=plan.reserve_s, known_rechecks=rechecks
+        measure,
+        plan.budget_s - plan.elapsed(),
+        known=known,
+        reserve_s=plan.reserve_s,
+        known_rechecks=rechecks,
+        value=setup.objective.value,
     )
     result = coordinate_search(
         setup.start,
@@ -340,7 +365,7 @@ def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: flo
         late_axes=LATE_AXES,
         late_trial_cost=LATE_TRIAL_COST,
     )
-    if not result.start_record.usable:
+    if setup.objective.value(result.start_record) is None:
         raise ConfigError(
             f"{setup.source}: the starting configuration {why_unusable(result.start_record)}; "
             "nothing to compare against"
@@ -487,11 +512,15 @@ def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
 
 
 def why_unusable(record: CellRecord) -> str:
-    """One line: why a cell record cannot be a tune start (failed, or which guards did not pass)."""
+    """One line: why a cell record cannot be a tune start (failed, which guards did not pass, or the target
+    not reached)."""
     if record.status != OK:
         return f"{record.status}: {record.reason}"
     bad = [f"{name}: {record.guards[name].detail}" for name in record.failed_guards()]
-    return "did not pass its guards (" + "; ".join(bad) + ")" if bad else "measured no throughput"
+    if bad:
+        return "did not pass its guards (" + "; ".join(bad) + ")"
+    ttt = record.time_to_target
+    return f"did not reach the target ({ttt.note})" if ttt is not None and not ttt.reached else "measured no throughput"
 
 
 def brief(values: dict[str, Any], record: CellRecord) -> dict[str, Any]:
@@ -508,6 +537,48 @@ def brief(values: dict[str, Any], record: CellRecord) -> dict[str, Any]:
     }
 
 
+def throughput_finals(
+    setup: TuneSetup, measure: TuneCells, candidates: list[dict[str, Any]], rounds: int, asked: int
+) -> tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]:
+    """(finals, winner, pruning rows) by samples/s: the paired rounds, then every lever made to pay."""
+    final_measure = TuneCells(setup, measure.run_dir, measure.threads, FINAL_MEASURE, measure.peaks, measure.executor)
+    final = side_by_side(final_measure, setup.start, candidates, rounds) if candidates else None
+    winner = setup.start
+    if final:
+        final["rounds_asked"] = asked
+        winner = final["winner"] if final["ci_high"] >= 1.0 else setup.start  # every finalist slower: the start stands
+    winner, pruning = prune_levers(final_measure, setup.start, winner, rounds, final)
+    return final, winner, pruning
+
+
+def to_target_finals(
+    setup: TuneSetup, measure: TuneCells, candidates: list[dict[str, Any]], runs: int
+) -> tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]:
+    """(finals, winner, pruning rows) by time to the target: ``runs`` seeded runs of each, side by side."""
+    one_run = setup.objective.measure(TUNE_MEASURE, runs=1)
+    cells = TuneCells(setup, measure.run_dir, measure.threads, one_run, measure.peaks, measure.executor)
+    objective = replace(setup.objective, runs=runs)
+    final = target_finals(cells, objective, setup.start, candidates) if candidates else None
+    if final:
+        final["runs_asked"] = setup.objective.runs
+    winner = final["winner"] if final else setup.start
+    winner, pruning = prune_target_levers(cells, objective, setup.start, winner, final or {})
+    return final, winner, pruning
+
+
+def write_winner(setup: TuneSetup, measure: TuneCells, winner: dict[str, Any], final: dict[str, Any] | None) -> Path:
+    """winner.yaml, a config bench.train runs as is; tuned for time to target, it trains for the whole
+    epochs in which the winner's final runs all reached the target."""
+    config = measure.config(winner).to_dict()
+    if setup.objective.to_target:
+        config["train"]["epochs"] = (
+            epochs_to_reach(final, winner) or setup.objective.max_epochs or config["train"]["epochs"]
+        )
+    path = measure.run_dir / "winner.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def conclude(
     setup: TuneSetup, measure: TuneCells, searcher: Searcher, result: SearchResult, plan: TunePlan
 ) -> dict[str, Any]:
@@ -516,22 +587,22 @@ def conclude(
     search_seconds = plan.elapsed()
     candidates = finalists(result, k=plan.finalists)
     rounds = plan.rounds_that_fit(searcher)
-    final_measure = TuneCells(setup, measure.run_dir, measure.threads, FINAL_MEASURE, measure.peaks, measure.executor)
-    final = side_by_side(final_measure, setup.start, candidates, rounds) if candidates else None
-    winner = setup.start
-    if final:
-        final["rounds_asked"] = plan.rounds
-        winner = final["winner"] if final["ci_high"] >= 1.0 else setup.start  # every finalist slower: the start stands
-    winner, pruning = prune_levers(final_measure, setup.start, winner, rounds, final)
-    # Against every reading of the start (search and final rounds), not its first one: the contribution
-    # cells are measured last, minutes after the search's start reading.
-    start_samples = searcher.readings(setup.start) + (final["start_samples_per_s_per_round"] if final else [])
+    if setup.objective.to_target:
+        final, winner, pruning = to_target_finals(setup, measure, candidates, rounds)
+        start_samples = searcher.readings(setup.start)
+    else:
+        final, winner, pruning = throughput_finals(setup, measure, candidates, rounds, plan.rounds)
+        # Against every reading of the start (search and final rounds), not its first one: the contribution
+        # cells are measured last, minutes after the search's start reading.
+        start_samples = searcher.readings(setup.start) + (final["start_samples_per_s_per_round"] if final else [])
     start_sps = geometric_mean(start_samples)
-    winner_yaml = measure.run_dir / "winner.yaml"
-    winner_yaml.write_text(yaml.safe_dump(measure.config(winner).to_dict(), sort_keys=False))
+    winner_yaml = write_winner(setup, measure, winner, final)
     return {
         "config": setup.source,
-        "unit": result.start_record.unit,
+        "objective": setup.objective.name,
+        "search_runs": setup.objective.search_runs,
+        "target": setup.objective.target.model_dump() if setup.objective.target else None,
+        "unit": "s to target" if setup.objective.to_target else result.start_record.unit,
         "space": setup.space,
         "start": setup.start,
         "winner": winner,

@@ -1,0 +1,116 @@
+"""bench.tune's objective and tuning for time to a target: the value of a reading, the levers added, the
+finals as seeded runs side by side, every lever made to pay, and the epochs the winner's YAML trains for
+(on fixed runs: the cells are a table, no process starts)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from conftest import REPO
+
+from bench.cells.contract import CellRecord
+from bench.cells.target import Target, TargetRun
+from bench.target.scoring import score_runs
+from bench.tune.to_target import (
+    Objective,
+    epochs_to_reach,
+    parse_target,
+    prune_target_levers,
+    target_finals,
+    target_space,
+)
+from trainer_core.errors import ConfigError
+from trainer_core.loading import load_config
+
+TARGET = Target(metric="val_accuracy", value=0.9)
+TTT = Objective("time_to_target", TARGET, runs=3)
+
+
+def _record(seconds: float | None, guards_ok: bool = True, epochs: float = 2.0, seed: int = 0) -> CellRecord:
+    run = TargetRun(seed=seed, reached=seconds is not None, seconds=seconds or 50.0, setup_s=1.0, epochs=epochs,
+                    steps=10, samples=640, final=0.93 if seconds is not None else 0.8)  # fmt: skip
+    result = score_runs(TARGET, [run])
+    return CellRecord(cell_id="c", status="ok", guards_ok=guards_ok, samples_per_s=1000.0, throughput=1000.0,
+                      time_to_target=result)  # fmt: skip
+
+
+class TableCells:
+    """Cells as a table: seconds to the target by (lr, batch) and seed; records the order they ran in."""
+
+    def __init__(self, seconds: dict[tuple[float, int], list[float | None]]) -> None:
+        self.seconds, self.calls = seconds, []
+        self.setup = SimpleNamespace(config=SimpleNamespace(seed=10))
+
+    def __call__(self, values: dict[str, Any], label: str | None = None) -> CellRecord:
+        self.calls.append(label)
+        times = self.seconds[(values["optim.lr"], values["data.batch_size"])]
+        return _record(times[values["seed"] - 10], seed=values["seed"], epochs=1.5)
+
+
+def test_the_target_is_parsed_and_bad_ones_name_the_flag() -> None:
+    assert parse_target("val_loss=1.9") == Target(metric="val_loss", value=1.9)
+    for bad in ("val_accuracy", "accuracy=0.9", "val_accuracy=high", None):
+        with pytest.raises(ConfigError, match="--target"):
+            parse_target(bad)
+
+
+def test_a_reading_is_worth_its_throughput_or_one_over_its_time_to_target() -> None:
+    assert Objective().value(_record(20.0)) == 1000.0
+    assert TTT.value(_record(20.0)) == pytest.approx(1 / 20.0)
+    assert TTT.value(_record(None)) is None  # not reached: it cannot win
+    assert TTT.value(_record(20.0, guards_ok=False)) is None and Objective().value(_record(20.0, False)) is None
+    measure = TTT.measure(Objective().measure(None), runs=1)  # type: ignore[arg-type]
+    assert measure.mode == "time_to_target" and measure.runs == 1 and measure.target == TARGET
+
+
+def test_time_to_target_adds_the_learning_rate_its_scaling_and_if_allowed_the_model() -> None:
+    tabular = load_config(REPO / "configs" / "tabular_mlp.yaml")
+    space = target_space(tabular, {"data.batch_size": [32, 64]}, allow_model_change=False)
+    assert space["optim.lr"] == [0.005, 0.01, 0.02] and space["optim.lr_scaling"] == ["none", "sqrt", "linear"]
+    assert "optim.lr_scaling" not in target_space(tabular, {"data.batch_size": [64]}, False)  # batch fixed
+    with pytest.raises(ConfigError, match="--allow-model-change: synthetic_blobs is not image data"):
+        target_space(tabular, {}, allow_model_change=True)
+    images = load_config(REPO / "configs" / "fashion_mnist_classic.yaml")
+    models = target_space(images, {}, allow_model_change=True)["model.name"]
+    assert models[0] == images.model.name and len(models) == len(set(models)) > 1
+
+
+def test_the_finals_run_seed_by_seed_in_rotating_order_and_the_fastest_to_target_wins() -> None:
+    start = {"optim.lr": 0.01, "data.batch_size": 64}
+    fast = {"optim.lr": 0.02, "data.batch_size": 64}
+    cells = TableCells({(0.01, 64): [20.0, 22.0, 21.0], (0.02, 64): [10.0, 11.0, 12.0]})
+    final = target_finals(cells, TTT, start, [fast])  # type: ignore[arg-type]
+    assert cells.calls == ["final-start-s01", "final-f1-s01", "final-f1-s02", "final-start-s02",
+                           "final-start-s03", "final-f1-s03"]  # fmt: skip
+    assert final["winner"] == fast and final["speedup"] == pytest.approx(21.0 / 11.0)  # MLPerf: the middle run
+    assert final["ci_low"] <= final["speedup"] <= final["ci_high"] and final["ci_low"] > 1.0
+    assert [len(r["runs"]) for r in final["finalists"]] == [3, 3]
+    assert epochs_to_reach(final, fast) == 2  # 1.5 epochs: the YAML trains two whole ones
+    slower = TableCells({(0.01, 64): [20.0, 22.0, 21.0], (0.02, 64): [30.0, 31.0, 32.0]})
+    stands = target_finals(slower, TTT, start, [fast])  # type: ignore[arg-type]
+    assert stands["winner"] == start and "the start stands" in stands["note"]
+    never = TableCells({(0.01, 64): [20.0, 22.0, 21.0], (0.02, 64): [None, None, 5.0]})
+    assert target_finals(never, TTT, start, [fast])["winner"] == start  # two runs short of the target: not reached
+
+
+def test_a_lever_stays_only_if_the_target_is_reached_later_without_it() -> None:
+    start = {"optim.lr": 0.01, "data.batch_size": 64}
+    winner = {"optim.lr": 0.02, "data.batch_size": 128}
+    cells = TableCells({
+        (0.02, 128): [10.0, 11.0, 12.0],  # the winner
+        (0.01, 128): [20.0, 21.0, 22.0],  # without the lr change: slower, so the lr pays
+        (0.02, 64): [10.5, 10.0, 11.5],  # without the batch change: as fast, so the batch goes
+    })  # fmt: skip
+    pruned, rows = prune_target_levers(cells, TTT, start, winner, {})  # type: ignore[arg-type]
+    assert pruned == {"optim.lr": 0.02, "data.batch_size": 64}
+    by = {r["axis"]: r for r in rows}
+    assert by["optim.lr"]["kept"] and by["optim.lr"]["without"][2] < 1.0  # speed without / with, interval below 1
+    assert not by["data.batch_size"]["kept"] and by["data.batch_size"]["without"][1] <= 1.0
+    one = {"optim.lr": 0.02, "data.batch_size": 64}
+    final = {"speedup": 2.0, "ci_low": 1.5, "ci_high": 2.5}  # one lever: the finals already judged it
+    why = "the finals' winner against the start"
+    row = {"axis": "optim.lr", "kept": True, "without": (0.5, 0.4, 1 / 1.5), "why": why}
+    assert prune_target_levers(cells, TTT, start, one, final) == (one, [row])
+    assert prune_target_levers(cells, TTT, start, one, {**final, "ci_low": 0.9})[0] == start
