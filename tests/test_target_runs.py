@@ -30,7 +30,8 @@ def test_each_seed_trains_until_the_target_and_the_cell_is_scored_and_guarded() 
     assert t is not None and t.status == "reached" and [r.seed for r in t.runs] == [42, 43, 44]
     for r in t.runs:
         assert r.reached and r.evals[-1]["value"] >= 0.8 and r.final == r.evals[-1]["value"]
-        assert all(e["value"] < 0.8 for e in r.evals[:-1])  # it stopped at the first evaluation that met it
+        assert all(e["value"] < 0.8 for e in r.evals[:-1])  # the clock stopped at the first evaluation that met it
+        assert r.confirmation is not None or r.epochs == 6  # then one more epoch off the clock (when one is left)
         assert r.epochs == len(r.evals) and r.steps == 6 * r.epochs and r.samples == 192 * r.epochs
         seconds = [e["seconds"] for e in r.evals]
         assert seconds == sorted(seconds) and r.seconds == seconds[-1] > 0 and r.setup_s > 0
@@ -51,7 +52,7 @@ def test_a_target_never_met_trains_every_allowed_epoch_and_is_not_reached() -> N
     s = spec(runs=3, max_epochs=2, target={"metric": "val_loss", "value": 1e-6})
     t = target_cell(s).time_to_target
     assert t is not None and t.status == "not reached" and t.score_s is None and t.converged == 0
-    assert all(not r.reached and r.epochs == 2 and len(r.evals) == 2 for r in t.runs)
+    assert all(not r.reached and r.epochs == 2 and len(r.evals) == 2 and r.confirmation is None for r in t.runs)
     assert t.note == "3 of 3 runs did not reach val_loss <= 1e-06"
 
 
@@ -84,3 +85,20 @@ def test_finished_seeds_are_read_back_not_trained_again(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(target_runs, "run_one", no_training)
     assert seed_runs(s) == first
+
+
+@pytest.mark.parametrize("confirm", [True, False])
+def test_the_confirmation_epoch_is_trained_and_evaluated_off_the_clock(confirm: bool) -> None:
+    s = spec(runs=1)
+    assert s.measure.target is not None
+    run = build_run(seed_config(s, 42))
+    clock = TargetClock(s.measure.target, "epoch", run.data.val_loader, len(run.data.train_loader), confirm)
+    run.trainer.hooks.append(clock)
+    clock.start(run.trainer)
+    run.trainer.fit(run.data.train_loader, run.data.val_loader)
+    reached = clock.reached
+    assert reached is not None and reached["epochs"] < 6  # met before the last epoch: one is left to confirm
+    assert len(run.trainer.history) == reached["epochs"] + (1 if confirm else 0)
+    assert (clock.confirmation == run.trainer.history[-1]["val_accuracy"]) if confirm else clock.confirmation is None
+    # the clock stopped at the target: the confirmation epoch is not on it
+    assert clock.elapsed(run.trainer) == reached["seconds"] == run.trainer.counters[CLOCK_KEY]

@@ -13,9 +13,17 @@ ACC = Target(metric="val_accuracy", value=0.9)
 LOSS = Target(metric="val_loss", value=1.9)
 
 
-def run(seconds: float, reached: bool = True, epochs: float = 3.0, final: float = 0.91, seed: int = 0) -> TargetRun:
+def run(
+    seconds: float,
+    reached: bool = True,
+    epochs: float = 3.0,
+    final: float = 0.91,
+    seed: int = 0,
+    confirmation: float | None = None,
+) -> TargetRun:
     return TargetRun(seed=seed, reached=reached, seconds=seconds, setup_s=1.0, compile_s=None, epochs=epochs,
-                     steps=int(epochs * 100), samples=int(epochs * 6400), final=final)  # fmt: skip
+                     steps=int(epochs * 100), samples=int(epochs * 6400), final=final,
+                     confirmation=confirmation)  # fmt: skip
 
 
 def test_the_fastest_and_the_slowest_are_dropped() -> None:
@@ -58,6 +66,23 @@ def test_the_final_metric_is_tested_beyond_the_target_one_sided() -> None:
     assert lucky.lucky and "p = 0.018 >= 0.01" in (lucky.note or "")
     sure = score_runs(ACC, [run(10, final=f) for f in (0.95, 0.951, 0.952, 0.953, 0.954)])
     assert not sure.lucky and sure.note is None and sure.p_beyond_target < 1e-6
+
+
+def test_the_luck_check_tests_the_evaluation_after_the_crossing() -> None:
+    # Stopped at their first crossing, finals sit just over the target whatever the model: tested, they
+    # would flag a healthy cell. The evaluation after it tells a model that keeps the quality...
+    crossings = (0.901, 0.903, 0.902, 0.904, 0.9005)
+    healthy = score_runs(ACC, [run(10, final=f, confirmation=f + 0.02) for f in crossings])
+    assert not healthy.lucky and healthy.p_beyond_target < 1e-4
+    # ... from one that met it by a fluctuation and fell back (same crossings, confirmations around 0.9)
+    fluke = score_runs(
+        ACC, [run(10, final=f, confirmation=c) for f, c in zip(crossings, (0.89, 0.91, 0.9, 0.895, 0.905))]
+    )
+    assert fluke.lucky and fluke.p_beyond_target > 0.4 and "one evaluation after meeting it" in (fluke.note or "")
+    # without a confirmation (the run's last allowed epoch met it) the final is what is tested
+    assert score_runs(ACC, [run(10, final=f) for f in crossings]).p_beyond_target == pytest.approx(
+        p_beyond_target(list(crossings), ACC)
+    )
 
 
 def test_a_cell_far_faster_in_epochs_than_the_reference_is_flagged() -> None:

@@ -83,6 +83,11 @@ class MeasureConfig(_Section):
     eval_every: Literal["epoch"] | int = Field(
         "epoch", description="time_to_target: evaluate the target metric after every epoch, or every K steps."
     )
+    confirm: bool = Field(
+        True,
+        description="time_to_target: after the evaluation that meets the target, train on to the next one off "
+        "the clock; the luck check tests that evaluation (a first crossing is selected for being high).",
+    )
     reference: str | None = Field(
         None,
         description="time_to_target: the cell whose epochs to target the others are checked against "

@@ -62,7 +62,12 @@ class TargetRun(_Section):
     epochs: float = Field(..., description="Epochs trained when the target was met (fractional when mid-epoch).")
     steps: int = Field(..., description="Optimizer steps taken when the target was met.")
     samples: int = Field(..., description="Training samples seen (every rank) when the target was met.")
-    final: float = Field(..., description="The target metric at the last evaluation.")
+    final: float = Field(..., description="The target metric at the last evaluation on the clock.")
+    confirmation: float | None = Field(
+        None,
+        description="The target metric at the evaluation after the one that met it, trained and evaluated off the "
+        "clock (None: not asked for, not reached, or no epoch left): what the luck check tests.",
+    )
     evals: list[dict[str, float]] = Field(
         default_factory=list, description="Each evaluation: seconds, epochs, steps, value (the learning curve)."
     )

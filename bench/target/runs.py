@@ -34,19 +34,27 @@ class TargetClock(BaseHook):
     """Evaluates the target metric every epoch (reading the epoch's own validation when the metric is a
     validation one) or every K steps, on the clock; stops the Trainer when the target is met."""
 
-    def __init__(self, target: Target, every: str | int, loader: Any, steps_per_epoch: int) -> None:
+    def __init__(
+        self, target: Target, every: str | int, loader: Any, steps_per_epoch: int, confirm: bool = True
+    ) -> None:
         self.target, self.every, self.loader, self.steps_per_epoch = target, every, loader, max(steps_per_epoch, 1)
+        self.confirm = confirm
         self.carried, self.t0, self.ck0 = 0.0, 0.0, 0.0
         self.evals: list[dict[str, float]] = []  # this process's evaluations not yet kept in an epoch record
         self.reached: dict[str, float] | None = None
+        self.confirmation: float | None = None  # the evaluation after the one that met the target
         self.step_s: list[float] = []  # the first two steps' wall times: compile_s
 
     def start(self, trainer: TrainerT) -> None:
         self.carried = float(trainer.counters.get(CLOCK_KEY, 0.0))
         self.ck0 = trainer.counters.get("checkpoint_seconds", 0.0)
         self.t0 = self._last = time.perf_counter()
+        kept = [p for h in trainer.history for p in h.get(POINTS_KEY, [])]  # a resumed run's evaluations
+        self.reached = next((p for p in kept if self.target.reached(p["value"])), None)
 
     def elapsed(self, trainer: TrainerT) -> float:
+        if self.reached is not None:  # the clock stopped at the target; what follows is off it
+            return self.reached["seconds"]
         written = trainer.counters.get("checkpoint_seconds", 0.0) - self.ck0
         return self.carried + time.perf_counter() - self.t0 - written
 
@@ -61,7 +69,7 @@ class TargetClock(BaseHook):
             self.check(trainer, self.evaluate(trainer), trainer.batch_in_epoch + 1, samples)
 
     def on_epoch_end(self, trainer: TrainerT, record: dict[str, Any]) -> None:
-        if self.every == "epoch" and self.reached is None:
+        if self.every == "epoch" and self.confirmation is None:
             metric = self.target.metric
             value = record[metric] if metric.startswith("val_") else self.evaluate(trainer)
             self.check(trainer, float(value), trainer.batch_in_epoch, trainer.counters["samples_seen"])
@@ -72,7 +80,11 @@ class TargetClock(BaseHook):
         return float(trainer.evaluate(self.loader)[self.target.metric.split("_", 1)[1]])
 
     def check(self, trainer: TrainerT, value: float, batches: int, samples: float) -> None:
-        """Note the evaluation (``batches`` of the current epoch done, ``samples`` seen) and stop at the target."""
+        """Note the evaluation (``batches`` of the current epoch done, ``samples`` seen); at the target stop the
+        clock, and training then or (``confirm``) after the next evaluation, which is the confirmation."""
+        if self.reached is not None:
+            self.confirmation, trainer.should_stop = value, True
+            return
         point = {
             "seconds": self.elapsed(trainer),
             "epochs": trainer.epoch + batches / self.steps_per_epoch,
@@ -81,9 +93,9 @@ class TargetClock(BaseHook):
             "value": value,
         }
         self.evals.append(point)
-        if self.reached is None and self.target.reached(value):
+        if self.target.reached(value):
             self.reached = point
-            trainer.should_stop = True
+            trainer.should_stop = not self.confirm
 
 
 def seed_config(spec: CellSpec, seed: int) -> RunConfig:
@@ -116,7 +128,7 @@ def run_one(spec: CellSpec, seed: int, state: Path | None) -> TargetRun:
     trainer, data, every = run.trainer, run.data, spec.measure.eval_every
     metric = spec.measure.target.metric
     loader = data.val_loader if metric.startswith("val_") else data.test_loader
-    clock = TargetClock(spec.measure.target, every, loader, len(data.train_loader))
+    clock = TargetClock(spec.measure.target, every, loader, len(data.train_loader), spec.measure.confirm)
     trainer.hooks.append(clock)
     last = state / "last_model.pt" if state is not None else None
     resumed = last is not None and last.exists()
@@ -147,6 +159,7 @@ def run_one(spec: CellSpec, seed: int, state: Path | None) -> TargetRun:
         steps=int(end["steps"]),
         samples=int(end["samples"]),
         final=evals[-1]["value"] if evals else float("nan"),
+        confirmation=clock.confirmation,
         evals=evals,
         samples_per_s=trainer.counters["samples_seen"] / train_s if train_s > 0 else None,
         resumed=resumed,

@@ -4,8 +4,10 @@
   slowest dropped, the mean of the rest. At most one run may fail to reach the target; it then counts as
   the slowest (and is the one dropped). With fewer than three runs nothing is dropped and every run must
   reach the target.
-- **Lucky?** A one-sided one-sample t-test that the runs' final metric is beyond the target (modded-nanogpt's
-  record rule: p < 0.01), so a cell that meets the target only by chance is flagged.
+- **Lucky?** A one-sided one-sample t-test that the runs' metric is beyond the target (modded-nanogpt's
+  record rule: p < 0.01), so a cell that meets the target only by chance is flagged. modded-nanogpt tests
+  runs of a fixed length; a run here stops at its first crossing, a value selected for being high, so each
+  run trains on to one more evaluation off the clock (``measure.confirm``) and that evaluation is tested.
 - **Too fast to be true?** Epochs to target significantly fewer than a reference cell's (MLPerf's reference
   convergence points; here a one-sided Welch test, p < 0.01): a guard bug or a data leak looks like that.
 """
@@ -53,11 +55,17 @@ def p_beyond_target(finals: Sequence[float], target: Target) -> float | None:
         return float(sps.ttest_1samp(list(finals), target.value, alternative=alternative).pvalue)
 
 
+def luck_sample(run: TargetRun) -> float:
+    """What the luck check tests of a run: the evaluation after the one that met the target when there is
+    one (the first crossing itself is selected for being high: tested, it flags healthy cells), else the last."""
+    return run.confirmation if run.confirmation is not None else run.final
+
+
 def score_runs(target: Target, runs: Sequence[TargetRun]) -> TargetResult:
     """The cell's :class:`TargetResult` from its runs."""
     converged = [r for r in runs if r.reached]
     failed = len(runs) - len(converged)
-    p = p_beyond_target([r.final for r in runs], target)
+    p = p_beyond_target([luck_sample(r) for r in runs], target)
     common = {"target": target, "runs": list(runs), "converged": len(converged), "p_beyond_target": p}
     if not converged or failed > failures_allowed(len(runs)):
         note = f"{failed} of {len(runs)} runs did not reach {target.describe()}"
@@ -84,8 +92,9 @@ def score_runs(target: Target, runs: Sequence[TargetRun]) -> TargetResult:
         samples_to_target=statistics.fmean(r.samples for r in scored),
         lucky=lucky,
         note=(
-            f"met by a small margin: the runs' final {target.metric} is not significantly beyond {target.value:g} "
-            f"(one-sided t over {len(runs)} runs, p = {p:.3f} >= {P_LUCKY}); more runs would tell whether it holds"
+            f"met by a small margin: the runs' {target.metric} one evaluation after meeting it is not significantly "
+            f"beyond {target.value:g} (one-sided t over {len(runs)} runs, p = {p:.3f} >= {P_LUCKY}); more runs "
+            "would tell whether it holds"
             if lucky
             else None
         ),
