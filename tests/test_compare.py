@@ -183,3 +183,36 @@ def test_a_comparison_of_no_common_measured_cell_fails(tmp_path: Path, capsys: p
                                                    "step_s": [0.1, 0.1], "samples_per_s": 10.0}) + "\n")  # fmt: skip
     assert compare_cli.cli([str(a), str(other), "--fail-threshold", "5"]) == 1
     assert "no cell was compared: 0 matched" in capsys.readouterr().out
+
+
+def _target_cells(d: Path, seconds: list[float | None], samples_per_s: float) -> Path:
+    from bench.cells.contract import CellRecord
+    from bench.cells.target import Target, TargetRun
+    from bench.target.scoring import score_runs
+
+    target = Target(metric="val_accuracy", value=0.89)
+    runs = [TargetRun(seed=i, reached=s is not None, seconds=s or 500.0, setup_s=1.0, epochs=3.0, steps=300,
+                      samples=19200, final=0.9 if s else 0.8) for i, s in enumerate(seconds)]  # fmt: skip
+    record = CellRecord(cell_id="bs512", axes={"data.batch_size": 512}, status="ok", samples_per_s=samples_per_s,
+                        throughput=samples_per_s, guards=PASS, guards_ok=True,
+                        time_to_target=score_runs(target, runs))  # fmt: skip
+    d.mkdir()
+    (d / "cells.jsonl").write_text(record.to_json() + "\n")
+    return d
+
+
+def test_time_to_target_cells_are_compared_by_time_not_samples_per_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a = _target_cells(tmp_path / "a", [48.0, 50.0, 52.0, 49.0, 51.0], samples_per_s=2000.0)
+    # B steps 50% faster but needs more epochs: 90 s to the target against 50
+    b = _target_cells(tmp_path / "b", [88.0, 90.0, 92.0, 89.0, 91.0], samples_per_s=3000.0)
+    (row,) = compare(a, b)["rows"]
+    assert row["unit"] == "s to target" and row["verdict"] == SLOWER
+    assert row["ratio"] == pytest.approx(50.0 / 90.0) and row["ci_low"] <= row["ratio"] <= row["ci_high"] < 1.0
+    assert compare_cli.cli([str(a), str(b), "--fail-threshold", "10"]) == 1
+    assert "bs512: 44.4% slower (limit 10%)" in capsys.readouterr().out
+    # two runs of five short of the target: B no longer reaches it, which fails whatever the threshold
+    lost = _target_cells(tmp_path / "lost", [48.0, None, 52.0, None, 51.0], samples_per_s=3000.0)
+    assert compare_cli.cli([str(a), str(lost)]) == 1
+    assert "FAIL: bs512: reached val_accuracy >= 0.89 in A, not in B" in capsys.readouterr().out

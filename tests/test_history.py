@@ -199,3 +199,27 @@ def test_reingesting_a_changed_folder_changes_nothing_and_says_so(
     db = history_db.connect(db_path)
     assert db.execute("SELECT * FROM cells ORDER BY seq").fetchall() == before
     db.close()
+
+
+def test_a_time_to_target_cell_is_followed_by_targets_per_hour_so_a_slower_one_regresses(tmp_path: Path) -> None:
+    from bench.cells.target import Target, TargetRun
+    from bench.target.scoring import score_runs
+
+    target = Target(metric="val_accuracy", value=0.89)
+    db_path = tmp_path / "h.sqlite"
+    # the same samples/s every run; the last needs 30% longer to reach the target
+    for i, seconds in enumerate([50.0, 51.0, 49.0, 50.5, 49.5, 50.0, 65.0]):
+        d = tmp_path / f"run-{i}"
+        d.mkdir()
+        (d / "env.json").write_text(json.dumps({"git_commit": "abc", "torch": "2.15.0", "threads": 2}))
+        runs = [TargetRun(seed=s, reached=True, seconds=seconds + s * 0.1, setup_s=1.0, epochs=3.0, steps=300,
+                          samples=19200, final=0.9) for s in range(3)]  # fmt: skip
+        record = CellRecord(cell_id="tta", status="ok", samples_per_s=2000.0, guards_ok=True, machine=MACHINE,
+                            time_to_target=score_runs(target, runs))  # fmt: skip
+        append_record(d / "cells.jsonl", record)
+        assert history_cli.cli(["--history", str(db_path), "ingest", str(d)]) == 0
+    db = history_db.connect(db_path)
+    ((_, points),) = history_db.series(db).items()
+    assert points[0]["unit"] == "targets/h" and points[0]["throughput"] == pytest.approx(3600 / 50.1)
+    db.close()
+    assert history_cli.cli(["--history", str(db_path), "check"]) == 1  # judged by time to target, not samples/s

@@ -7,6 +7,10 @@ final rounds) is compared on all its readings: pooled steps for the ratio, and a
 resamples whole readings before steps, so the drift between readings widens the interval. A change is
 significant when the interval excludes 1 *and* the change is larger than the noise threshold: the
 larger of ``min_threshold_pct`` and half the between-repeat spread measured in either run.
+
+Time-to-target cells (``measure.mode: time_to_target``) are compared by what they measured: A's score
+over B's (above 1: B reaches the target sooner) with the interval of their runs resampled; a cell that
+reached the target in A and not in B fails the comparison like a guard that regressed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from bench.cells.contract import ERROR, FAIL, OK, PASS, CellRecord, GuardResult
 from bench.cells.store import read_records
 from bench.paired.result import Verdict, verdict
 from bench.stats import bootstrap_ratio_readings, geometric_mean
+from bench.target.scoring import speedup_interval
 from trainer_core.errors import TrainbenchError
 
 ENV_KEYS = ("torch", "cuda", "cudnn", "cpu", "gpus", "torch_threads", "threads")
@@ -40,7 +45,7 @@ class Readings:
 
     @property
     def measured(self) -> list[CellRecord]:
-        return [r for r in self.records if r.status == OK and r.step_s]
+        return [r for r in self.records if r.status == OK and (r.step_s or r.time_to_target is not None)]
 
     @property
     def cell_id(self) -> str | None:
@@ -93,6 +98,33 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], dict[str, Readings]]
     return env, {k: Readings(rs) for k, rs in grouped.items()}
 
 
+TARGET_UNIT = "s to target"
+
+
+def compare_to_target(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str, Any] | None:
+    """A time-to-target pair: A's score / B's and its run-resampled interval; None when neither side is such
+    a cell (one that is, against one that is not, is not compared: the two measured different things)."""
+    ta = next((r.time_to_target for r in a.measured if r.time_to_target), None)
+    tb = next((r.time_to_target for r in b.measured if r.time_to_target), None)
+    if ta is None and tb is None:
+        return None
+    if ta is None or tb is None:
+        return {"verdict": NOT_COMPARED, "status_a": "throughput" if ta is None else "time to target",
+                "status_b": "throughput" if tb is None else "time to target"}  # fmt: skip
+    out: dict[str, Any] = {"unit": TARGET_UNIT, "throughput_a": ta.score_s, "throughput_b": tb.score_s,
+                           "readings_a": len(ta.runs), "readings_b": len(tb.runs)}  # fmt: skip
+    if not (ta.reached and tb.reached):
+        out["verdict"] = NOT_COMPARED
+        out["target_lost"] = ta.target.describe() if ta.reached else None
+        return out
+    assert ta.score_s and tb.score_s
+    ratio = ta.score_s / tb.score_s
+    lo, hi = speedup_interval(ta, tb)
+    out.update(ratio=ratio, ci_low=lo, ci_high=hi, change_pct=100.0 * (ratio - 1.0),
+               noise_threshold_pct=min_threshold_pct, verdict=verdict(ratio, lo, hi, min_threshold_pct))  # fmt: skip
+    return out
+
+
 def compare_cell(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str, Any]:
     out: dict[str, Any] = {"cell_id": b.cell_id or a.cell_id, "status_a": a.status, "status_b": b.status}
     ga, gb = a.guards, b.guards
@@ -100,6 +132,9 @@ def compare_cell(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str
     if not a.measured or not b.measured:
         out["verdict"] = NOT_COMPARED
         return out
+    to_target = compare_to_target(a, b, min_threshold_pct)
+    if to_target is not None:
+        return out | to_target
     ratio, lo, hi = bootstrap_ratio_readings([r.step_s for r in a.measured], [r.step_s for r in b.measured])
     noise = max(min_threshold_pct, 0.5 * a.repeat_spread_pct, 0.5 * b.repeat_spread_pct)
     out.update(
@@ -166,6 +201,8 @@ def failures(result: dict[str, Any], fail_threshold_pct: float | None) -> list[s
     for r in result["rows"]:
         if r["guard_regressions"]:
             out.append(f"{r['cell_id']}: guard(s) passed in A, fail in B: {', '.join(r['guard_regressions'])}")
+        if r.get("target_lost"):
+            out.append(f"{r['cell_id']}: reached {r['target_lost']} in A, not in B")
         if fail_threshold_pct is not None and r.get("verdict") == SLOWER and -r["change_pct"] > fail_threshold_pct:
             out.append(f"{r['cell_id']}: {-r['change_pct']:.1f}% slower (limit {fail_threshold_pct:g}%)")
     return out

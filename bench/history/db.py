@@ -175,6 +175,15 @@ def verdicts(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(zip(keys, row)) for row in rows]
 
 
+def series_value(r: CellRecord) -> tuple[float | None, str]:
+    """What a cell's series follows, higher better: its throughput, or for a time-to-target cell targets
+    reached per hour (3600 / its score), so that a cell slower to its target reads as a regression."""
+    t = r.time_to_target
+    if t is None:
+        return r.rate, r.unit
+    return (3600.0 / t.score_s if t.reached and t.score_s else None), "targets/h"
+
+
 def _cell_rows(run_id: str, records: list[CellRecord]) -> list[tuple[Any, ...]]:
     return [
         (
@@ -183,8 +192,7 @@ def _cell_rows(run_id: str, records: list[CellRecord]) -> list[tuple[Any, ...]]:
             r.cell_id,
             json.dumps(r.axes, sort_keys=True, default=str),
             r.status,
-            r.rate,
-            r.unit,
+            *series_value(r),
             r.step_ms_median,
             r.repeat_spread_pct,
             None if r.guards_ok is None else int(r.guards_ok),

@@ -449,10 +449,11 @@ def _comparison_row(r: dict[str, Any]) -> list[str]:
     if "ratio" not in r:
         return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", regressed]
     n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
+    what, fmt = ("runs", ".1f") if r.get("unit") == "s to target" else ("readings", ",.0f")
     return [
         r["cell_id"],
-        f"{r['throughput_a']:,.0f}" + (f" ({n_a} readings)" if n_a > 1 else ""),
-        f"{r['throughput_b']:,.0f}" + (f" ({n_b} readings)" if n_b > 1 else ""),
+        f"{r['throughput_a']:{fmt}}" + (f" ({n_a} {what})" if n_a > 1 else ""),
+        f"{r['throughput_b']:{fmt}}" + (f" ({n_b} {what})" if n_b > 1 else ""),
         f"{r['ratio']:.3f}",
         f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
         f"±{r['noise_threshold_pct']:.1f}%",
