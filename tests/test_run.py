@@ -167,7 +167,8 @@ def _matrix(tmp_path: Path, models: list[str]) -> Path:
 @pytest.mark.slow
 def test_a_cell_that_raises_is_recorded_and_the_run_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     m = _matrix(tmp_path, ["bench.guards.planted:raises", "SimpleMLP", "bench.guards.planted:emits_nan"])
-    assert run_cli.cli(["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]) == 0
+    argv = ["--matrix", str(m), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]
+    assert run_cli.cli([*argv, "--executor", "forked"]) == 0  # forked children: a raise still fails one cell alone
     assert "1 of 3 measured cells failed (reasons in summary.md)" in capsys.readouterr().out
     d = _run_dir(tmp_path / "out")
     records = {r["cell_id"]: r for r in map(json.loads, (d / "cells.jsonl").read_text().splitlines())}
@@ -407,7 +408,8 @@ def test_a_time_to_target_matrix_opens_with_the_fastest_cell_to_the_target(
     }  # fmt: skip
     path = tmp_path / "tta.yaml"
     path.write_text(yaml.safe_dump(matrix))
-    rc = run_cli.cli(["--matrix", str(path), "--out", str(tmp_path / "r"), "--profiles", str(tmp_path / "p")])
+    rc = run_cli.cli(["--matrix", str(path), "--out", str(tmp_path / "r"), "--profiles", str(tmp_path / "p"),
+                      "--executor", "forked"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
     d = _run_dir(tmp_path / "r")
