@@ -75,6 +75,9 @@ def test_time_to_target_adds_the_learning_rate_its_scaling_and_if_allowed_the_mo
     images = load_config(REPO / "configs" / "fashion_mnist_classic.yaml")
     models = target_space(images, {}, allow_model_change=True)["model.name"]
     assert models[0] == images.model.name and len(models) == len(set(models)) > 1
+    with pytest.raises(ConfigError, match="model.kwargs .* fit SimpleCNN alone"):
+        target_space(load_config(REPO / "configs" / "fashion_mnist_classic.yaml", {"model.kwargs": {"dropout": 0.1}}),
+                     {}, allow_model_change=True)  # fmt: skip
 
 
 def test_the_finals_run_seed_by_seed_in_rotating_order_and_the_fastest_to_target_wins() -> None:

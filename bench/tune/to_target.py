@@ -48,9 +48,10 @@ class TuneCells(Protocol):
 
 
 LR_GRID = (0.5, 1.0, 2.0)  # the start's learning rate times these
-# Image classifiers that take any image size and class count (SimpleCNN adapts to the input's shape):
-# the models --allow-model-change lets the search try for image data.
-IMAGE_MODELS = ("SimpleCNN", "torchvision:resnet18", "torchvision:mobilenet_v3_small")
+# Image classifiers sized from the data (classes, channels, image size): the models --allow-model-change
+# lets the search try on image data. One that cannot take the data (torchvision's want 3 channels) fails
+# its cell with the reason, and the search goes on.
+IMAGE_MODELS = ("SimpleCNN", "ResNet18", "torchvision:resnet18", "torchvision:mobilenet_v3_small")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ def target_space(config: RunConfig, space: dict[str, list[Any]], allow_model_cha
     if allow_model_change:
         if dataset_info(config.data.name).kind != "image":
             raise ConfigError(f"--allow-model-change: {config.data.name} is not image data; the model stays")
+        if config.model.kwargs:
+            raise ConfigError(f"--allow-model-change: model.kwargs {config.model.kwargs} fit {config.model.name} "
+                              "alone; leave them out so each model is sized from the data")  # fmt: skip
         out["model.name"] = list(dict.fromkeys([config.model.name, *IMAGE_MODELS]))
     return out
 
