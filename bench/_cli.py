@@ -67,6 +67,21 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_executor(parser: argparse.ArgumentParser, default: str | None = "local", help_suffix: str = "") -> None:
+    """``--executor NAME`` and ``--executor-opt KEY=VALUE`` (repeatable): how cells start, one spelling for
+    every command that launches them (checked by :func:`bench.launch.executors.checked_options`)."""
+    from bench.launch.executors import EXECUTOR_HELP
+
+    parser.add_argument("--executor", default=default, help=EXECUTOR_HELP + help_suffix)
+    parser.add_argument(
+        "--executor-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="executor setting (repeatable), e.g. --executor-opt partition=gpu --executor-opt gpus_per_node=1",
+    )
+
+
 def add_overrides(parser: argparse.ArgumentParser, what: str) -> None:
     """``--set KEY=VALUE`` (repeatable, read as YAML, beats the YAML file): the one spelling every command uses."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=what)

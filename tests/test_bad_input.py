@@ -27,6 +27,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "guard_audit": (["--seeds", "0", "--json", "OUT/v.json"], "--seeds 0"),
     "ab": (["--a", "no-such-thing", "--b", TABULAR, "--out", "OUT"], "--a no-such-thing"),
     "ab-threads": (["--a", TABULAR, "--b", TABULAR, "--threads", "0", "--out", "OUT"], "--threads: 0: must be"),
+    "ab-executor-opt": (["--a", TABULAR, "--b", TABULAR, "--executor-opt", "x=1", "--out", "OUT"], "needs --executor"),
     "history": (["--history", "OUT/h.sqlite", "check"], "OUT/h.sqlite: no history database"),
     "history-ingest": (["--history", "OUT/h.sqlite", "ingest", "OUT/none"], "OUT/none: no cells.jsonl"),
 }

@@ -13,7 +13,7 @@ from bench.ab import __main__ as ab_cli
 from bench.ab.subjects import CellSubject, Side
 from bench.cells.contract import CellRecord, CellSpec
 from bench.launch import forked
-from bench.launch.executors import EXECUTORS, build_executor, check_options
+from bench.launch.executors import EXECUTORS, build_executor, check_options, checked_options
 from bench.launch.forked import SERVER_ROUNDS, ForkedExecutor
 from bench.run import __main__ as run_cli
 from bench.tune import __main__ as tune_cli
@@ -33,6 +33,16 @@ def test_the_built_in_executors_and_bad_names_or_options() -> None:
     with pytest.raises(ConfigError, match="--executor no_such_module:x: cannot import no_such_module"):
         check_options("no_such_module:x", {})
     assert type(build_executor(USER, {}, Path("."))).__name__ == "RecordingExecutor"  # imported, then registered
+    # --executor-opt: read and checked against --executor before anything runs, the same in every command
+    assert checked_options("submitit", ["partition=gpu", "timeout_min = 30"]) == {
+        "partition": "gpu",
+        "timeout_min": "30",
+    }
+    with pytest.raises(ConfigError, match="--executor-opt 'partition': expected key=value"):
+        checked_options("submitit", ["partition"])
+    with pytest.raises(ConfigError, match="--executor-opt partition=gpu: needs --executor"):
+        checked_options(None, ["partition=gpu"])  # bench.ab without --executor: its --readings start cells
+    assert checked_options(None, []) == {}
 
 
 def test_forked_readings_share_a_server_per_code_and_renew_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

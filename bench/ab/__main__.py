@@ -16,12 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, add_overrides, add_threads, make_parser, run_cli
+from bench._cli import EXIT_FAILED, add_executor, add_overrides, add_threads, make_parser, run_cli
 from bench.ab.report import verdict_line
 from bench.ab.setup import WORKTREE, AbWhat, measure_ab
 from bench.ab.subjects import FORKED, FRESH
 from bench.history.db import record_in_history
-from bench.launch.executors import EXECUTOR_HELP, check_options
+from bench.launch.executors import checked_options
 from bench.launch.revisions import REPO_ROOT
 from bench.paired.engine import RoundsPlan
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a cell reading starts: forked from a server that imported torch once (default), or a new "
         "interpreter (what bench.run does; seconds slower per reading)",
     )
-    p.add_argument("--executor", help=f"{EXECUTOR_HELP} (default: what --readings says)")
+    add_executor(p, default=None, help_suffix=" (default: what --readings says)")
     add_threads(p)
     p.add_argument("--repo", default=str(REPO_ROOT), help="git repository revisions are taken from (default: this one)")
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
@@ -87,8 +87,7 @@ def main(args: argparse.Namespace) -> int:
 
     sets = {"A": args.overrides + args.set_a, "B": args.overrides + args.set_b}
     threads = args.threads or torch.get_num_threads()
-    if args.executor:
-        check_options(args.executor, {})
+    options = checked_options(args.executor, args.executor_opt)
     what = AbWhat(
         args.config,
         args.cell,
@@ -100,6 +99,7 @@ def main(args: argparse.Namespace) -> int:
         args.reading_s,
         args.readings,
         args.executor,
+        options,
     )
     plan = RoundsPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     history = Path(args.history or Path(args.out) / "history.sqlite")

@@ -131,7 +131,7 @@ class AbWhat:
     """What both sides measure: a config (and matrix cell) with per-side overrides, or pytest-benchmark
     tests; the repository revisions come from; threads and timed seconds of a cell reading; how a cell
     reading starts (``forked`` from a server that imported torch once, or a ``fresh`` interpreter), or
-    the executor that starts it (``--executor``, which takes precedence)."""
+    the executor that starts it (``--executor``, which takes precedence) with its ``--executor-opt`` settings."""
 
     config: str | None = None
     cell: list[str] = field(default_factory=list)
@@ -143,6 +143,7 @@ class AbWhat:
     reading_s: float = 2.0
     readings: str = "forked"
     executor: str | None = None
+    executor_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,7 +164,8 @@ def subject_for(
     if what.pytest:
         return PytestSubject(by_name, what.pytest, what.group, run_dir)
     assert executor is not None
-    return CellSubject(by_name, specs, run_dir, build_executor(executor, {}, run_dir))
+    options = what.executor_options if executor == what.executor else {}  # settings belong to --executor's
+    return CellSubject(by_name, specs, run_dir, build_executor(executor, options, run_dir))
 
 
 def print_round(r: int, rounds: Rounds) -> None:

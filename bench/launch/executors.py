@@ -54,6 +54,17 @@ def check_options(given: str, options: dict[str, str]) -> None:
         raise ConfigError(f"--executor-opt {unknown[0]}: unknown; {expected}")
 
 
+def checked_options(given: str | None, items: list[str]) -> dict[str, str]:
+    """``--executor-opt`` items parsed and checked against ``--executor`` before anything is written."""
+    options = parse_options(items)
+    if given is None:
+        if options:
+            raise ConfigError(f"--executor-opt {items[0]}: needs --executor")
+        return options
+    check_options(given, options)
+    return options
+
+
 def build_executor(given: str, options: dict[str, str], run_dir: Path) -> Executor:
     check_options(given, options)
     return EXECUTORS[executor_name(given)](options, run_dir)

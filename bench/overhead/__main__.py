@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from bench._cli import make_parser, run_cli
+from bench._cli import add_executor, make_parser, run_cli
 from bench.cells.contract import MeasureConfig
-from bench.launch.executors import EXECUTOR_HELP, build_executor, check_options
+from bench.launch.executors import build_executor, checked_options
 from bench.overhead.harness import PRECISION_DTYPES, compare, row_line
 from trainer_core.errors import ConfigError
 from trainer_core.provenance import environment_info
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="paired rounds per configuration (default 5)")
     p.add_argument("--min-time-s", type=float, default=1.5, help="timed seconds per repeat on each side")
     p.add_argument("--out", default="results", help="folder for overhead-<time>.json")
-    p.add_argument("--executor", default="local", help=f"how the runner's cells start: {EXECUTOR_HELP}")
+    add_executor(p, help_suffix=" (how the runner's cells start)")
     return p
 
 
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
                           f"batch sizes {args.batch_size or 'default'})")  # fmt: skip
     if args.text and not Path(args.text).is_file():  # a mistyped path must not silently become a generated sample
         raise ConfigError(f"--text {args.text}: no such file")
-    check_options(args.executor, {})
+    options = checked_options(args.executor, args.executor_opt)
     threads = torch.get_num_threads()
     measure = MeasureConfig(min_time_s=args.min_time_s, max_time_s=max(10.0, args.min_time_s), repeats=3)
     stem = Path(args.out) / f"overhead-{args.workload}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
@@ -54,7 +54,7 @@ def main(args: argparse.Namespace) -> int:
     if args.workload == "lm" and not text.is_file():
         text = write_sample_text(stem.with_name(stem.name + "-sample.txt"))
     batches = args.batch_size or ([12] if args.workload == "lm" else [64, 256])
-    executor = build_executor(args.executor, {}, stem.parent)
+    executor = build_executor(args.executor, options, stem.parent)
     try:
         precisions = args.precision or ["fp32", "bf16"]
         cells = stem.with_name(stem.name + "-cells")

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, make_parser, run_cli
+from bench._cli import EXIT_FAILED, add_executor, make_parser, run_cli
 from bench.history.db import record_in_history
-from bench.launch.executors import EXECUTOR_HELP, build_executor, check_options, parse_options
+from bench.launch.executors import build_executor, checked_options
 from bench.matrix import expand, load_matrix, parse_filter, preflight_cells, select
 from bench.run.runner import closing_lines, dry_run_listing, open_run, run_cells, succeeded, write_outputs
 from trainer_core.errors import ConfigError
@@ -36,18 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run every cell on this device (replaces the device axis)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in every cell (default: torch's default here)")
     p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
-    p.add_argument(
-        "--executor",
-        default="local",
-        help=EXECUTOR_HELP,
-    )
-    p.add_argument(
-        "--executor-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="executor setting (repeatable), e.g. --executor-opt partition=gpu --executor-opt gpus_per_node=1",
-    )
+    add_executor(p)
     p.add_argument(
         "--profiles", default="profiles", help="parent folder of trace folders <run-id>/<cell-id>/ (default profiles/)"
     )
@@ -62,8 +51,7 @@ def main(args: argparse.Namespace) -> int:
         if not cells:
             raise ConfigError(f"--filter {' '.join(args.filter)}: matches no cell of {args.matrix}")
     preflight_cells(cells, args.matrix)
-    options = parse_options(args.executor_opt)
-    check_options(args.executor, options)
+    options = checked_options(args.executor, args.executor_opt)
     if args.dry_run:
         print(dry_run_listing(cells))
         return 0

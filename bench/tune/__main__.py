@@ -15,9 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import add_overrides, make_parser, run_cli
+from bench._cli import add_executor, add_overrides, make_parser, run_cli
 from bench.history.db import record_in_history
-from bench.launch.executors import EXECUTOR_HELP, build_executor, check_options, parse_options
+from bench.launch.executors import build_executor, checked_options
 from bench.report.html import folder_report
 from bench.tune.report import format_report
 from bench.tune.to_target import OBJECTIVE_OPTIONS, Objective, parse_target
@@ -77,10 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="parent of the run directory (default results/)")
     p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a tune run: configurations already measured are reused")
-    p.add_argument("--executor", default="local", help=EXECUTOR_HELP)
-    p.add_argument(
-        "--executor-opt", action="append", default=[], metavar="KEY=VALUE", help="executor setting (repeatable)"
-    )
+    add_executor(p)
     return p
 
 
@@ -91,8 +88,7 @@ def resolve_objective(args: argparse.Namespace) -> Objective:
 
 
 def main(args: argparse.Namespace) -> int:
-    options = parse_options(args.executor_opt)
-    check_options(args.executor, options)
+    options = checked_options(args.executor, args.executor_opt)
     setup = prepare(
         args.config, args.overrides, args.axes, args.max_batch, resolve_objective(args), args.allow_model_change
     )
