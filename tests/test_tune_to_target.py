@@ -80,6 +80,22 @@ def test_time_to_target_adds_the_learning_rate_its_scaling_and_if_allowed_the_mo
                      {}, allow_model_change=True)  # fmt: skip
 
 
+def test_a_time_to_target_tune_prepares_every_lever_value_as_a_valid_config() -> None:
+    from bench.tune.tuning import prepare
+
+    setup = prepare(str(REPO / "configs" / "tabular_mlp.yaml"), [], [], 512, TTT)
+    assert setup.space["optim.lr_scaling"] == ["none", "sqrt", "linear"] and setup.space["optim.lr"] == [
+        0.005,
+        0.01,
+        0.02,
+    ]
+    assert setup.config.optim.reference_batch_size == 64  # scaling is relative to the batch the start's lr was set at
+    images = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, TTT, allow_model_change=True)
+    assert images.space["model.name"][0] == "SimpleCNN" and images.start["model.name"] == "SimpleCNN"
+    with pytest.raises(ConfigError, match="--allow-model-change: only with --objective time_to_target"):
+        prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, Objective(), allow_model_change=True)
+
+
 def test_the_finals_run_seed_by_seed_in_rotating_order_and_the_fastest_to_target_wins() -> None:
     start = {"optim.lr": 0.01, "data.batch_size": 64}
     fast = {"optim.lr": 0.02, "data.batch_size": 64}

@@ -177,6 +177,9 @@ def prepare(
     preflight_config(config, config_path)
     space = parse_axes(axes) if axes else default_space(config, max_batch)
     if objective.to_target and not axes:
+        if config.optim.reference_batch_size is None:  # the start's lr was tuned at the start's batch
+            base = apply_overrides(base, {"optim.reference_batch_size": config.data.batch_size})
+            config = validate_config(base, source=config_path)
         space = target_space(config, space, allow_model_change)
     for key, values in space.items():  # every value must give a valid, loadable config before anything runs
         for v in values:
