@@ -18,7 +18,7 @@ def _to_target(result: dict[str, Any]) -> bool:
 
 def _value(result: dict[str, Any], x: float) -> str:
     """A search value as the report shows it: samples/s, or seconds to the target (the value is 1 / s)."""
-    return f"{1 / x:.1f}" if _to_target(result) else f"{x:,.0f}"
+    return f"{1 / x:.3g}" if _to_target(result) else f"{x:,.0f}"
 
 
 def _changes(values: dict[str, Any], start: dict[str, Any], sep: str = "=") -> str:
