@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 LOWER_IS_BETTER = ("loss", "perplexity")  # metric names ending so are reached from above
 
 
+TARGET_UNIT = "s to target"  # the unit a time-to-target cell is compared and reported in
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.cells.contract import ERROR, FAIL, OK, PASS, CellRecord, GuardResult
 from bench.cells.store import read_records
+from bench.cells.target import TARGET_UNIT
 from bench.paired.result import Verdict, verdict
 from bench.stats import bootstrap_ratio_readings, geometric_mean
 from bench.target.scoring import speedup_interval
@@ -96,9 +97,6 @@ def load_results(path: str | Path) -> tuple[dict[str, Any], dict[str, Readings]]
     for r in read_records(cells):
         grouped.setdefault(axis_key(r.axes), []).append(r)
     return env, {k: Readings(rs) for k, rs in grouped.items()}
-
-
-TARGET_UNIT = "s to target"
 
 
 def compare_to_target(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str, Any] | None:

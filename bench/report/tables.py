@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cells.contract import FAIL, FAILED, NONDETERMINISTIC, OK, PASS, SKIPPED, CellRecord, first_seen, guard_names
+from bench.cells.target import TARGET_UNIT
 from bench.report.target import target_answer, target_table
 from trainer_core.phases import PHASES
 
@@ -449,7 +450,7 @@ def _comparison_row(r: dict[str, Any]) -> list[str]:
     if "ratio" not in r:
         return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", regressed]
     n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
-    what, fmt = ("runs", ".1f") if r.get("unit") == "s to target" else ("readings", ",.0f")
+    what, fmt = ("runs", ".1f") if r.get("unit") == TARGET_UNIT else ("readings", ",.0f")
     return [
         r["cell_id"],
         f"{r['throughput_a']:{fmt}}" + (f" ({n_a} {what})" if n_a > 1 else ""),

@@ -77,7 +77,7 @@ def target_final_section(result: dict[str, Any]) -> list[str]:
     )
     lines = ["", f"Finalists trained to the target side by side with the start ({f['runs']} seeded runs each, "
              f"rotating order{short}; MLPerf's rule: the fastest and slowest run dropped):", "",
-             "| configuration | s to target | min-max s | epochs | runs reached | final metric p |",
+             "| configuration | s to target | min-max s | epochs | runs reached | luck p |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in f["finalists"]:
         name = _changes(r["values"], start) or "(start)"

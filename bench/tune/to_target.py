@@ -132,7 +132,7 @@ def seeded_runs(
                 continue
             rec = cells({**configs[name], "seed": seed0 + i}, label=f"{label}-{name}-s{i + 1:02d}")
             if rec.status != OK or not rec.guards_ok or rec.time_to_target is None:
-                failed[name] = rec.reason or "a guard failed"
+                failed[name] = rec.reason or f"a guard failed ({', '.join(rec.failed_guards())})"
                 continue
             done[name] += rec.time_to_target.runs
     return {n: score_runs(target, done[n]) for n in names if n not in failed}, failed
@@ -159,7 +159,7 @@ def target_finals(
              "note": failed[n]})} for n in names]  # fmt: skip
     live = [n for n in names[1:] if n in scored and scored[n].reached]
     best = min(live, key=lambda n: scored[n].score_s or math.inf) if live else None
-    out: dict[str, Any] = {"runs": objective.runs, "finalists": rows, "objective": objective.name}
+    out: dict[str, Any] = {"runs": objective.runs, "finalists": rows}
     ratio = ratio_of(scored.get("start"), scored[best] if best else None)
     if best is None:
         return {**out, "winner": start, "speedup": None, "note": "no finalist reached the target: the start stands"}

@@ -21,6 +21,7 @@ import yaml
 
 from bench.cells.contract import OK, CellRecord, CellSpec, MeasureConfig, ProfileConfig
 from bench.cells.store import append_record, read_records
+from bench.cells.target import TARGET_UNIT
 from bench.guards.checks import QUICK_GUARDS
 from bench.launch.executor import Executor
 from bench.launch.forked import SERVER_ROUNDS
@@ -605,7 +606,7 @@ def conclude(
         "objective": setup.objective.name,
         "search_runs": setup.objective.search_runs,
         "target": setup.objective.target.model_dump() if setup.objective.target else None,
-        "unit": "s to target" if setup.objective.to_target else result.start_record.unit,
+        "unit": TARGET_UNIT if setup.objective.to_target else result.start_record.unit,
         "space": setup.space,
         "start": setup.start,
         "winner": winner,
