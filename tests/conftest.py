@@ -28,6 +28,12 @@ os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 
+def own_pytest_env(**extra: str) -> dict[str, str]:
+    """The environment of a pytest session a test starts: without the variables of the pytest-xdist worker
+    the test runs in (pytest-benchmark reads them and stops timing)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")} | extra
+
+
 def _is_matrix(path: Path) -> bool:
     import yaml
 

@@ -4,13 +4,12 @@ and the repository's own suite is a run-once smoke test under plain pytest but t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, own_pytest_env
 
 SLEEPY = """
 import os, time
@@ -22,11 +21,10 @@ def test_sleepy(benchmark):
 
 
 def _pytest(cwd: Path, *args: str, sleep_s: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SLEEP_S": str(sleep_s)}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_sleepy.py", *args],
         cwd=cwd,
-        env=env,
+        env=own_pytest_env(SLEEP_S=str(sleep_s)),
         capture_output=True,
         text=True,
         timeout=120,
@@ -67,6 +65,7 @@ def test_repository_suite_times_for_real_when_asked(tmp_path: Path) -> None:
             f"--benchmark-json={out}",
         ],
         cwd=REPO,
+        env=own_pytest_env(),
         capture_output=True,
         text=True,
         timeout=300,

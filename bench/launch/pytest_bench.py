@@ -89,10 +89,11 @@ def run(code_root: Path, pytest_args: str, group: str | None, timeout_s: float) 
         out = Path(tmp) / "benchmark.json"
         cmd = [sys.executable, "-m", "pytest", *shlex.split(pytest_args), "--benchmark-only", "-q",
                "-p", "no:cacheprovider", f"--benchmark-json={out}"]  # fmt: skip
+        # Its own pytest session: run from inside a pytest-xdist worker (a test of bench.ab), the worker's
+        # variables would tell pytest-benchmark it shares the machine with other workers and it would not time.
+        env = {k: v for k, v in code_env(code_root).items() if not k.startswith("PYTEST_XDIST_")}
         try:
-            proc = subprocess.run(
-                cmd, cwd=code_root, env=code_env(code_root), capture_output=True, text=True, timeout=timeout_s
-            )
+            proc = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             where = f"--pytest {pytest_args!r} at {code_root}"
             raise ConfigError(f"{where}: still running after {timeout_s:.0f} s") from None
