@@ -32,7 +32,8 @@ POINTS_KEY = "target_evals"  # the evaluations of an epoch, in its history recor
 
 class TargetClock(BaseHook):
     """Evaluates the target metric every epoch (reading the epoch's own validation when the metric is a
-    validation one) or every K steps, on the clock; stops the Trainer when the target is met."""
+    validation one) or every K steps, on the clock. When the target is met the clock stops there; with
+    ``confirm`` the Trainer goes on, off the clock, to the next evaluation (the luck check), then stops."""
 
     def __init__(
         self, target: Target, every: str | int, loader: Any, steps_per_epoch: int, confirm: bool = True
