@@ -29,9 +29,11 @@ torch.set_num_threads(1)
 
 
 def own_pytest_env(**extra: str) -> dict[str, str]:
-    """The environment of a pytest session a test starts: without the variables of the pytest-xdist worker
-    the test runs in (pytest-benchmark reads them and stops timing)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")} | extra
+    """The environment of a pytest session a test starts, plus ``extra``: its own session, not part of the
+    pytest-xdist worker the test runs in."""
+    from bench.launch.pytest_bench import own_session_env
+
+    return own_session_env(os.environ) | extra
 
 
 def _is_matrix(path: Path) -> bool:

@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,13 @@ def env(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def own_session_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for a pytest session of its own: without the variables of a pytest-xdist worker it may be
+    started from (a test of bench.ab), which pytest-benchmark reads as "parallel workers share this machine"
+    and then does not time."""
+    return {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST_")}
+
+
 def run(code_root: Path, pytest_args: str, group: str | None, timeout_s: float) -> list[CellRecord]:
     """One reading: ``pytest PYTEST_ARGS --benchmark-only`` in a fresh process with the code under
     ``code_root`` (its own tests folder), read back from its JSON."""
@@ -89,9 +97,7 @@ def run(code_root: Path, pytest_args: str, group: str | None, timeout_s: float) 
         out = Path(tmp) / "benchmark.json"
         cmd = [sys.executable, "-m", "pytest", *shlex.split(pytest_args), "--benchmark-only", "-q",
                "-p", "no:cacheprovider", f"--benchmark-json={out}"]  # fmt: skip
-        # Its own pytest session: run from inside a pytest-xdist worker (a test of bench.ab), the worker's
-        # variables would tell pytest-benchmark it shares the machine with other workers and it would not time.
-        env = {k: v for k, v in code_env(code_root).items() if not k.startswith("PYTEST_XDIST_")}
+        env = own_session_env(code_env(code_root))
         try:
             proc = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
