@@ -18,6 +18,7 @@ from bench.tune.to_target import (
     epochs_to_reach,
     parse_target,
     prune_target_levers,
+    schedule_values,
     target_finals,
     target_space,
 )
@@ -96,6 +97,23 @@ def test_a_time_to_target_tune_prepares_every_lever_value_as_a_valid_config() ->
         prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, Objective(), allow_model_change=True)
 
 
+def test_the_schedule_and_its_length_are_one_lever_and_max_epochs_is_the_starts_budget() -> None:
+    from bench.tune.tuning import overrides_of, prepare
+
+    classic = load_config(REPO / "configs" / "fashion_mnist_classic.yaml", {"train.epochs": 10})
+    assert schedule_values(classic) == [["none", 10], ["onecycle", 2], ["onecycle", 3], ["onecycle", 4],
+                                        ["onecycle", 7]]  # fmt: skip
+    assert schedule_values(load_config(REPO / "configs" / "fashion_mnist.yaml"))[0] == ["onecycle", 5]  # not twice
+    assert overrides_of({"optim.scheduler+train.epochs": ["onecycle", 3], "optim.lr": 0.002}) == {
+        "optim.scheduler": "onecycle", "train.epochs": 3, "optim.lr": 0.002}  # fmt: skip
+    objective = Objective("time_to_target", TARGET, runs=3, max_epochs=8)
+    setup = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 128, objective)
+    assert setup.start["optim.scheduler+train.epochs"] == ["none", 8] and setup.config.train.epochs == 8
+    assert setup.objective.max_epochs is None  # each configuration trains its own epochs, the start 8
+    keys = list(setup.space)
+    assert keys.index("optim.scheduler+train.epochs") < keys.index("optim.lr")  # the schedule before its peak
+
+
 def test_the_finals_run_seed_by_seed_in_rotating_order_and_the_fastest_to_target_wins() -> None:
     start = {"optim.lr": 0.01, "data.batch_size": 64}
     fast = {"optim.lr": 0.02, "data.batch_size": 64}
@@ -133,3 +151,22 @@ def test_a_lever_stays_only_if_the_target_is_reached_later_without_it() -> None:
     row = {"axis": "optim.lr", "kept": True, "without": (0.5, 0.4, 1 / 1.5), "why": why}
     assert prune_target_levers(cells, TTT, start, one, final) == (one, [row])
     assert prune_target_levers(cells, TTT, start, one, {**final, "ci_low": 0.9})[0] == start
+
+
+def test_the_winners_yaml_keeps_a_one_cycle_schedule_its_own_length(tmp_path: Any) -> None:
+    import yaml
+
+    from bench.tune.tuning import TuneCells, prepare, write_winner
+
+    objective = Objective("time_to_target", TARGET, runs=1, max_epochs=8)
+    setup = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 128, objective)
+    cells = TuneCells(setup, tmp_path, threads=1)
+
+    def final(values: dict[str, Any]) -> dict[str, Any]:  # its runs reached the target within 2.4 epochs
+        return {"finalists": [{"values": values, "runs": [{"reached": True, "epochs": 2.4}]}]}
+
+    plain = {**setup.start, "optim.lr": 0.002}
+    assert yaml.safe_load(write_winner(setup, cells, plain, final(plain)).read_text())["train"]["epochs"] == 3
+    one_cycle = {**setup.start, "optim.scheduler+train.epochs": ["onecycle", 4]}
+    written = yaml.safe_load(write_winner(setup, cells, one_cycle, final(one_cycle)).read_text())
+    assert written["optim"]["scheduler"] == "onecycle" and written["train"]["epochs"] == 4  # cut, it anneals sooner

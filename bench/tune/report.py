@@ -85,7 +85,7 @@ def target_final_section(result: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {r.get('status')}: {r.get('note') or ''} | | | | |")
             continue
         p = f"{r['p_beyond_target']:.3f}" if r.get("p_beyond_target") is not None else ""
-        lines.append(f"| {name} | {r['score_s']:.1f} | {r['min_s']:.1f}-{r['max_s']:.1f} | "
+        lines.append(f"| {name} | {r['score_s']:.3g} | {r['min_s']:.3g}-{r['max_s']:.3g} | "
                      f"{r['epochs_to_target']:.2f} | {r['converged']} of {len(r['runs'])} | {p} |")  # fmt: skip
     if f.get("speedup") is not None:
         lines += ["", f"**Speedup to the target of the winner over the start**: {f['speedup']:.2f}x "

@@ -52,6 +52,11 @@ LR_GRID = (0.5, 1.0, 2.0)  # the start's learning rate times these
 # lets the search try on image data. One that cannot take the data (torchvision's want 3 channels) fails
 # its cell with the reason, and the search goes on.
 IMAGE_MODELS = ("SimpleCNN", "ResNet18", "torchvision:resnet18", "torchvision:mobilenet_v3_small")
+# One lever, two keys: a schedule and the epochs it is sized for (a run that has not reached the target by
+# then counts as not reached). Searched apart, neither moves: a one-cycle schedule stretched over the start's
+# epoch budget anneals too late to reach the target sooner, and fewer epochs without one never reach it.
+SCHEDULE_LEVER = "optim.scheduler+train.epochs"
+SCHEDULE_SHARES = (0.2, 0.3, 0.45, 0.7)  # one-cycle schedules this share of the start's epoch budget long
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,7 @@ def target_space(config: RunConfig, space: dict[str, list[Any]], allow_model_cha
     """The throughput levers plus the learning rate on a small grid, its scaling rule when the batch may
     change, and (asked for, on image data) the model."""
     out = dict(space)
+    out[SCHEDULE_LEVER] = schedule_values(config)
     lr = config.optim.lr
     out["optim.lr"] = sorted({float(f"{lr * f:.6g}") for f in LR_GRID})
     if len(space.get("data.batch_size", [])) > 1:
@@ -116,6 +122,14 @@ def target_space(config: RunConfig, space: dict[str, list[Any]], allow_model_cha
                               "alone; leave them out so each model is sized from the data")  # fmt: skip
         out["model.name"] = list(dict.fromkeys([config.model.name, *IMAGE_MODELS]))
     return out
+
+
+def schedule_values(config: RunConfig) -> list[list[Any]]:
+    """The start's [schedule, epochs], then one-cycle schedules over shares of its epochs (2 epochs at least)."""
+    epochs = config.train.epochs
+    lengths = sorted({max(2, round(epochs * share)) for share in SCHEDULE_SHARES})
+    start = [config.optim.scheduler, epochs]
+    return [start] + [["onecycle", n] for n in lengths if ["onecycle", n] != start]
 
 
 def seeded_runs(

@@ -136,15 +136,28 @@ def parse_axes(items: list[str]) -> dict[str, list[Any]]:
     return space
 
 
+LINK = "+"  # an axis "a.b+c.d" is one lever setting two keys: its values are [a.b's value, c.d's value]
+
+
+def overrides_of(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted-key overrides of a configuration's lever values (a linked lever gives one per key)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        keys = key.split(LINK)
+        out.update(zip(keys, value, strict=True) if len(keys) > 1 else {key: value})
+    return out
+
+
 def start_values(config: RunConfig, space: dict[str, list[Any]]) -> dict[str, Any]:
     flat = config.to_dict()
-    out = {}
-    for key in space:
+
+    def value_of(key: str) -> Any:
         node: Any = flat
         for part in key.split("."):
             node = node[part]
-        out[key] = node
-    return out
+        return node
+
+    return {key: [value_of(k) for k in key.split(LINK)] if LINK in key else value_of(key) for key in space}
 
 
 @dataclass
@@ -178,16 +191,30 @@ def prepare(
     preflight_config(config, config_path)
     space = parse_axes(axes) if axes else default_space(config, max_batch)
     if objective.to_target and not axes:
-        if config.optim.reference_batch_size is None:  # the start's lr was tuned at the start's batch
-            base = apply_overrides(base, {"optim.reference_batch_size": config.data.batch_size})
-            config = validate_config(base, source=config_path)
+        base, config, objective = target_start(base, config_path, objective)
         space = target_space(config, space, allow_model_change)
     for key, values in space.items():  # every value must give a valid, loadable config before anything runs
         for v in values:
             where = f"--axes {key}={v}"
-            preflight_config(validate_config(apply_overrides(base, {key: v}), source=where), where)
+            preflight_config(validate_config(apply_overrides(base, overrides_of({key: v})), source=where), where)
     space = ordered(space)
     return TuneSetup(config_path, base, config, space, start_values(config, space), objective)
+
+
+def target_start(
+    base: dict[str, Any], source: str, objective: Objective
+) -> tuple[dict[str, Any], RunConfig, Objective]:
+    """The start of a time-to-target search: its lr holds at its own batch (optim.reference_batch_size), and
+    --max-epochs becomes its train.epochs, so each configuration's epoch budget is its own (the schedule
+    lever shortens it)."""
+    config = validate_config(base, source=source)
+    over: dict[str, Any] = {}
+    if config.optim.reference_batch_size is None:  # the start's lr was tuned at the start's batch
+        over["optim.reference_batch_size"] = config.data.batch_size
+    if objective.max_epochs is not None:
+        over["train.epochs"] = objective.max_epochs
+    base = apply_overrides(base, over)
+    return base, validate_config(base, source=source), replace(objective, max_epochs=None)
 
 
 # ------------------------------------------------------------------------------------- measurement
@@ -209,7 +236,7 @@ class TuneCells:
         self.executor = executor or LocalExecutor()
 
     def config(self, values: dict[str, Any]) -> RunConfig:
-        return validate_config(apply_overrides(self.setup.base, values), source=self.setup.source)
+        return validate_config(apply_overrides(self.setup.base, overrides_of(values)), source=self.setup.source)
 
     def cell_id(self, values: dict[str, Any], label: str | None) -> tuple[int, str]:
         """(number, id). Numbered from the file, not a counter: the search and the final rounds measure
@@ -574,10 +601,9 @@ def write_winner(setup: TuneSetup, measure: TuneCells, winner: dict[str, Any], f
     """winner.yaml, a config bench.train runs as is; tuned for time to target, it trains for the whole
     epochs in which the winner's final runs all reached the target."""
     config = measure.config(winner).to_dict()
-    if setup.objective.to_target:
-        config["train"]["epochs"] = (
-            epochs_to_reach(final, winner) or setup.objective.max_epochs or config["train"]["epochs"]
-        )
+    # A schedule sized by the epochs (cosine, one-cycle) keeps its length: cut short, it would anneal sooner.
+    if setup.objective.to_target and config["optim"]["scheduler"] not in ("cosine", "onecycle"):
+        config["train"]["epochs"] = epochs_to_reach(final, winner) or config["train"]["epochs"]
     path = measure.run_dir / "winner.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
