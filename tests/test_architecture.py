@@ -150,6 +150,7 @@ def test_the_cli_modules_are_the_commands() -> None:
         "ab",
         "history",
         "prepare_text",
+        "export",
     }
     assert {f"bench.{n}.__main__" for n in expected} == CLI_MODULES
 

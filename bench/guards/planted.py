@@ -12,6 +12,8 @@ as a cell's model (``model.name: bench.guards.planted:emits_nan``) to see a guar
 | hidden_state   | resume       | a call counter that changes the output but is not in the state_dict  |
 | raises         | (the cell)   | forward raises: the cell fails and the run goes on                   |
 | rank_dependent | ddp_equivalence | ranks but 0 see their batch reversed against its labels          |
+| branch_on_batch | parity (export) | a Python branch on the batch size: a trace freezes the example's branch |
+| frozen_batch   | parity (export) | ``int(x.shape[0])``: a trace bakes the example's batch into the graph |
 
 ``extra_time`` plants a slowdown instead of a fault: a healthy model (any registered one) whose every
 forward also busy-waits, either ``extra_share`` of the step's own time (a step of ``s`` ms takes
@@ -273,3 +275,39 @@ def extra_time(base: str = "SimpleCNN", extra_ms: float = 0.0, extra_share: floa
     if extra_ms < 0 or extra_share < 0:
         raise ValueError(f"extra_ms and extra_share must be >= 0, got {extra_ms} and {extra_share}")
     return ExtraTime(build_model(ModelConfig(name=base, kwargs=dict(kwargs))), extra_ms, extra_share)
+
+
+class BranchOnBatch(nn.Module):
+    """Export fault: a Python branch on the batch size. Tracing freezes the branch the example took, so the
+    traced model gives batch 1 the wrong output (torch.export refuses the branch on a dynamic dim)."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Linear(in_features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.flatten(1))
+        if x.shape[0] == 1:  # e.g. a single-request path that skips a batch statistic
+            return y - y.mean()
+        return y
+
+
+class FrozenBatch(nn.Module):
+    """Export fault: the batch size read as a Python int (``int(x.shape[0])``); a trace bakes the example's
+    batch into the graph, so another batch gets an output of the example's size."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Linear(in_features, classes)
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1)) + torch.zeros(int(x.shape[0]), self.classes)
+
+
+def branch_on_batch(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return BranchOnBatch(in_features, classes)
+
+
+def frozen_batch(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return FrozenBatch(in_features, classes)
