@@ -170,3 +170,19 @@ def test_the_winners_yaml_keeps_a_one_cycle_schedule_its_own_length(tmp_path: An
     one_cycle = {**setup.start, "optim.scheduler+train.epochs": ["onecycle", 4]}
     written = yaml.safe_load(write_winner(setup, cells, one_cycle, final(one_cycle)).read_text())
     assert written["optim"]["scheduler"] == "onecycle" and written["train"]["epochs"] == 4  # cut, it anneals sooner
+
+
+def test_a_search_trial_is_stopped_once_it_cannot_win_and_the_pipeline_is_searched_first(tmp_path: Any) -> None:
+    from bench.tune.tuning import TRIAL_CAP, TuneCells, prepare
+
+    setup = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 128, TTT)
+    assert next(iter(setup.space)) == "data.pipeline"  # each trial behind the per-sample pipeline is a slow run
+    cells = TuneCells(setup, tmp_path, threads=1, measure=TTT.measure(None, runs=1))  # type: ignore[arg-type]
+    assert cells.cell_measure("search").cell_timeout_s == cells.measure.cell_timeout_s  # nothing reached yet
+    cells.note_fastest(_record(None).model_copy(update={"cell_seconds": 40.0}), "search")  # not reached: no bar
+    assert cells.fastest_s is None
+    for seconds in (300.0, 120.0, 200.0):
+        cells.note_fastest(_record(20.0).model_copy(update={"cell_seconds": seconds}), "search")
+    assert cells.cell_measure("search").cell_timeout_s == TRIAL_CAP * 120.0
+    assert cells.cell_measure("recheck").cell_timeout_s == TRIAL_CAP * 120.0
+    assert cells.cell_measure("final-start-s01").cell_timeout_s == cells.measure.cell_timeout_s  # finals run out

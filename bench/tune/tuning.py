@@ -8,6 +8,7 @@ and the winner written as a config bench.train runs as is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -118,11 +119,18 @@ def _native(precision: str, device: torch.device) -> bool:
     return supported and not emulated
 
 
-def ordered(space: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """The axes in search order: AXIS_ORDER first, any other axis after them in the order given."""
-    return {
-        k: space[k] for k in sorted(space, key=lambda k: AXIS_ORDER.index(k) if k in AXIS_ORDER else len(AXIS_ORDER))
-    }
+# For time to a target the input pipeline goes first: there every trial is a whole training run at its
+# configuration's speed, so each lever judged behind a slow per-sample pipeline costs minutes, not seconds
+# (and a run's gain from the pipeline is far beyond the noise of a short reading).
+TARGET_AXIS_ORDER = ("data.pipeline", *(a for a in AXIS_ORDER if a != "data.pipeline"))
+# A time-to-target trial still running after this many times the fastest run so far cannot win: stopped.
+TRIAL_CAP = 2.0
+TRIAL_CAP_MIN_S = 60.0
+
+
+def ordered(space: dict[str, list[Any]], order: tuple[str, ...] = AXIS_ORDER) -> dict[str, list[Any]]:
+    """The axes in search order: ``order`` first, any other axis after them in the order given."""
+    return {k: space[k] for k in sorted(space, key=lambda k: order.index(k) if k in order else len(order))}
 
 
 def parse_axes(items: list[str]) -> dict[str, list[Any]]:
@@ -197,7 +205,7 @@ def prepare(
         for v in values:
             where = f"--axes {key}={v}"
             preflight_config(validate_config(apply_overrides(base, overrides_of({key: v})), source=where), where)
-    space = ordered(space)
+    space = ordered(space, TARGET_AXIS_ORDER if objective.to_target and not axes else AXIS_ORDER)
     return TuneSetup(config_path, base, config, space, start_values(config, space), objective)
 
 
@@ -234,6 +242,20 @@ class TuneCells:
         self.setup, self.run_dir, self.threads, self.measure = setup, run_dir, threads, measure
         self.peaks = peaks or {}  # matmul FLOP/s per precision on the tuned device: the MFU reference
         self.executor = executor or LocalExecutor()
+        self.fastest_s: float | None = None  # time to target: wall time of the fastest search cell that reached it
+
+    def cell_measure(self, role: str) -> MeasureConfig:
+        """A time-to-target search trial is stopped (a failed cell) once it has run TRIAL_CAP times the
+        fastest cell that reached the target so far: it could not win. The finals run to the end."""
+        if role not in ("search", RECHECK) or self.measure.mode != "time_to_target" or self.fastest_s is None:
+            return self.measure
+        cap = max(TRIAL_CAP_MIN_S, TRIAL_CAP * self.fastest_s)
+        return self.measure.model_copy(update={"cell_timeout_s": min(cap, self.measure.cell_timeout_s)})
+
+    def note_fastest(self, record: CellRecord, role: str) -> None:
+        ttt = record.time_to_target
+        if role == "search" and ttt is not None and ttt.reached and record.cell_seconds:
+            self.fastest_s = min(self.fastest_s or math.inf, record.cell_seconds)
 
     def config(self, values: dict[str, Any]) -> RunConfig:
         return validate_config(apply_overrides(self.setup.base, overrides_of(values)), source=self.setup.source)
@@ -260,13 +282,14 @@ class TuneCells:
                 config=config.to_dict(),
                 device=resolve_device_name(config.device),
                 threads=self.threads,
-                measure=self.measure,
+                measure=self.cell_measure(role),
                 guards=QUICK_GUARDS,
                 profile=ProfileConfig(),
                 peaks=self.peaks,
                 role=role,
             )
             record = self.executor.submit(spec, self.run_dir / "cells")()
+            self.note_fastest(record, role)
         append_record(self.run_dir / "cells.jsonl", record)
         sps = f"{record.rate:,.0f} {record.unit}" if record.rate else (record.reason or "")
         ttt = record.time_to_target
