@@ -40,6 +40,11 @@ class MatrixSpec(_Section):
     exclude: list[dict[str, Any]] = Field(
         default_factory=list, description="Partial cells to drop (every given key matches)."
     )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named partial configs (dotted keys), crossed with the axes as one more axis, 'variant': "
+        "what must change together, e.g. a model with its own data. Each cell's id starts with its variant's name.",
+    )
     include: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Extra cells; keys not given take the base config's value. An optional 'name' names the "
@@ -100,6 +105,8 @@ def _check_key(key: str, where: str, source: str) -> None:
 
 
 _ABBREV = {
+    "variant": "",
+    "runtime": "",
     "precision": "",
     "device": "",
     "batch_size": "bs",
@@ -138,8 +145,10 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
         and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     ):
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
-    reason = malloc_unsupported_reason(config.train.malloc) or fsdp_skip_reason(
-        config.train.strategy, device, config.model.memory_format
+    reason = (
+        infer_skip_reason(config, device)
+        or malloc_unsupported_reason(config.train.malloc)
+        or fsdp_skip_reason(config.train.strategy, device, config.model.memory_format)
     )
     if reason:
         return reason
@@ -148,6 +157,26 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
 
         if device.type not in _get_fused_kernels_supported_devices():
             return f"optim.fused is not supported on {device.type} by torch {torch.__version__}"
+    return None
+
+
+def infer_skip_reason(config: RunConfig, device: torch.device) -> str | None:
+    """An inference runtime this machine or this cell cannot run (the default, eager, always runs)."""
+    import shutil
+
+    from bench.cells.inference import EXPORTED_RUNTIMES
+    from bench.export.formats import FORMATS
+
+    runtime = config.infer.runtime
+    if runtime == "compile" and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return "infer.runtime compile on CPU needs a C++ compiler (none found on PATH)"
+    if runtime not in EXPORTED_RUNTIMES:
+        return None
+    missing = FORMATS[EXPORTED_RUNTIMES[runtime]].missing()
+    if missing:
+        return f"infer.runtime {runtime} needs {', '.join(missing)} (pip install -e '.[export]')"
+    if config.precision != "fp32":
+        return f"infer.runtime {runtime} runs the fp32 export; precision {config.precision} is for eager and compile"
     return None
 
 
@@ -198,24 +227,40 @@ def _matches(axes: dict[str, Any], partial: dict[str, Any]) -> bool:
 
 
 INCLUDE_NAME = "name"  # in an include entry: the cell's name, not a config key
+VARIANT = "variant"  # the axis of the matrix's named variants
+
+
+def _check_keys(spec: MatrixSpec, source: str) -> None:
+    """Every axis, variant, exclude and include key names a config key (or an axis); errors name the place."""
+    for key in spec.axes:
+        _check_key(key, "axes.", source)
+    for name, part in spec.variants.items():
+        for key in part:
+            _check_key(key, f"variants.{name}.", source)
+    named = [*([VARIANT] if spec.variants else []), *spec.axes]
+    for i, part in enumerate(spec.exclude):
+        for key in part:
+            if key not in named:
+                raise ConfigError(f"{source}: exclude[{i}].{key}: not an axis (axes: {', '.join(named)})")
+    for i, part in enumerate(spec.include):
+        for key in part:
+            if key == VARIANT and part[key] not in spec.variants:
+                raise ConfigError(
+                    f"{source}: include[{i}].variant: no variant {part[key]!r} ({', '.join(spec.variants)})"
+                )
+            if key not in (INCLUDE_NAME, VARIANT):
+                _check_key(key, f"include[{i}].", source)
 
 
 def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
     """Cartesian product of the axes, minus excludes, plus includes; every cell config validated."""
-    for key in spec.axes:
-        _check_key(key, "axes.", source)
-    for i, part in enumerate(spec.exclude):
-        for key in part:
-            if key not in spec.axes:
-                raise ConfigError(f"{source}: exclude[{i}].{key}: not an axis (axes: {', '.join(spec.axes)})")
-    for i, part in enumerate(spec.include):
-        for key in part:
-            if key != INCLUDE_NAME:
-                _check_key(key, f"include[{i}].", source)
+    _check_keys(spec, source)
     validate_config(spec.base, source=f"{source}: base")
 
     keys = list(spec.axes)
     combos = [dict(zip(keys, values)) for values in itertools.product(*(spec.axes[k] for k in keys))]
+    if spec.variants:
+        combos = [{VARIANT: name, **c} for name in spec.variants for c in combos]
     combos = [c for c in combos if not any(_matches(c, ex) for ex in spec.exclude)]
     for extra in spec.include:
         if extra not in combos:
@@ -225,7 +270,9 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
     seen: dict[str, int] = {}
     for combo in combos:
         axes = {k: v for k, v in combo.items() if k != INCLUDE_NAME}
-        flat_overrides = dict(axes)
+        flat_overrides = {k: v for k, v in axes.items() if k != VARIANT}
+        if VARIANT in axes:
+            flat_overrides = {**spec.variants[axes[VARIANT]], **flat_overrides}
         try:
             config = validate_config(apply_overrides(spec.base, flat_overrides), source=source, overridden=set())
         except ConfigError as e:
@@ -238,10 +285,10 @@ def expand(spec: MatrixSpec, source: str = "<matrix>") -> list[Cell]:
             cid = f"{cid}-{seen[cid]}"
         else:
             seen[cid] = 0
-        if spec.measure.mode == "time_to_target" and config.train.strategy != "single":
+        if spec.measure.mode in ("time_to_target", "inference") and config.train.strategy != "single":
             raise ConfigError(
-                f"{source}: measure.mode: time_to_target runs each cell in one process; cell {cid} has "
-                f"train.strategy {config.train.strategy} (data-parallel time to target is not supported yet)"
+                f"{source}: measure.mode: {spec.measure.mode} runs each cell in one process; cell {cid} has "
+                f"train.strategy {config.train.strategy} (data-parallel {spec.measure.mode} is not supported yet)"
             )
         cells.append(Cell(cid, axes, config, static_skip_reason(config, spec.skip_emulated)))
     ref = spec.measure.reference

@@ -273,6 +273,17 @@ class LoggingConfig(_Section):
         return v
 
 
+INFER_RUNTIMES = ("eager", "compile", "torchscript", "exported-program", "onnxruntime")
+
+
+class InferConfig(_Section):
+    runtime: Literal["eager", "compile", "torchscript", "exported-program", "onnxruntime"] = Field(
+        "eager",
+        description="What runs the model in an inference cell (bench measure.mode inference): eager PyTorch, "
+        "torch.compile, or the model exported (bench.export) and run by TorchScript, torch.export or ONNX Runtime.",
+    )
+
+
 @dataclass(frozen=True)
 class ScaledOptim:
     """What :meth:`RunConfig.scaled_optim` resolves: the lr and warm-up steps trained with, the factor
@@ -305,6 +316,7 @@ class RunConfig(_Section):
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="Training loop.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpointing.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    infer: InferConfig = Field(default_factory=InferConfig, description="Inference cells (not read by training).")
 
     @field_validator("device")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from bench.cells.inference import InferenceResult
 from bench.cells.target import Target, TargetResult
 from trainer_core.phases import PHASES
 
@@ -67,10 +68,12 @@ class MeasureConfig(_Section):
         description="A cell still running after this long is killed and marked failed (time_to_target: "
         f"{TARGET_TIMEOUT_S // 3600} h unless set).",
     )
-    mode: Literal["throughput", "time_to_target"] = Field(
+    mode: Literal["throughput", "time_to_target", "inference"] = Field(
         "throughput",
         description="throughput: timed steps after a warm-up (samples/s); time_to_target: seeded runs trained "
-        "until `target` is first met, scored by MLPerf's rule (bench/cells/target.py).",
+        "until `target` is first met, scored by MLPerf's rule (bench/cells/target.py); inference: forward calls "
+        "of the model under infer.runtime, timed the same way (warm-up, min_steps and min_time_s per repeat), "
+        "with parity against fp64 as the cell's guard (bench/cells/inference.py).",
     )
     target: Target | None = Field(None, description="time_to_target: the metric and the value to reach.")
     runs: int = Field(5, ge=1, description="time_to_target: runs per cell, seeds seed, seed+1, ...")
@@ -338,6 +341,9 @@ class CellRecord(BaseModel):
     comm_pct: float | None = Field(None, description="comm_ms_per_step as a share of the median step, %.")
     time_to_target: TargetResult | None = Field(
         None, description="measure.mode time_to_target: every seed's run and the cell's score."
+    )
+    inference: InferenceResult | None = Field(
+        None, description="measure.mode inference: the runtime's latency percentiles, items/s and parity."
     )
 
     @model_validator(mode="before")

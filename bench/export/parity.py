@@ -11,9 +11,9 @@ import math
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
+from bench.cells.inference import Parity
 from trainer_core.precision import PrecisionPolicy
 
 # Error multiplier per precision: the exported model may stray this many times as far from fp64 as the eager
@@ -22,21 +22,6 @@ K_BY_PRECISION = {"fp32": 2.0, "bf16": 3.0, "fp16": 3.0, "bf16-true": 3.0, "fp16
 # Tolerance on top, relative to the reference's RMS: fp32 reorderings (fused kernels, another runtime's
 # convolution) move an fp32 output by about 1e-7 of its scale, so 1e-4 is far above them and far below a bug.
 RELATIVE_TOLERANCE = 1e-4
-
-
-class Parity(BaseModel):
-    """One parity check at one batch size."""
-
-    batch: int = Field(..., description="Batch size the exported model was run at.")
-    passed: bool = Field(..., description="exported_error <= k * eager_error + tolerance, outputs of the same shape.")
-    k: float = Field(..., description="Error multiplier allowed for the run's precision.")
-    tolerance: float = Field(..., description="Absolute tolerance added (RELATIVE_TOLERANCE x the reference's RMS).")
-    eager_error: float = Field(..., description="RMS error of the eager model in the run's precision against fp64.")
-    exported_error: float = Field(..., description="RMS error of the exported model against fp64.")
-    max_abs: float = Field(..., description="Largest |exported - fp64| of any output element.")
-    max_rel: float = Field(..., description="max_abs over the largest |fp64| output element.")
-    top1_agreement: float = Field(..., description="Share of predictions (argmax of the last dim) equal to eager's.")
-    reason: str | None = Field(None, description="Why it failed, in one line.")
 
 
 def _rms(t: torch.Tensor) -> float:

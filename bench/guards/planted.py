@@ -14,6 +14,7 @@ as a cell's model (``model.name: bench.guards.planted:emits_nan``) to see a guar
 | rank_dependent | ddp_equivalence | ranks but 0 see their batch reversed against its labels          |
 | branch_on_batch | parity (export) | a Python branch on the batch size: a trace freezes the example's branch |
 | frozen_batch   | parity (export) | ``int(x.shape[0])``: a trace bakes the example's batch into the graph |
+| drifts_when_exported | parity (inference) | the captured graph adds an offset eager does not          |
 
 ``extra_time`` plants a slowdown instead of a fault: a healthy model (any registered one) whose every
 forward also busy-waits, either ``extra_share`` of the step's own time (a step of ``s`` ms takes
@@ -311,3 +312,22 @@ def branch_on_batch(in_features: int = 2, classes: int = 2) -> nn.Module:
 
 def frozen_batch(in_features: int = 2, classes: int = 2) -> nn.Module:
     return FrozenBatch(in_features, classes)
+
+
+class DriftsWhenExported(nn.Module):
+    """Export fault: the graph a tracer or exporter captures computes something else than eager (here an
+    offset, standing for a kernel or fused op whose numerics differ): caught by parity in every runtime but eager."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Linear(in_features, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x.flatten(1))
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return y + 0.05 * y.abs().mean()
+        return y
+
+
+def drifts_when_exported(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return DriftsWhenExported(in_features, classes)

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from bench.cells.contract import FAILED, CellRecord, CellSpec
+from bench.infer.cell import inference_cell
 from bench.measure.cell import measure_cell
 from bench.measure.ranks import is_multi_rank, run_ranks
 from bench.target.runs import target_cell
@@ -16,10 +17,13 @@ from trainer_core.loading import validate_config
 
 def run_cell(spec: CellSpec) -> CellRecord:
     """Measure then guard one cell: in this process, or in the ranks of a data-parallel cell; a
-    time-to-target cell trains its seeds' runs to the target (:mod:`bench.target.runs`)."""
+    time-to-target cell trains its seeds' runs to the target (:mod:`bench.target.runs`); an inference cell
+    times its runtime's forward calls (:mod:`bench.infer.cell`)."""
     config = validate_config(spec.config, source=f"cell {spec.cell_id}")
     if spec.measure.mode == "time_to_target":
         return target_cell(spec)
+    if spec.measure.mode == "inference":
+        return inference_cell(spec)
     return run_ranks(spec) if is_multi_rank(config) else measure_cell(spec)
 
 

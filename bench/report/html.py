@@ -209,6 +209,10 @@ def answer(records: list[CellRecord], env: dict[str, Any]) -> str:
     from bench.report.tables import fastest_section
     from bench.report.target import target_answer, target_table
 
+    if any(r.inference is not None for r in records):
+        from bench.report.inference import inference_answer, inference_table
+
+        return markdown_block(inference_answer(records) + inference_table(records), "inference")
     if any(r.time_to_target is not None for r in records):
         return markdown_block(target_answer(records, env) + target_table(records, env), "target")
     return markdown_block(fastest_section(records), "answer")

@@ -417,6 +417,11 @@ def notes_sections(records: list[CellRecord]) -> list[str]:
 
 
 def summary_markdown(records: list[CellRecord], env: dict[str, Any]) -> str:
+    if any(r.inference is not None for r in records):
+        from bench.report.inference import inference_answer, inference_table
+
+        lines = summary_head(records, env) + inference_answer(records) + inference_table(records)
+        return "\n".join(lines + skipped_line(records) + notes_sections(records)) + "\n"
     if any(r.time_to_target is not None for r in records):
         lines = summary_head(records, env) + target_answer(records, env) + target_table(records, env)
         return "\n".join(lines + notes_sections(records)) + "\n"

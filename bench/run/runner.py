@@ -21,7 +21,15 @@ from bench.cells.store import append_record, read_records
 from bench.launch.executor import Executor
 from bench.launch.local import LocalExecutor
 from bench.matrix import Cell, MatrixSpec
-from bench.report.tables import fastest_section, markdown_table, summary_head, summary_markdown, write_csv
+from bench.report.inference import inference_answer, inference_table
+from bench.report.tables import (
+    fastest_section,
+    markdown_table,
+    skipped_line,
+    summary_head,
+    summary_markdown,
+    write_csv,
+)
 from bench.report.target import target_answer, target_table
 from trainer_core.errors import ConfigError
 from trainer_core.precision import COMPUTE_DTYPES
@@ -228,7 +236,9 @@ def write_outputs(run_dir: Path, records: list[CellRecord], env: dict[str, Any])
 def closing_lines(records: list[CellRecord], env: dict[str, Any], paths: list[Path]) -> list[str]:
     """What the terminal shows at the end: the compact table, the fastest configuration, the files,
     and how many cells failed (a run in which none succeeded is a failure: see :func:`succeeded`)."""
-    if any(r.time_to_target is not None for r in records):
+    if any(r.inference is not None for r in records):
+        table, answer = inference_table(records), inference_answer(records) + skipped_line(records)
+    elif any(r.time_to_target is not None for r in records):
         table, answer = target_table(records, env), target_answer(records, env)
     else:
         table, answer = [markdown_table(records, compact=True)], fastest_section(records)
