@@ -137,3 +137,39 @@ def test_the_shipped_inference_matrix_passes_parity_in_every_runtime(cell: Any, 
                                   measure=MEASURE))  # fmt: skip
     assert rec.status == "ok" and rec.inference is not None and rec.inference.runtime == cell.config.infer.runtime
     assert rec.usable, rec.guards[PARITY_GUARD].detail
+
+
+@pytest.mark.slow
+def test_an_inference_matrix_runs_end_to_end_and_opens_with_the_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    import yaml
+
+    from bench.run import __main__ as run_cli
+
+    doc = {
+        "name": "inf", "base": {"device": "cpu", "model": {"name": "SimpleMLP", "kwargs": {"input_dim": 2,
+        "hidden_dims": [16], "output_dim": 2}}, "data": {"name": "synthetic_blobs", "n_samples": 64,
+        "n_test_samples": 16, "val_fraction": 0.0}},
+        "variants": {"mlp": {}, "drifts": {"model.name": "bench.guards.planted:drifts_when_exported",
+                                           "model.kwargs": {}}},
+        "axes": {"infer.runtime": ["eager", "exported-program"], "data.batch_size": [4], "precision": ["fp32", "bf16"]},
+        "measure": {"mode": "inference", "warmup_steps": 2, "min_steps": 3, "min_time_s": 0.05, "max_time_s": 0.5,
+                    "repeats": 2},
+    }  # fmt: skip
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    argv = ["--matrix", str(path), "--out", str(tmp_path / "out"), "--profiles", str(tmp_path / "p")]
+    assert run_cli.cli([*argv, "--executor", "forked"]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "out").glob("inf-*")
+    records = {r["cell_id"]: r for r in map(json.loads, (run_dir / "cells.jsonl").read_text().splitlines())}
+    assert records["mlp-exported_program-bs4-bf16"]["status"] == "skipped"
+    assert records["drifts-exported_program-bs4-fp32"]["guards"]["parity"]["status"] == "fail"
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.index("## Fastest runtime per model and batch") < summary.index("| model | batch | runtime |")
+    assert "- **drifts, batch 4**: eager" in summary and "exported-program fp32: outputs drift" in summary
+    assert "2 cells skipped: infer.runtime exported-program runs the fp32 export" in summary
+    assert "## Fastest runtime per model and batch" in out and (run_dir / "report.html").is_file()

@@ -152,7 +152,8 @@ def write_cell_scalars(root: Path, record: CellRecord) -> None:
             w.add_scalar("cell/samples_per_s", v, i)
         for i, v in enumerate(record.step_s):
             w.add_scalar("cell/step_ms", 1e3 * v, i)
-        w.add_scalar("cell/data_wait_pct", record.data_wait_pct, 0)
+        if record.data_wait_pct is not None:  # an inference cell waits on no loader
+            w.add_scalar("cell/data_wait_pct", record.data_wait_pct, 0)
 
 
 class Progress:
