@@ -216,3 +216,23 @@ def test_time_to_target_cells_are_compared_by_time_not_samples_per_s(
     lost = _target_cells(tmp_path / "lost", [48.0, None, 52.0, None, 51.0], samples_per_s=3000.0)
     assert compare_cli.cli([str(a), str(lost)]) == 1
     assert "FAIL: bs512: reached val_accuracy >= 0.89 in A, not in B" in capsys.readouterr().out
+
+
+def test_memory_is_compared_like_throughput_and_more_of_it_beyond_the_limit_fails() -> None:
+    from bench.cells.contract import CellRecord
+    from bench.compare.comparison import Readings, compare_memory, failures
+
+    def side(*added: float) -> Readings:
+        return Readings([CellRecord(cell_id="c", status="ok", step_s=[0.01] * 5, mem_baseline_mb=500.0,
+                                    mem_peak_mb=500.0 + m, mem_workers_mb=0.0) for m in added])  # fmt: skip
+
+    assert compare_memory(side(200.0), side(205.0))["mem_verdict"] == "no change"  # under 16 MiB and 10%
+    grew = compare_memory(side(200.0, 204.0), side(300.0))
+    assert grew["mem_verdict"] == "more" and grew["mem_change_pct"] == pytest.approx(48.51, abs=0.01)
+    assert compare_memory(side(300.0), side(200.0))["mem_verdict"] == "less"
+    assert compare_memory(side(200.0, 290.0), side(300.0))["mem_verdict"] == "no change"  # within A's own spread
+    assert compare_memory(side(200.0), Readings([CellRecord(cell_id="c", status="ok", step_s=[0.01])])) == {}
+    row = {"cell_id": "c", "verdict": "no change", "guard_regressions": [], **grew}
+    result = {"rows": [row], "only_in_a": [], "only_in_b": []}
+    assert failures(result, 10.0) == ["c: needs 48.5% more memory (202 -> 300 MiB added; limit 10%)"]
+    assert failures(result, 50.0) == [] and failures(result, None) == []

@@ -265,6 +265,21 @@ class CellRecord(BaseModel):
         None, description="CUDA allocator peak, or on CPU the process RSS high-water mark, MiB."
     )
     rss_growth_mb: float | None = Field(None, description="CPU: RSS high-water mark minus RSS at cell start, MiB.")
+    mem_baseline_mb: float | None = Field(
+        None, description="PSS of the cell process and its children before the data and model were built, MiB."
+    )
+    mem_peak_mb: float | None = Field(
+        None, description="Peak PSS of the cell process plus its loader workers (sampled together), MiB."
+    )
+    mem_workers_mb: float | None = Field(None, description="Peak PSS of the loader workers alone, MiB.")
+    mem_hwm_mb: float | None = Field(None, description="The kernel's high-water mark of the cell process (VmHWM), MiB.")
+    mem_reserved_mb: float | None = Field(None, description="CUDA: the caching allocator's peak reserved memory, MiB.")
+    mem_split_mb: dict[str, float] | None = Field(
+        None,
+        description="What torch held in one training step, MiB: params, grads, optimizer (exact tensor sizes), "
+        "activations (how far allocations rose over the forward and loss) and temporaries (over the optimizer step).",
+    )
+    mem_split_error: str | None = Field(None, description="Why mem_split_mb could not be taken.")
     mem_kind: str | None = Field(None, description="Which memory figure peak_mem_mb is.")
     flops_per_step: int | None = Field(
         None, description="FLOPs of one step (forward + backward) by torch.utils.flop_counter."
@@ -357,6 +372,30 @@ class CellRecord(BaseModel):
         if flat and "prof_phase_pct" not in data:
             data["prof_phase_pct"] = {p: v for p, v in flat.items() if v is not None}
         return data
+
+    @property
+    def mem_added_mb(self) -> float | None:
+        """What the configuration added to the process tree, MiB: the sampled peak minus the baseline, or where
+        larger the kernel's exact high-water mark of the cell process above its start (a sample can fall
+        between two steps' peaks) plus the workers' peak."""
+        if self.mem_peak_mb is None or self.mem_baseline_mb is None:
+            return None
+        sampled = self.mem_peak_mb - self.mem_baseline_mb
+        exact = None if self.rss_growth_mb is None else self.rss_growth_mb + (self.mem_workers_mb or 0.0)
+        return max(sampled, exact) if exact is not None else sampled
+
+    @property
+    def mem_split_gap_pct(self) -> float | None:
+        """How far the split plus the workers is from the measured increase, % of the increase (+: it
+        explains more than was measured; -: less, e.g. an in-memory dataset, allocator slack, lazily loaded
+        kernels)."""
+        added, split = self.mem_added_mb, self.mem_split_mb
+        if not added or not split:
+            return None
+        # Activations (forward, backward) and the optimizer's temporaries are never live together.
+        held = sum(split.get(k, 0.0) for k in ("params", "grads", "optimizer"))
+        held += max(split.get("activations", 0.0), split.get("temporaries", 0.0))
+        return 100.0 * (held + (self.mem_workers_mb or 0.0) - added) / added
 
     @property
     def rate(self) -> float | None:

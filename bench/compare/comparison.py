@@ -11,6 +11,10 @@ larger of ``min_threshold_pct`` and half the between-repeat spread measured in e
 Time-to-target cells (``measure.mode: time_to_target``) are compared by what they measured: A's score
 over B's (above 1: B reaches the target sooner) with the interval of their runs resampled; a cell that
 reached the target in A and not in B fails the comparison like a guard that regressed.
+
+Memory is compared too: what each configuration added to its process tree (``mem_added_mb``), a change
+beyond the noise (``MEM_THRESHOLD_PCT``, ``MEM_THRESHOLD_MB``, the readings' own spread) reported as more or
+less, and more memory beyond ``--fail-threshold`` fails like a slowdown.
 """
 
 from __future__ import annotations
@@ -123,8 +127,36 @@ def compare_to_target(a: Readings, b: Readings, min_threshold_pct: float) -> dic
     return out
 
 
+# Memory is compared like throughput: a change counts when it is beyond the noise, here the larger of this
+# share, this many MiB (allocator rounding, a sampled peak) and the spread of either side's own readings.
+MEM_THRESHOLD_PCT, MEM_THRESHOLD_MB = 10.0, 16.0
+
+
+def compare_memory(a: Readings, b: Readings) -> dict[str, Any]:
+    """What each side's configuration added to its process tree (mem_added_mb, mean over readings) and
+    whether B's is beyond the noise: verdict more / less / no change (empty where either side lacks it)."""
+    ma = [r.mem_added_mb for r in a.measured if r.mem_added_mb is not None]
+    mb = [r.mem_added_mb for r in b.measured if r.mem_added_mb is not None]
+    if not ma or not mb:
+        return {}
+    mean_a, mean_b = sum(ma) / len(ma), sum(mb) / len(mb)
+    spread = max(max(ma) - min(ma), max(mb) - min(mb))
+    noise_mb = max(MEM_THRESHOLD_MB, MEM_THRESHOLD_PCT / 100 * mean_a, spread)
+    change = mean_b - mean_a
+    word = "no change" if abs(change) <= noise_mb else ("more" if change > 0 else "less")
+    pct = 100.0 * change / mean_a if mean_a > 0 else None
+    return {
+        "mem_a_mb": mean_a,
+        "mem_b_mb": mean_b,
+        "mem_change_pct": pct,
+        "mem_noise_mb": noise_mb,
+        "mem_verdict": word,
+    }
+
+
 def compare_cell(a: Readings, b: Readings, min_threshold_pct: float) -> dict[str, Any]:
     out: dict[str, Any] = {"cell_id": b.cell_id or a.cell_id, "status_a": a.status, "status_b": b.status}
+    out |= compare_memory(a, b)
     ga, gb = a.guards, b.guards
     out["guard_regressions"] = [g for g in ga if ga[g].status == PASS and g in gb and gb[g].status in (FAIL, ERROR)]
     if not a.measured or not b.measured:
@@ -203,4 +235,8 @@ def failures(result: dict[str, Any], fail_threshold_pct: float | None) -> list[s
             out.append(f"{r['cell_id']}: reached {r['target_lost']} in A, not in B")
         if fail_threshold_pct is not None and r.get("verdict") == SLOWER and -r["change_pct"] > fail_threshold_pct:
             out.append(f"{r['cell_id']}: {-r['change_pct']:.1f}% slower (limit {fail_threshold_pct:g}%)")
+        grew = r.get("mem_change_pct")
+        if fail_threshold_pct is not None and r.get("mem_verdict") == "more" and grew and grew > fail_threshold_pct:
+            out.append(f"{r['cell_id']}: needs {grew:.1f}% more memory ({r['mem_a_mb']:.0f} -> {r['mem_b_mb']:.0f} "
+                       f"MiB added; limit {fail_threshold_pct:g}%)")  # fmt: skip
     return out

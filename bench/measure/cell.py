@@ -9,6 +9,7 @@ the timed repeats, so the table is never measured under the profiler); run the g
 
 from __future__ import annotations
 
+import importlib
 import math
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
+from bench.measure.memory import TreeSampler, step_split, tree_figures, tree_now
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
     CELL_OVERRIDES,
@@ -53,13 +55,20 @@ class CellSetup:
     prof_hook: ProfilerHook | None
     rss_start: int
     comm: CommTimer | None = None  # a data-parallel rank's all-reduce timer
+    mem_baseline: int = 0  # PSS of the process tree before the data and model are built, bytes
+    sampler: TreeSampler | None = None  # samples the tree's PSS from then until the timed steps end
 
 
 def set_up(spec: CellSpec) -> CellSetup:
     """The cell's config as a cell runs it (step-driven, grad norms tracked, its threads) and its Trainer
     with the timing and finite-watch hooks (and the profiler's labels when profiling is on)."""
     torch.set_num_threads(spec.threads)
+    # torch.optim imports torch._dynamo (and sympy) on its first optimizer: well over 100 MB that belongs to
+    # the torch import, not to the configuration, so it is loaded before the baseline.
+    importlib.import_module("torch._dynamo")
     rss_start = current_rss_bytes()
+    baseline = sum(tree_now())
+    sampler = TreeSampler().__enter__()
     config = validate_config(
         apply_overrides(spec.config, {**CELL_OVERRIDES, "train.threads": spec.threads}), source=f"cell {spec.cell_id}"
     )
@@ -70,7 +79,7 @@ def set_up(spec: CellSpec) -> CellSetup:
     prof_hook = ProfilerHook() if spec.profile.enabled and spec.trace_dir else None
     run = build_run(config, hooks=[timer, watch] + ([prof_hook] if prof_hook else []))
     comm = CommTimer.attach(run.trainer.step_model)  # before the first backward, as DDP requires
-    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start, comm)
+    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start, comm, baseline, sampler)
 
 
 def timed_steps(setup: CellSetup, spec: CellSpec) -> tuple[dict[str, Any], float | None]:
@@ -130,16 +139,36 @@ def flops_warning(model: torch.nn.Module, counted: int, analytic: int | None) ->
     return f"counted FLOPs are {counted / analytic:.1f}x the analytic count.{why}"
 
 
-def memory_figures(setup: CellSetup) -> dict[str, Any]:
-    """Peak memory: the CUDA allocator's peak on a GPU; on a CPU the process RSS high-water mark and its growth."""
+def memory_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Peak memory: the CUDA allocator's peak on a GPU; on a CPU the process RSS high-water mark and its growth.
+    On every device: the process tree's baseline, peak and loader workers (PSS), and what torch holds by kind
+    from one more training step (bench.measure.memory)."""
+    if setup.sampler is not None:
+        setup.sampler.__exit__(None, None, None)
+    tree = tree_figures(setup.mem_baseline, setup.sampler) if setup.sampler is not None else {}
+    peak = peak_rss_bytes()  # before the split's own step and profiler
+    split = split_figures(setup, x, y)
     if setup.device.type == "cuda":
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(setup.device) / 2**20, "mem_kind": "cuda_max_allocated"}
-    peak = peak_rss_bytes()
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(setup.device) / 2**20, "mem_kind": "cuda_max_allocated",
+                "mem_reserved_mb": torch.cuda.max_memory_reserved(setup.device) / 2**20, **tree, **split}  # fmt: skip
     return {
         "peak_mem_mb": peak / 2**20,
         "rss_growth_mb": (peak - setup.rss_start) / 2**20,
         "mem_kind": "rss_high_water",
+        **tree,
+        **split,
     }
+
+
+def split_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """mem_split_mb from one more training step (the timed steps are over); a model whose tensors cannot be
+    read this way (FSDP's sharded parameters) says why instead."""
+    trainer = setup.run.trainer
+    try:
+        split = step_split(trainer, x, y)
+    except Exception as e:  # noqa: BLE001 - the split is a figure, never the cell's failure
+        return {"mem_split_error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
+    return {"mem_split_mb": split}
 
 
 def profile_cell(
@@ -239,7 +268,7 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     achieved = flops / median_s if median_s > 0 else math.nan
     peak_flops = spec.peaks.get(setup.config.precision)
     mfu = 100.0 * analytic / median_s / peak_flops if analytic and peak_flops and median_s > 0 else None
-    memory = memory_figures(setup)
+    memory = memory_figures(setup, x, y)
     profile: dict[str, Any] = {}
     traced_comm_ms = None  # FSDP's collectives have no timed hook: the trace's share stands in
     if setup.prof_hook is not None:

@@ -18,6 +18,7 @@ from bench.report.target import target_answer, target_table
 from trainer_core.phases import PHASES
 
 PROFILE_PHASES = (*PHASES, "other")
+MEM_SPLIT = ("params", "grads", "optimizer", "activations", "temporaries")  # the keys of CellRecord.mem_split_mb
 METRIC_COLUMNS = [
     "status",
     "reason",
@@ -31,6 +32,12 @@ METRIC_COLUMNS = [
     "data_wait_pct",
     "h2d_ms_median",
     "peak_mem_mb",
+    "mem_baseline_mb",
+    "mem_peak_mb",
+    "mem_added_mb",
+    "mem_workers_mb",
+    *(f"mem_{k}_mb" for k in MEM_SPLIT),
+    "mem_split_gap_pct",
     "tflops",
     "pct_of_peak",
     "mfu_pct",
@@ -72,6 +79,8 @@ def metric(record: CellRecord, column: str) -> Any:
     """A METRIC_COLUMNS value of a record (profiler shares live in one dict, flattened into columns)."""
     if column.startswith("prof_") and column.endswith("_pct"):
         return record.prof_phase_pct.get(column[len("prof_") : -len("_pct")])
+    if column.startswith("mem_") and column[len("mem_") : -len("_mb")] in MEM_SPLIT:
+        return (record.mem_split_mb or {}).get(column[len("mem_") : -len("_mb")])
     return getattr(record, column, None)
 
 
@@ -133,12 +142,20 @@ def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
         ms,
         _fmt(r.data_wait_pct),
         _fmt(r.peak_mem_mb, 0),
+        _fmt(r.mem_added_mb, 0),
+        mem_split_text(r),
         _fmt(r.tflops, 3),
         _fmt(r.pct_of_peak),
         _fmt(r.mfu_pct),
         guards,
         note,
     ]
+
+
+def mem_split_text(r: CellRecord) -> str:
+    """The split as one cell: parameters/gradients/optimizer/activations, MiB."""
+    split = r.mem_split_mb
+    return "/".join(_fmt(split.get(k), 0) or "-" for k in MEM_SPLIT) if split else ""
 
 
 def rate_header(records: list[CellRecord]) -> str:
@@ -161,6 +178,8 @@ def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
         "step ms (p10-p90)",
         "data-wait %",
         "peak MB",
+        "added MB",
+        "params/grads/opt/act/temp MB",
         "TFLOP/s",
         "% peak",
         "MFU %",
@@ -435,7 +454,7 @@ def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
     lines = [f"A: {result['a']}", f"B: {result['b']}"] + [f"WARNING: {w}" for w in result["warnings"]] + [""]
     units = {r["unit"] for r in result["rows"] if "ratio" in r}
     unit = units.pop() if len(units) == 1 else "throughput"
-    head = ["cell", f"A {unit}", f"B {unit}", "B/A", "95% CI", "noise", "verdict", "guards"]
+    head = ["cell", f"A {unit}", f"B {unit}", "B/A", "95% CI", "noise", "verdict", "memory added A -> B", "guards"]
     body = [_comparison_row(r) for r in result["rows"]]
     if markdown:
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -452,8 +471,10 @@ def comparison_table(result: dict[str, Any], markdown: bool = False) -> str:
 
 def _comparison_row(r: dict[str, Any]) -> list[str]:
     regressed = ("REGRESSED: " + ", ".join(r["guard_regressions"])) if r["guard_regressions"] else ""
+    memory = f"{r['mem_a_mb']:,.0f} -> {r['mem_b_mb']:,.0f} MiB ({r['mem_verdict']})" if "mem_verdict" in r else ""
     if "ratio" not in r:
-        return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", regressed]
+        return [r["cell_id"], "", "", "", "", "", f"{r['verdict']} ({r['status_a']} / {r['status_b']})", memory,
+                regressed]  # fmt: skip
     n_a, n_b = r.get("readings_a", 1), r.get("readings_b", 1)
     what, fmt = ("runs", ".1f") if r.get("unit") == TARGET_UNIT else ("readings", ",.0f")
     return [
@@ -464,6 +485,7 @@ def _comparison_row(r: dict[str, Any]) -> list[str]:
         f"{r['ci_low']:.3f}-{r['ci_high']:.3f}",
         f"±{r['noise_threshold_pct']:.1f}%",
         r["verdict"],
+        memory,
         regressed or "ok",
     ]
 

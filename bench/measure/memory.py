@@ -1,0 +1,188 @@
+"""What a cell's configuration needs in memory, on any device.
+
+- The process tree (Linux): the cell process and its data-loader workers, as proportional set size (PSS:
+  pages shared between the parent and forked workers count once, split between them), sampled on a thread;
+  the kernel's own high-water mark of the cell process (VmHWM) beside it. The baseline is taken before the
+  model is built, so ``peak - baseline`` is what the configuration added (model, optimizer, activations,
+  workers), not the torch import and the harness.
+- What torch holds, by kind: parameters, gradients and optimizer state are summed exactly from the tensors
+  themselves; activations (with the step's temporaries) are the peak of the allocator's running total during
+  one profiled training step (``profile_memory=True`` memory events, CPU and CUDA alike) over the forward,
+  and the optimizer's temporaries likewise over its step.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MB = 2**20
+SAMPLE_S = 0.05  # how often the sampler reads the tree: fast enough for a step's peak on a loaded machine
+
+
+def _kb_field(path: Path, field: str) -> int | None:
+    """A 'Field:   123 kB' line of a /proc file, in bytes (None when the file or line is missing)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size of ``pid`` (smaps_rollup), else its resident set size (status VmRSS)."""
+    proc = Path("/proc") / str(pid)
+    return _kb_field(proc / "smaps_rollup", "Pss") or _kb_field(proc / "status", "VmRSS")
+
+
+def high_water_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of ``pid``'s resident memory (VmHWM)."""
+    return _kb_field(Path("/proc") / str(pid) / "status", "VmHWM")
+
+
+def children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (loader workers, their helpers), from /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(c) for t in (Path("/proc") / str(p) / "task").iterdir()
+                    for c in (t / "children").read_text().split()]  # fmt: skip
+        except OSError:
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+class TreeSampler:
+    """Samples the PSS of this process and of its descendants on a thread; keeps the peaks.
+
+    ``peak_self`` and ``peak_workers`` are each their own maximum; ``peak_total`` is the maximum of their sum
+    at one sample (what the machine had to hold at once)."""
+
+    def __init__(self, pid: int | None = None, every_s: float = SAMPLE_S) -> None:
+        self.pid, self.every_s = pid or os.getpid(), every_s
+        self.peak_self = self.peak_workers = self.peak_total = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
+
+    def sample(self) -> None:
+        own = pss_bytes(self.pid) or 0
+        workers = sum(pss_bytes(c) or 0 for c in children(self.pid))
+        self.peak_self, self.peak_workers = max(self.peak_self, own), max(self.peak_workers, workers)
+        self.peak_total = max(self.peak_total, own + workers)
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> TreeSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def tensor_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the distinct tensors among ``tensors`` (a shared or tied tensor counts once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+LABEL = "mem:"  # the record_function names the split's step carries around each phase
+
+
+class _PhaseLabels:
+    """A trainer hook: each phase of the step as a profiler annotation, so its allocations can be told apart."""
+
+    def phase(self, name: str) -> Any:
+        return torch.profiler.record_function(LABEL + name)
+
+    def on_step_end(self, trainer: Any, result: Any) -> None:
+        return None
+
+
+def allocation_curve(prof: torch.profiler.profile) -> tuple[list[tuple[int, int]], dict[str, tuple[int, int]]]:
+    """The allocator's running total above the profile's start at every allocation or free the profiler saw
+    (``profile_memory=True``: kineto's ``[memory]`` events, signed bytes, CPU and CUDA alike), in time order;
+    and each labelled phase's (start, end) in ns."""
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
+    events = list(prof.profiler.kineto_results.events())
+    total, curve = 0, []
+    for start, nbytes in sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"):
+        total += nbytes
+        curve.append((start, total))
+    phases = {e.name()[len(LABEL) :]: (e.start_ns(), e.end_ns()) for e in events if e.name().startswith(LABEL)}
+    return curve, phases
+
+
+def rise(curve: list[tuple[int, int]], start: int, end: int) -> int:
+    """How far the running total rose within [start, end] above where it stood at ``start``."""
+    before = [total for t, total in curve if t < start]
+    level = before[-1] if before else 0
+    inside = [total for t, total in curve if start <= t <= end]
+    return max(0, max(inside, default=level) - level)
+
+
+def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """One training step of ``trainer`` on (x, y), MiB: parameters, gradients and optimizer state (exact tensor
+    sizes after the step), activations (how far allocations rose over the forward and loss: the tensors saved
+    for backward, all live when it ends) and temporaries (how far they rose in the optimizer step)."""
+    hook = _PhaseLabels()
+    trainer.hooks.append(hook)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    try:
+        with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+            trainer.train_step(x, y)
+    finally:
+        trainer.hooks.remove(hook)
+    curve, phases = allocation_curve(prof)
+    fwd, opt = phases.get("forward"), phases.get("optimizer")
+    model, optimizer = trainer.model, trainer.optimizer
+    return {
+        "params": tensor_bytes(model.parameters()) / MB,
+        "grads": tensor_bytes(p.grad for p in model.parameters()) / MB,
+        "optimizer": tensor_bytes(optimizer_tensors(optimizer)) / MB,
+        "activations": (rise(curve, fwd[0], fwd[1]) if fwd else 0) / MB,
+        "temporaries": (rise(curve, opt[0], opt[1]) if opt else 0) / MB,
+    }
+
+
+def tree_now() -> tuple[int, int]:
+    """(this process's PSS, its descendants' PSS sum), bytes, now."""
+    pid = os.getpid()
+    return pss_bytes(pid) or 0, sum(pss_bytes(c) or 0 for c in children(pid))
+
+
+def tree_figures(baseline: int, sampler: TreeSampler) -> dict[str, float]:
+    """The record's process-tree figures, MiB: baseline, peak (cell process and workers at one sample), the
+    workers' own peak, and the kernel's high-water mark of the cell process."""
+    hwm = high_water_bytes(os.getpid())
+    out = {"mem_baseline_mb": baseline / MB, "mem_peak_mb": max(sampler.peak_total, baseline) / MB,
+           "mem_workers_mb": sampler.peak_workers / MB}  # fmt: skip
+    return {**out, **({"mem_hwm_mb": hwm / MB} if hwm else {})}
