@@ -277,7 +277,8 @@ class CellRecord(BaseModel):
     mem_split_mb: dict[str, float] | None = Field(
         None,
         description="What torch held in one training step, MiB: params, grads, optimizer (exact tensor sizes), "
-        "activations (how far allocations rose over the forward and loss) and temporaries (over the optimizer step).",
+        "activations (how far allocations rose over the forward and loss), backward (how far over the backward), "
+        "temporaries (over the optimizer step) and data (the splits held in memory).",
     )
     mem_split_error: str | None = Field(None, description="Why mem_split_mb could not be taken.")
     mem_kind: str | None = Field(None, description="Which memory figure peak_mem_mb is.")
@@ -392,9 +393,12 @@ class CellRecord(BaseModel):
         added, split = self.mem_added_mb, self.mem_split_mb
         if not added or not split:
             return None
-        # Activations (forward, backward) and the optimizer's temporaries are never live together.
-        held = sum(split.get(k, 0.0) for k in ("params", "grads", "optimizer"))
-        held += max(split.get("activations", 0.0), split.get("temporaries", 0.0))
+        # What is live at the step's peak: the data, parameters and optimizer state always; then either the
+        # forward's activations with the backward's rise above them, or the gradients with the optimizer's
+        # temporaries (never both: activations are freed by the time the optimizer steps).
+        held = sum(split.get(k, 0.0) for k in ("data", "params", "optimizer"))
+        during_backward = split.get("activations", 0.0) + split.get("backward", 0.0)
+        held += max(during_backward, split.get("grads", 0.0) + split.get("temporaries", 0.0))
         return 100.0 * (held + (self.mem_workers_mb or 0.0) - added) / added
 
     @property

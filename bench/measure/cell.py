@@ -21,7 +21,7 @@ import torch
 from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
-from bench.measure.memory import TreeSampler, step_split, tree_figures, tree_now
+from bench.measure.memory import TreeSampler, data_bytes, step_split, tree_figures, tree_now
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
     CELL_OVERRIDES,
@@ -165,7 +165,7 @@ def split_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[st
     read this way (FSDP's sharded parameters) says why instead."""
     trainer = setup.run.trainer
     try:
-        split = step_split(trainer, x, y)
+        split = {**step_split(trainer, x, y), "data": data_bytes(setup.run.data) / 2**20}
     except Exception as e:  # noqa: BLE001 - the split is a figure, never the cell's failure
         return {"mem_split_error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
     return {"mem_split_mb": split}

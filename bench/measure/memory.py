@@ -147,10 +147,28 @@ def rise(curve: list[tuple[int, int]], start: int, end: int) -> int:
     return max(0, max(inside, default=level) - level)
 
 
+def data_bytes(data: Any) -> int:
+    """Bytes of the splits held in memory (tensors and numpy arrays on the loaders' datasets, and on the
+    datasets a Subset wraps): the tensor pipeline's whole split; a per-sample pipeline's decoded arrays."""
+    seen: dict[int, int] = {}
+    for loader in (data.train_loader, data.val_loader, data.test_loader):
+        ds = getattr(loader, "dataset", None)
+        while ds is not None:
+            for v in vars(ds).values():
+                if isinstance(v, torch.Tensor):
+                    seen[v.untyped_storage().data_ptr()] = v.untyped_storage().nbytes()
+                elif hasattr(v, "nbytes") and hasattr(v, "__array_interface__"):
+                    seen[v.__array_interface__["data"][0]] = int(v.nbytes)
+            ds = getattr(ds, "dataset", None)  # a Subset's parent
+    return sum(seen.values())
+
+
 def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """One training step of ``trainer`` on (x, y), MiB: parameters, gradients and optimizer state (exact tensor
     sizes after the step), activations (how far allocations rose over the forward and loss: the tensors saved
-    for backward, all live when it ends) and temporaries (how far they rose in the optimizer step)."""
+    for backward, all live when it ends), backward (how far they rose over the backward above the activations:
+    the gradients of activations and the parameters' gradients as they are made) and temporaries (how far they
+    rose in the optimizer step)."""
     hook = _PhaseLabels()
     trainer.hooks.append(hook)
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -162,13 +180,14 @@ def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, floa
     finally:
         trainer.hooks.remove(hook)
     curve, phases = allocation_curve(prof)
-    fwd, opt = phases.get("forward"), phases.get("optimizer")
+    fwd, bwd, opt = phases.get("forward"), phases.get("backward"), phases.get("optimizer")
     model, optimizer = trainer.model, trainer.optimizer
     return {
         "params": tensor_bytes(model.parameters()) / MB,
         "grads": tensor_bytes(p.grad for p in model.parameters()) / MB,
         "optimizer": tensor_bytes(optimizer_tensors(optimizer)) / MB,
         "activations": (rise(curve, fwd[0], fwd[1]) if fwd else 0) / MB,
+        "backward": (rise(curve, bwd[0], bwd[1]) if bwd else 0) / MB,
         "temporaries": (rise(curve, opt[0], opt[1]) if opt else 0) / MB,
     }
 

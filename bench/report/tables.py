@@ -18,7 +18,15 @@ from bench.report.target import target_answer, target_table
 from trainer_core.phases import PHASES
 
 PROFILE_PHASES = (*PHASES, "other")
-MEM_SPLIT = ("params", "grads", "optimizer", "activations", "temporaries")  # the keys of CellRecord.mem_split_mb
+MEM_SPLIT = (
+    "data",
+    "params",
+    "grads",
+    "optimizer",
+    "activations",
+    "backward",
+    "temporaries",
+)  # the keys of CellRecord.mem_split_mb
 METRIC_COLUMNS = [
     "status",
     "reason",
@@ -179,7 +187,7 @@ def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
         "data-wait %",
         "peak MB",
         "added MB",
-        "params/grads/opt/act/temp MB",
+        "data/params/grads/opt/act/bwd/temp MB",
         "TFLOP/s",
         "% peak",
         "MFU %",
