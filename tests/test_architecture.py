@@ -151,6 +151,7 @@ def test_the_cli_modules_are_the_commands() -> None:
         "history",
         "prepare_text",
         "export",
+        "fit",
     }
     assert {f"bench.{n}.__main__" for n in expected} == CLI_MODULES
 

@@ -68,12 +68,19 @@ class MeasureConfig(_Section):
         description="A cell still running after this long is killed and marked failed (time_to_target: "
         f"{TARGET_TIMEOUT_S // 3600} h unless set).",
     )
-    mode: Literal["throughput", "time_to_target", "inference"] = Field(
+    mode: Literal["throughput", "time_to_target", "inference", "fit"] = Field(
         "throughput",
         description="throughput: timed steps after a warm-up (samples/s); time_to_target: seeded runs trained "
         "until `target` is first met, scored by MLPerf's rule (bench/cells/target.py); inference: forward calls "
         "of the model under infer.runtime, timed the same way (warm-up, min_steps and min_time_s per repeat), "
-        "with parity against fp64 as the cell's guard (bench/cells/inference.py).",
+        "with parity against fp64 as the cell's guard (bench/cells/inference.py); fit: a memory probe, trained "
+        "min_steps steps and an evaluation (or fit_epochs epochs) under max_memory_mb (bench/fit/probe.py).",
+    )
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="fit: the cap on the process tree's memory (PSS, MiB; on CUDA the allocator's)."
+    )
+    fit_epochs: int | None = Field(
+        None, ge=1, description="fit: train this many whole epochs (with their evaluations) instead of min_steps."
     )
     target: Target | None = Field(None, description="time_to_target: the metric and the value to reach.")
     runs: int = Field(5, ge=1, description="time_to_target: runs per cell, seeds seed, seed+1, ...")
@@ -281,6 +288,8 @@ class CellRecord(BaseModel):
         "temporaries (over the optimizer step) and data (the splits held in memory).",
     )
     mem_split_error: str | None = Field(None, description="Why mem_split_mb could not be taken.")
+    mem_cap_mb: float | None = Field(None, description="fit: the memory cap the probe trained under, MiB.")
+    mem_headroom_mb: float | None = Field(None, description="fit: the cap minus the probe's peak, MiB.")
     mem_kind: str | None = Field(None, description="Which memory figure peak_mem_mb is.")
     flops_per_step: int | None = Field(
         None, description="FLOPs of one step (forward + backward) by torch.utils.flop_counter."

@@ -15,6 +15,7 @@ as a cell's model (``model.name: bench.guards.planted:emits_nan``) to see a guar
 | branch_on_batch | parity (export) | a Python branch on the batch size: a trace freezes the example's branch |
 | frozen_batch   | parity (export) | ``int(x.shape[0])``: a trace bakes the example's batch into the graph |
 | drifts_when_exported | parity (inference) | the captured graph adds an offset eager does not          |
+| grows_state    | bench.fit    | keeps batch x batch x 256 bytes a step: a few steps fit, an epoch may not |
 
 ``extra_time`` plants a slowdown instead of a fault: a healthy model (any registered one) whose every
 forward also busy-waits, either ``extra_share`` of the step's own time (a step of ``s`` ms takes
@@ -331,3 +332,22 @@ class DriftsWhenExported(nn.Module):
 
 def drifts_when_exported(in_features: int = 2, classes: int = 2) -> nn.Module:
     return DriftsWhenExported(in_features, classes)
+
+
+class GrowsState(nn.Module):
+    """Memory fault: every training forward keeps a buffer of batch x batch x 256 bytes that is never freed (a
+    metric list nobody clears). A few steps fit where an epoch does not, and the larger the batch the sooner."""
+
+    def __init__(self, in_features: int, classes: int) -> None:
+        super().__init__()
+        self.net = nn.Linear(in_features, classes)
+        self.kept: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.kept.append(torch.ones(x.shape[0] * x.shape[0] * 64))
+        return self.net(x.flatten(1))
+
+
+def grows_state(in_features: int = 2, classes: int = 2) -> nn.Module:
+    return GrowsState(in_features, classes)

@@ -8,6 +8,7 @@ import traceback
 from pathlib import Path
 
 from bench.cells.contract import FAILED, CellRecord, CellSpec
+from bench.fit.probe import probe_cell
 from bench.infer.cell import inference_cell
 from bench.measure.cell import measure_cell
 from bench.measure.ranks import is_multi_rank, run_ranks
@@ -24,6 +25,8 @@ def run_cell(spec: CellSpec) -> CellRecord:
         return target_cell(spec)
     if spec.measure.mode == "inference":
         return inference_cell(spec)
+    if spec.measure.mode == "fit":
+        return probe_cell(spec)
     return run_ranks(spec) if is_multi_rank(config) else measure_cell(spec)
 
 

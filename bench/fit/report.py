@@ -1,0 +1,21 @@
+"""fit.md: the answer first (the batch chosen, its headroom under the cap), then every probe (no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_fit(report: dict[str, Any]) -> str:
+    cap, chosen = report["cap_mb"], report["chosen_batch"]
+    if chosen is None:
+        head = f"**No batch size fits under {cap:,.0f} MiB**, not even batch 1 for an epoch."
+    else:
+        head = (f"**Batch {chosen}** trains a full epoch under {cap:,.0f} MiB: peak {report['confirmed_peak_mb']:,.0f} "
+                f"MiB (process and loader workers, PSS), headroom {report['headroom_mb']:,.0f} MiB.")  # fmt: skip
+    lines = [f"# bench.fit: {report['config']}", "", head, "",
+             "| batch | run | fits | peak MiB | why not |", "|---:|---|---|---:|---|"]  # fmt: skip
+    for p in report["probes"]:
+        peak = f"{p['peak_mb']:,.0f}" if p.get("peak_mb") else ""
+        run = "an epoch (confirmation)" if p["confirm"] else "a few steps + evaluation"
+        lines.append(f"| {p['batch']} | {run} | {'yes' if p['fits'] else 'no'} | {peak} | {p.get('reason') or ''} |")
+    return "\n".join(lines)
