@@ -117,3 +117,20 @@ def test_the_history_page_in_a_real_browser(tmp_path: Path) -> None:
     assert shown_rows(dom, "cells") == (2, 2) and shown_rows(dom, "runs") == (5, 5)
     assert len(re.findall(r'id="fig-trend-\d+"[^>]*data-rendered="yes"', dom)) == 2
     assert "REGRESSION" in dom and "change point" in dom
+
+
+def test_memory_against_batch_size_is_charted_and_tabled(tmp_path: Path) -> None:
+    from bench.report.figures import memory_vs_batch
+
+    def rec(batch: int, added: float, acts: float) -> CellRecord:
+        return CellRecord(cell_id=f"bs{batch}", status="ok", axes={"data.batch_size": batch}, step_s=[0.01] * 4,
+                          samples_per_s=100.0, mem_baseline_mb=500.0, mem_peak_mb=500.0 + added, mem_workers_mb=0.0,
+                          mem_split_mb={"activations": acts, "params": 1.0})  # fmt: skip
+
+    records = [rec(256, 300.0, 70.4), rec(64, 197.0, 17.6)]
+    fig = memory_vs_batch(records)
+    assert fig is not None and [list(t.x) for t in fig.data] == [[64, 256], [64, 256]]
+    assert list(fig.data[0].y) == [197.0, 300.0] and list(fig.data[1].y) == [17.6, 70.4]
+    assert memory_vs_batch([CellRecord(cell_id="x", status="ok", axes={"data.batch_size": 8})]) is None
+    html = run_report(tmp_path, records, {}).read_text()
+    assert "Memory vs batch size" in html and "added MiB" in html and ">197<" in html

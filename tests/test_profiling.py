@@ -154,3 +154,28 @@ def test_hta_loads_a_cell_folder_and_finds_the_steps(profile_dir: Path) -> None:
     symbols = analysis.t.symbol_table.get_sym_table()
     steps = {symbols[i] for i in df["name"].unique() if symbols[i].startswith("ProfilerStep#")}
     assert steps, "HTA found no ProfilerStep events"
+
+
+def test_a_memory_snapshot_is_cuda_only_and_a_cpu_cell_says_why(tmp_path: Path) -> None:
+    from bench.measure.cell import memory_history
+
+    with memory_history(True, torch.device("cpu"), tmp_path / "t") as out:
+        pass
+    assert "CUDA caching allocator; this cell ran on cpu" in out["memory_snapshot_skipped"]
+    with memory_history(False, torch.device("cpu"), tmp_path / "t") as out:
+        pass
+    assert out == {} and not (tmp_path / "t").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_memory_snapshot_of_cuda_steps_opens_as_the_allocator_history(tmp_path: Path) -> None:
+    import pickle
+
+    from bench.measure.cell import memory_history
+
+    with memory_history(True, torch.device("cuda"), tmp_path / "t") as out:
+        x = torch.randn(1024, 1024, device="cuda", requires_grad=True)
+        (x @ x).sum().backward()
+    snapshot = pickle.loads(Path(out["memory_snapshot"]).read_bytes())
+    assert snapshot["segments"] and any(t for t in snapshot["device_traces"])

@@ -175,6 +175,11 @@ class ProfileConfig(_Section):
     with_flops: bool = Field(False, description="Estimate FLOPs of matmul/conv operators in the trace.")
     gzip: bool = Field(False, description="Write .pt.trace.json.gz instead of .pt.trace.json.")
     max_trace_mb: float = Field(50.0, gt=0, description="Warn when a cell's trace is larger than this.")
+    memory_snapshot: bool = Field(
+        False,
+        description="CUDA: record the caching allocator's history over the profiled steps and write "
+        "memory_snapshot.pickle beside the trace (open it at pytorch.org/memory_viz); a CPU cell says it skipped.",
+    )
 
 
 class CellSpec(BaseModel):
@@ -288,6 +293,8 @@ class CellRecord(BaseModel):
         "temporaries (over the optimizer step) and data (the splits held in memory).",
     )
     mem_split_error: str | None = Field(None, description="Why mem_split_mb could not be taken.")
+    memory_snapshot: str | None = Field(None, description="CUDA: the profiled steps' allocator snapshot (.pickle).")
+    memory_snapshot_skipped: str | None = Field(None, description="Why no memory snapshot was written.")
     mem_cap_mb: float | None = Field(None, description="fit: the memory cap the probe trained under, MiB.")
     mem_headroom_mb: float | None = Field(None, description="fit: the cap minus the probe's peak, MiB.")
     mem_kind: str | None = Field(None, description="Which memory figure peak_mem_mb is.")

@@ -17,6 +17,7 @@ from bench._cli import add_executor, make_parser, positive_int, run_cli
 from bench.cells.store import read_records
 from bench.fit.fitting import Prober, default_cap_mb, fit_batch, fit_report, write_fit
 from bench.launch.executors import build_executor, checked_options
+from bench.matrix import resolve_device_name
 from trainer_core.config import parse_override
 from trainer_core.loading import load_config
 from trainer_core.provenance import utc_timestamp
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = make_parser("bench.fit", "Find the largest batch size that trains under a memory cap.")
     p.add_argument("--config", required=True, help="training config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
-    p.add_argument("--max-memory-mb", type=float, help="the cap (default: half this machine's memory)")
+    p.add_argument("--max-memory-mb", type=float, help="the cap (default: half this machine's memory, or the GPU's)")
     p.add_argument("--max-batch", type=positive_int, default=4096, help="largest batch size tried")
     p.add_argument("--steps", type=positive_int, default=3, help="training steps per short probe")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads per probe (default: all)")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     options = checked_options(args.executor, args.executor_opt)
     config = load_config(args.config, dict(parse_override(o) for o in args.overrides))
-    cap = args.max_memory_mb or default_cap_mb()
+    cap = args.max_memory_mb or default_cap_mb(resolve_device_name(config.device))
     run_dir = Path(args.out) / f"fit-{config.name}-{utc_timestamp().replace(':', '').replace('-', '')[:15]}"
     run_dir.mkdir(parents=True, exist_ok=False)
     executor = build_executor(args.executor, options, run_dir)

@@ -21,8 +21,12 @@ PROBE_STEPS = 3  # a short probe: enough steps for the optimizer's state and the
 PROBE_TIMEOUT_S = 1800.0
 
 
-def default_cap_mb(share: float = 0.5) -> float:
-    """A share of the machine's memory (of the GPU's, where the config trains on one)."""
+def default_cap_mb(device: str = "cpu", share: float = 0.5) -> float:
+    """A share of the machine's memory, or of the GPU's where the config trains on one."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20 * share
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * share
 
 

@@ -74,12 +74,18 @@ def probe_cell(spec: CellSpec) -> CellRecord:
     assert m.max_memory_mb is not None
     cap = int(m.max_memory_mb * MB)
     torch.set_num_threads(spec.threads)
-    limit_address_space(cap)
+    if torch.device(spec.device).type != "cuda":
+        limit_address_space(cap)
     over = {"train.threads": spec.threads, "logging.tensorboard": False, "logging.jsonl": False,
             "logging.progress_bar": "off", "checkpoint.save_last": False, "checkpoint.save_best": False}  # fmt: skip
     if m.fit_epochs:
         over.update({"train.epochs": m.fit_epochs, "train.max_steps": None})
     config = validate_config(apply_overrides(spec.config, over), source=f"cell {spec.cell_id}")
+    device = torch.device(spec.device)
+    if device.type == "cuda":  # the cap is the device's: the caching allocator refuses beyond it (OutOfMemoryError)
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        cap = 2**62  # the host side is not what is capped
     with Watchdog(cap) as dog:
         run = build_run(config)
         trainer = run.trainer
@@ -89,10 +95,11 @@ def probe_cell(spec: CellSpec) -> CellRecord:
             trainer.fit(run.data.train_loader, None, stop_after_steps=m.min_steps)
             trainer.evaluate(run.data.val_loader or run.data.test_loader)
     hwm = high_water_bytes(os.getpid())
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else dog.peak_total
     return CellRecord(
         cell_id=spec.cell_id, axes=spec.axes, role=spec.role, status=OK, precision=config.precision,
         device=spec.device, batch_size=config.data.batch_size, threads=spec.threads, steps_timed=trainer.global_step,
-        mem_peak_mb=dog.peak_total / MB, mem_workers_mb=dog.peak_workers / MB, mem_hwm_mb=hwm / MB if hwm else None,
-        mem_cap_mb=m.max_memory_mb, mem_headroom_mb=m.max_memory_mb - dog.peak_total / MB,
+        mem_peak_mb=peak / MB, mem_workers_mb=dog.peak_workers / MB, mem_hwm_mb=hwm / MB if hwm else None,
+        mem_cap_mb=m.max_memory_mb, mem_headroom_mb=m.max_memory_mb - peak / MB,
         cell_seconds=time.perf_counter() - t0, machine=machine_identity(), guards_ok=True,
     )  # fmt: skip

@@ -9,9 +9,11 @@ the timed repeats, so the table is never measured under the profiler); run the g
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,19 +181,22 @@ def profile_cell(
     step that the trace saw (:func:`traced_collectives_ms`)."""
     trainer, timer = setup.run.trainer, setup.timer
     timer.start()
-    with maybe_profile(
-        True,
-        trace_dir,
-        setup.device,
-        wait=cfg.wait,
-        warmup=cfg.warmup,
-        active=cfg.active,
-        record_shapes=cfg.record_shapes,
-        profile_memory=cfg.profile_memory,
-        with_stack=cfg.with_stack,
-        with_flops=cfg.with_flops,
-        gzip=cfg.gzip,
-        hook=setup.prof_hook,
+    with (
+        maybe_profile(
+            True,
+            trace_dir,
+            setup.device,
+            wait=cfg.wait,
+            warmup=cfg.warmup,
+            active=cfg.active,
+            record_shapes=cfg.record_shapes,
+            profile_memory=cfg.profile_memory,
+            with_stack=cfg.with_stack,
+            with_flops=cfg.with_flops,
+            gzip=cfg.gzip,
+            hook=setup.prof_hook,
+        ),
+        memory_history(cfg.memory_snapshot, setup.device, trace_dir) as snapshot,
     ):
         run_steps(trainer, setup.run.data.train_loader, schedule_steps(cfg.wait, cfg.warmup, cfg.active))
     active = timer.stop()[-cfg.active :]
@@ -209,6 +214,7 @@ def profile_cell(
         "prof_phase_pct": {p: b["phase_pct"][p] for p in (*PHASES, "other")},
         "top_ops": b["top_ops"],
         "reduced_precision_pct": None if share is None else 100.0 * share,
+        **snapshot,
     }
     if size_mb > cfg.max_trace_mb:
         out["trace_warning"] = (
@@ -219,6 +225,29 @@ def profile_cell(
             f"{setup.config.precision} cell but only {100 * share:.0f}% of matmul/conv ops ran in reduced precision"
         )
     return out, traced_collectives_ms(b, timed_median_ms)
+
+
+@contextlib.contextmanager
+def memory_history(enabled: bool, device: torch.device, folder: Path) -> Iterator[dict[str, str]]:
+    """Over the profiled steps, the CUDA caching allocator's history (Composer's memory-snapshot callback does
+    the same), dumped to ``folder/memory_snapshot.pickle``; the record's fields say where, or why not."""
+    out: dict[str, str] = {}
+    if enabled and device.type != "cuda":
+        out["memory_snapshot_skipped"] = (
+            f"the snapshot records the CUDA caching allocator; this cell ran on {device.type} (see mem_split_mb)"
+        )
+    if not enabled or device.type != "cuda":
+        yield out
+        return
+    torch.cuda.memory._record_memory_history(max_entries=100_000)
+    try:
+        yield out
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "memory_snapshot.pickle"
+        torch.cuda.memory._dump_snapshot(str(path))
+        out["memory_snapshot"] = str(path)
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
 
 
 def traced_collectives_ms(b: dict[str, Any], timed_median_ms: float) -> float | None:

@@ -32,6 +32,24 @@ def throughput_vs_batch(records: list[CellRecord]) -> go.Figure | None:
     return fig
 
 
+def memory_vs_batch(records: list[CellRecord]) -> go.Figure | None:
+    """What each configuration added to memory against its batch size (a line per combination of the other
+    axes), with the split's activations beside it: the part that grows with the batch."""
+    ok = [r for r in records if r.status == OK and r.mem_added_mb is not None and "data.batch_size" in r.axes]
+    if not ok:
+        return None
+    fig = go.Figure(layout={**LAYOUT, "xaxis": {"type": "log", "title": "batch size"}, "yaxis": {"title": "MiB"}})
+    for name, rs in sorted(lines_by_other_axes(ok, ("data.batch_size",)).items()):
+        rs.sort(key=lambda r: r.axes["data.batch_size"])
+        x = [r.axes["data.batch_size"] for r in rs]
+        fig.add_scatter(x=x, y=[r.mem_added_mb for r in rs], name=f"{name} added", mode="lines+markers",
+                        text=[r.cell_id for r in rs])  # fmt: skip
+        acts = [(r.mem_split_mb or {}).get("activations") for r in rs]
+        if any(a is not None for a in acts):
+            fig.add_scatter(x=x, y=acts, name=f"{name} activations", mode="lines+markers", line={"dash": "dot"})
+    return fig
+
+
 def data_wait(records: list[CellRecord]) -> go.Figure | None:
     ok = [r for r in records if r.status == OK and r.data_wait_pct is not None]
     if not ok:

@@ -134,7 +134,8 @@ def cell_rows(records: list[CellRecord], run_dir: Path) -> tuple[list[str], list
     """(header, rows) of the cell table: axes, status, throughput, spread, guards, reason, links."""
     axes = list(dict.fromkeys(k for r in records for k in r.axes))
     guards = guard_names(records)
-    header = ["cell", "status", "throughput", "unit", "spread %", "data wait %", *axes, *guards, "reason", "files"]
+    header = ["cell", "status", "throughput", "unit", "spread %", "data wait %", "added MiB", "activations MiB",
+              *axes, *guards, "reason", "files"]  # fmt: skip
     rows = []
     for r in records:
         status = r.status + (" (unstable)" if r.unstable else "")
@@ -143,6 +144,9 @@ def cell_rows(records: list[CellRecord], run_dir: Path) -> tuple[list[str], list
         cells.append(_td(_esc(r.unit if r.rate else "")))
         cells.append(_td(f"{r.repeat_spread_pct:.1f}" if r.repeat_spread_pct is not None else "", num=True))
         cells.append(_td(f"{r.data_wait_pct:.1f}" if r.data_wait_pct is not None else "", num=True))
+        acts = (r.mem_split_mb or {}).get("activations")
+        cells.append(_td(f"{r.mem_added_mb:,.0f}" if r.mem_added_mb is not None else "", num=True))
+        cells.append(_td(f"{acts:,.1f}" if acts is not None else "", num=True))
         cells += [_td(_esc(r.axes.get(k))) for k in axes]
         for g in guards:
             st = r.guard_status(g)
@@ -229,6 +233,7 @@ def run_report(run_dir: Path, records: list[CellRecord], env: dict[str, Any]) ->
     for fig_id, heading, fig, note in (
         ("fig-throughput", "Throughput vs batch size", hf.throughput_vs_batch(records), "median step, per cell"),
         ("fig-datawait", "Data wait", hf.data_wait(records), "share of the timed step blocked on the next batch"),
+        ("fig-memory", "Memory vs batch size", hf.memory_vs_batch(records), "what each configuration added (PSS)"),
         ("fig-phases", "Where the step goes", phases[0] if phases else None, f"from the {phases[1] if phases else ''}"),
         ("fig-scaling", "Scaling over ranks", hf.scaling(records), "data-parallel cells"),
     ):

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="run every cell on this device (replaces the device axis)")
     p.add_argument("--threads", type=int, help="torch intra-op threads in every cell (default: torch's default here)")
     p.add_argument("--history", help="results history database to record the run in (default <out>/history.sqlite)")
+    p.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="CUDA cells: profile them and write the allocator's history over the profiled steps as "
+        "memory_snapshot.pickle beside the trace (pytorch.org/memory_viz); CPU cells say they skipped it",
+    )
     add_executor(p)
     p.add_argument(
         "--profiles", default="profiles", help="parent folder of trace folders <run-id>/<cell-id>/ (default profiles/)"
@@ -45,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     spec = load_matrix(args.matrix, args.device)
+    if args.memory_snapshot:
+        spec.profile = spec.profile.model_copy(update={"enabled": True, "memory_snapshot": True})
     cells = expand(spec, source=args.matrix)
     if args.filter:
         cells = select(cells, parse_filter(args.filter))
