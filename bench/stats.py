@@ -143,6 +143,20 @@ def step_change(values: Sequence[float], window: int = 5, min_effect_pct: float 
     }
 
 
+def step_change_lower_better(
+    values: Sequence[float], window: int = 5, min_effect_pct: float = 5.0
+) -> dict[str, Any] | None:
+    """:func:`step_change` for a series where lower is better (memory): judged on the reciprocals, reported in
+    the series' own values (change_pct positive: the latest needs more)."""
+    if any(v <= 0 for v in values):
+        return None
+    inverse = step_change([1.0 / v for v in values], window, min_effect_pct)
+    if inverse is None:
+        return None
+    latest, base = 1.0 / inverse["latest"], 1.0 / inverse["baseline"]
+    return {**inverse, "latest": latest, "baseline": base, "change_pct": 100.0 * (latest / base - 1.0)}
+
+
 def trimmed_mean(values: np.ndarray, trim: float, axis: int = -1) -> np.ndarray:
     """Mean of what is left after dropping the ``trim`` share of values at each end (along ``axis``)."""
     v = np.sort(np.asarray(values, dtype=float), axis=axis)

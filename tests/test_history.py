@@ -18,7 +18,7 @@ from bench.history import db as history_db
 MACHINE = {"hostname": "h", "cpu": "Xeon", "gpus": [], "driver": None}
 
 
-def _run(root: Path, name: str, rate: float, commit: str = "abc") -> Path:
+def _run(root: Path, name: str, rate: float, commit: str = "abc", mem_added: float | None = None) -> Path:
     d = root / name
     d.mkdir(parents=True)
     (d / "env.json").write_text(json.dumps({"git_commit": commit, "torch": "2.15.0", "threads": 2}))
@@ -35,6 +35,8 @@ def _run(root: Path, name: str, rate: float, commit: str = "abc") -> Path:
                 guards_ok=True,
                 machine=MACHINE,
                 axes={"data.batch_size": 64},
+                mem_baseline_mb=None if mem_added is None else 500.0,
+                mem_peak_mb=None if mem_added is None else 500.0 + mem_added,
             ),  # fmt: skip
         )
     return d
@@ -79,6 +81,22 @@ def test_check_flags_a_planted_regression_and_is_quiet_on_noise(tmp_path: Path, 
     for i, r in enumerate(rates):
         history_cli.cli(["--history", str(db_path), "ingest", str(_run(tmp_path, f"run-{i}", r))])
     assert history_cli.cli(["--history", str(db_path), "check"]) == (1 if planted else 0)
+
+
+@pytest.mark.parametrize("grown", [None, 1.3])
+def test_check_flags_a_configuration_that_needs_more_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture, grown: float | None
+) -> None:
+    rng = np.random.default_rng(1)
+    db_path = tmp_path / "h.sqlite"
+    added = list(200.0 * (1 + 0.01 * rng.standard_normal(6)))  # same speed, memory steady to 1%
+    if grown:
+        added[-1] = 200.0 * grown
+    for i, m in enumerate(added):
+        history_cli.cli(["--history", str(db_path), "ingest", str(_run(tmp_path, f"run-{i}", 100.0, mem_added=m))])
+    assert history_cli.cli(["--history", str(db_path), "check"]) == (1 if grown else 0)
+    out = capsys.readouterr().out
+    assert ("REGRESSION: fast (" in out and "MiB added (memory) (+" in out) if grown else "REGRESSION" not in out
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

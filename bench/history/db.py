@@ -221,14 +221,16 @@ def series(db: sqlite3.Connection, cell_id: str | None = None) -> dict[tuple[str
     A/B, not cells, and stay out."""
     query = (
         "SELECT c.cell_id, COALESCE(json_extract(r.env_json, '$.matrix_name'), ''), r.cpu || ' / ' || r.gpus, "
-        "r.run_id, r.recorded_at, r.git_commit, r.git_dirty, c.throughput, c.unit, c.repeat_spread_pct "
+        "r.run_id, r.recorded_at, r.git_commit, r.git_dirty, c.throughput, c.unit, c.repeat_spread_pct, "
+        "json_extract(c.record_json, '$.mem_peak_mb') - json_extract(c.record_json, '$.mem_baseline_mb') "
         "FROM cells c JOIN runs r USING (run_id) "
         "WHERE c.status = 'ok' AND c.guards_ok = 1 AND c.throughput IS NOT NULL "
         "AND COALESCE(json_extract(c.record_json, '$.role'), '') NOT LIKE 'ab-%' "
         "ORDER BY r.recorded_at, r.run_id"
     )
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    keys = ("run_id", "recorded_at", "git_commit", "git_dirty", "throughput", "unit", "repeat_spread_pct")
+    keys = ("run_id", "recorded_at", "git_commit", "git_dirty", "throughput", "unit", "repeat_spread_pct",
+            "mem_added_mb")  # fmt: skip
     for row in db.execute(query):
         name = f"{row[1]}/{row[0]}" if row[1] else str(row[0])
         if cell_id is None or cell_id in (name, row[0]):
@@ -291,13 +293,18 @@ def ingest_pytest_benchmark(db: sqlite3.Connection, path: Path) -> bool:
 
 def check_latest(db: sqlite3.Connection, window: int, min_effect_pct: float) -> list[dict[str, Any]]:
     """For each (cell, machine) with enough history: the latest reading against the ones before it."""
-    from bench.stats import step_change
+    from bench.stats import step_change, step_change_lower_better
 
     out = []
     for (cell_id, machine), points in series(db).items():
         verdict = step_change([p["throughput"] for p in points], window, min_effect_pct)
         if verdict is not None:
             out.append({"cell_id": cell_id, "machine": machine, "unit": points[-1]["unit"], **verdict})
+        # What the configuration added to memory, lower better: a memory regression is a regression too.
+        memory = [p["mem_added_mb"] for p in points if p.get("mem_added_mb") is not None]
+        grown = step_change_lower_better(memory, window, min_effect_pct) if len(memory) == len(points) else None
+        if grown is not None:
+            out.append({"cell_id": cell_id, "machine": machine, "unit": "MiB added (memory)", **grown})
     return out
 
 
