@@ -203,3 +203,21 @@ def test_stalls_are_retaken_in_a_plan_without_warmup_too() -> None:
     machine = stalling(1.0, {"B-r02"})
     done = run_rounds(machine, AB, RoundsPlan.fixed(3))
     assert [x.round for x in done.retaken] == [2] and "B-r02-again1" in machine.labels
+
+
+def test_an_undecided_interval_says_its_half_width_and_the_rounds_that_would_decide_it() -> None:
+    from bench.ab.report import verdict_line
+
+    rng = np.random.default_rng(3)
+    ratios = np.exp(rng.normal(0.0, 0.05, 6))  # six rounds spread 5% (sd of log ratios)
+    r = PairedResult.from_rounds([[x] for x in ratios], [[1.0]] * 6, 1.0, 3.0, "samples/s")
+    assert r.half_width_pct == pytest.approx(100 * (r.ci_high - r.ci_low) / 2 / r.ratio)
+    sd = r.round_sd()
+    assert sd is not None and r.rounds_to_decide(3.0) == math.ceil((2 * sd / math.log(1.015)) ** 2) > 6
+    line = verdict_line("cell", r, 3.0, seconds_per_round=20.0)
+    assert f"+-{r.half_width_pct:.1f}%)" in line
+    assert f"about {r.rounds_to_decide(3.0)} rounds (--budget-s {20 * r.rounds_to_decide(3.0)})" in line
+    tight = PairedResult.from_rounds([[1.0]] * 6, [[1.0]] * 6, 1.0, 3.0, "samples/s")  # decided: no hint
+    assert tight.decided(3.0) and "rounds' spread" not in verdict_line("cell", tight, 3.0, 20.0)
+    two = PairedResult.from_rounds([[0.9], [1.1]], [[1.0], [1.0]], 1.0, 3.0, "samples/s")
+    assert two.rounds_to_decide(3.0) is None and "rounds' spread" not in verdict_line("cell", two, 3.0, 20.0)

@@ -110,8 +110,9 @@ def main(args: argparse.Namespace) -> int:
             print(f"history: {record_in_history(history, done.run_dir, 'ab')}")
         print(f"results: {done.run_dir}")
         return EXIT_FAILED
+    run = done.report.run
     for key, v in done.report.results.items():
-        print(verdict_line(key, v, plan.min_effect_pct))
+        print(verdict_line(key, v, plan.min_effect_pct, run.seconds / run.rounds if run.rounds else None))
     for note in done.report.notes:
         print(f"note: {note}")
     failed = done.report.failures(args.fail_threshold)

@@ -6,7 +6,18 @@ from bench.ab.result import AbReport
 from bench.paired.result import PairedResult, Verdict
 
 
-def verdict_line(key: str, v: PairedResult, min_effect_pct: float) -> str:
+def budget_hint(v: PairedResult, min_effect_pct: float, seconds_per_round: float | None) -> str:
+    """When the interval is still wider than +-min_effect/2: the rounds (and budget) its spread asks for."""
+    if v.decided(min_effect_pct) or not seconds_per_round:
+        return ""
+    rounds = v.rounds_to_decide(min_effect_pct)
+    if rounds is None:
+        return ""
+    return (f"; to resolve +-{min_effect_pct / 2:g}% its rounds' spread asks for about {rounds} rounds "
+            f"(--budget-s {rounds * seconds_per_round:.0f})")  # fmt: skip
+
+
+def verdict_line(key: str, v: PairedResult, min_effect_pct: float, seconds_per_round: float | None = None) -> str:
     change = 100.0 * (v.ratio - 1.0)
     if v.verdict == Verdict.FASTER:
         what = f"B is faster than A by {change:.1f}%"
@@ -19,12 +30,14 @@ def verdict_line(key: str, v: PairedResult, min_effect_pct: float) -> str:
         what = (f"no change of {min_effect_pct:g}% or more detected, but the interval cannot rule out one of up "
                 f"to {reach:.1f}% (more --budget-s narrows it)")  # fmt: skip
     label = "" if key == "cell" else f"{key}: "
-    return f"{label}{what} (B/A {v.ratio:.3f}, 95% CI {v.ci_low:.3f}-{v.ci_high:.3f})"
+    ci = f"B/A {v.ratio:.3f}, 95% CI {v.ci_low:.3f}-{v.ci_high:.3f}, +-{v.half_width_pct:.1f}%"
+    return f"{label}{what} ({ci}){budget_hint(v, min_effect_pct, seconds_per_round)}"
 
 
 def ab_markdown(report: AbReport) -> str:
     """The run's summary: sides, verdicts, and per round each side's throughput and the paired ratio."""
     m = report.min_effect_pct
+    per_round = report.run.seconds / report.run.rounds if report.run.rounds else None
     lines = [
         f"# A/B: {report.sides['A'].given} vs {report.sides['B'].given}",
         "",
@@ -36,7 +49,7 @@ def ab_markdown(report: AbReport) -> str:
         "",
         "## Verdict",
         "",
-        *[f"- {verdict_line(k, v, m)}" for k, v in report.results.items()],
+        *[f"- {verdict_line(k, v, m, per_round)}" for k, v in report.results.items()],
         *[f"- note: {n}" for n in report.notes],
     ]
     for key, v in report.results.items():

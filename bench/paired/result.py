@@ -90,6 +90,21 @@ class PairedResult:
         can be said at that effect size."""
         return (self.ci_high - self.ci_low) / 2.0 <= min_effect_pct / 200.0 * self.ratio
 
+    @property
+    def half_width_pct(self) -> float:
+        """Half the interval's width, % of the ratio: how precisely the change is known."""
+        return 100.0 * (self.ci_high - self.ci_low) / 2.0 / self.ratio if self.ratio else math.inf
+
+    def rounds_to_decide(self, min_effect_pct: float) -> int | None:
+        """About how many rounds this spread of round ratios needs for a half-width of min_effect/2 (what
+        :meth:`decided` asks): a t interval of the mean log ratio, ``(2 sd / log(1 + m/2))^2`` rounds; None
+        below 3 rounds (no spread to go by)."""
+        sd = self.round_sd()
+        if sd is None:
+            return None
+        target = math.log(1.0 + min_effect_pct / 200.0)
+        return max(len(self.per_round), math.ceil((2.0 * sd / target) ** 2))
+
     def round_sd(self) -> float | None:
         """The sd of the log per-round ratios (None below 3 rounds): how much the rounds disagree."""
         return statistics.stdev(math.log(x) for x in self.per_round) if len(self.per_round) >= 3 else None

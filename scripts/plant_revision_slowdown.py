@@ -1,0 +1,56 @@
+"""A revision A/B's ground truth: a throwaway clone of this repository with one commit on top that only *adds*
+work to SimpleCNN's forward (``x = x + 0.0 * torch.tanh(x)`` on the pooled conv1 output, ``--lines`` times):
+slower by construction, by an amount measured first with a long interleaved run, then the target of shorter
+default-budget runs (issue 31's table in docs/measurements.md).
+
+    python scripts/plant_revision_slowdown.py --lines 1 --out /tmp/plant1
+    cd /tmp/plant1 && python -m bench.ab --a HEAD~1 --b HEAD --config configs/fashion_mnist.yaml
+
+Prints the clone's path and its two commits. The clone is yours to delete; this checkout is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = "trainer_core/models.py"
+ANCHOR = "        x = self.pool(torch.relu(self.conv1(x)))  # 28x28 -> 14x14\n"
+PLANT = "        x = x + 0.0 * torch.tanh(x)  # planted: extra work, same result\n"
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def plant(out: Path, lines: int, source: Path = REPO) -> tuple[str, str]:
+    """Clone ``source`` (its HEAD) to ``out`` and commit ``lines`` planted lines: (base commit, planted commit)."""
+    if out.exists():
+        raise SystemExit(f"--out {out}: already exists; choose a new folder")
+    subprocess.run(["git", "clone", "--quiet", "--local", str(source), str(out)], check=True)
+    models = out / MODELS
+    text = models.read_text()
+    if text.count(ANCHOR) != 1:
+        raise SystemExit(f"{MODELS}: SimpleCNN's conv1 line not found once; the plant needs updating")
+    models.write_text(text.replace(ANCHOR, ANCHOR + PLANT * lines))
+    base = git("rev-parse", "HEAD", cwd=out)
+    git("-c", "user.name=plant", "-c", "user.email=plant@localhost", "commit", "--quiet", "-am",
+        f"planted slowdown: {lines} extra tanh line(s) in SimpleCNN.forward", cwd=out)  # fmt: skip
+    return base, git("rev-parse", "HEAD", cwd=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lines", type=int, default=1, help="planted lines (more lines, a larger slowdown)")
+    p.add_argument("--out", type=Path, required=True, help="the clone's folder (must not exist)")
+    args = p.parse_args(argv)
+    base, planted = plant(args.out, args.lines)
+    print(f"{args.out}: {base[:10]} (A, HEAD~1) -> {planted[:10]} (B, HEAD, {args.lines} planted line(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
