@@ -281,7 +281,9 @@ class CellRecord(BaseModel):
         None, description="PSS of the cell process and its children before the data and model were built, MiB."
     )
     mem_peak_mb: float | None = Field(
-        None, description="Peak PSS of the cell process plus its loader workers (sampled together), MiB."
+        None,
+        description="Peak PSS of the cell process plus its loader workers (sampled together, outside the timed "
+        "steps: a sample costs milliseconds of a core), MiB.",
     )
     mem_workers_mb: float | None = Field(None, description="Peak PSS of the loader workers alone, MiB.")
     mem_hwm_mb: float | None = Field(None, description="The kernel's high-water mark of the cell process (VmHWM), MiB.")

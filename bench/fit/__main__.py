@@ -23,11 +23,21 @@ from trainer_core.loading import load_config
 from trainer_core.provenance import utc_timestamp
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0 (argparse turns the error into a one-line exit 2)."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("bench.fit", "Find the largest batch size that trains under a memory cap.")
     p.add_argument("--config", required=True, help="training config (YAML)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
-    p.add_argument("--max-memory-mb", type=float, help="the cap (default: half this machine's memory, or the GPU's)")
+    p.add_argument(
+        "--max-memory-mb", type=positive_float, help="the cap (default: half this machine's memory, or the GPU's)"
+    )
     p.add_argument("--max-batch", type=positive_int, default=4096, help="largest batch size tried")
     p.add_argument("--steps", type=positive_int, default=3, help="training steps per short probe")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads per probe (default: all)")

@@ -53,7 +53,7 @@ def limit_address_space(cap_bytes: int) -> None:
 class Watchdog(TreeSampler):
     """A tree sampler that kills the tree (workers first, then itself) once the tree's PSS exceeds the cap."""
 
-    def __init__(self, cap_bytes: int, every_s: float = 0.02) -> None:
+    def __init__(self, cap_bytes: int, every_s: float = 0.1) -> None:
         super().__init__(every_s=every_s)
         self.cap_bytes = cap_bytes
 

@@ -288,7 +288,8 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     first_s = first_step_seconds(setup, x, y)
     flops = eager_flops(setup, x, y)
     analytic = trainer.workload.flops_per_step(shape_model(setup), x)
-    raw, comm_ms = timed_steps(setup, spec)
+    with setup.sampler.paused() if setup.sampler is not None else contextlib.nullcontext():
+        raw, comm_ms = timed_steps(setup, spec)
     items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
     stats = cell_statistics(
         raw["steps"], raw["repeat_of_step"], setup.config.data.batch_size, items, trainer.workload.unit

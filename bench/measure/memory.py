@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ class TreeSampler:
         self.peak_self = self.peak_workers = self.peak_total = 0
         self.samples = 0
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
     def sample(self) -> None:
@@ -85,8 +87,21 @@ class TreeSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.sample()
+            if not self._paused.is_set():
+                self.sample()
             self._stop.wait(self.every_s)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No sampling inside (a sample reads /proc's smaps: milliseconds of a core, which timed steps must not
+        share); one sample on each side. The cell process's own peak inside is the kernel's VmHWM."""
+        self.sample()
+        self._paused.set()
+        try:
+            yield
+        finally:
+            self._paused.clear()
+            self.sample()
 
     def __enter__(self) -> TreeSampler:
         self.sample()
