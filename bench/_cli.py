@@ -52,6 +52,14 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number above 0 (argparse turns the ValueError into a one-line exit 2)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (argparse turns the ValueError into a one-line exit 2)."""
     value = int(text)

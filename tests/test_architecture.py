@@ -46,6 +46,11 @@ LIGHT = [
     "bench.ab.report",
     "bench.report.html",
     "bench.report.figures",
+    "bench.report.inference",
+    "bench.cells.inference",
+    "bench.export.report",
+    "bench.fit.search",
+    "bench.fit.report",
 ]
 
 

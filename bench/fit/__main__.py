@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import add_executor, make_parser, positive_int, run_cli
+from bench._cli import add_executor, make_parser, positive_float, positive_int, run_cli
 from bench.cells.store import read_records
 from bench.fit.fitting import Prober, default_cap_mb, fit_batch, fit_report, write_fit
 from bench.launch.executors import build_executor, checked_options
@@ -21,14 +21,6 @@ from bench.matrix import resolve_device_name
 from trainer_core.config import parse_override
 from trainer_core.loading import load_config
 from trainer_core.provenance import utc_timestamp
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a number above 0 (argparse turns the error into a one-line exit 2)."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
