@@ -273,9 +273,6 @@ class LoggingConfig(_Section):
         return v
 
 
-INFER_RUNTIMES = ("eager", "compile", "torchscript", "exported-program", "onnxruntime")
-
-
 class InferConfig(_Section):
     runtime: Literal["eager", "compile", "torchscript", "exported-program", "onnxruntime"] = Field(
         "eager",
