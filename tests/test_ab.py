@@ -182,3 +182,26 @@ def test_the_server_is_found_in_both_layouts(tmp_path: Path) -> None:
     (neither / "bench").mkdir(parents=True)
     assert CellServer.available(old) and CellServer.available(new) and CellServer.available(REPO)
     assert not CellServer.available(neither)
+
+
+@pytest.mark.slow
+def test_two_runtimes_of_an_inference_matrix_cell_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    doc = {
+        "name": "inf", "base": {"device": "cpu", "model": {"name": "SimpleMLP", "kwargs": {"input_dim": 2,
+        "hidden_dims": [64, 64], "output_dim": 2}}, "data": {"name": "synthetic_blobs", "n_samples": 64,
+        "n_test_samples": 16, "val_fraction": 0.0, "batch_size": 8}},
+        "axes": {"infer.runtime": ["eager", "torchscript"]}, "measure": {"mode": "inference"},
+    }  # fmt: skip
+    matrix = tmp_path / "inf.yaml"
+    matrix.write_text(yaml.safe_dump(doc, sort_keys=False))
+    argv = ["--a", str(matrix), "--b", str(matrix), "--cell", "infer.runtime=eager", "--set-b",
+            "infer.runtime=torchscript", "--min-rounds", "3", "--max-rounds", "3", "--reading-s", "0.2",
+            "--threads", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert ab_cli.cli(argv) == 0
+    records = read_records(_run_dir(tmp_path / "out") / "cells.jsonl")
+    assert {r.inference.runtime for r in records if r.inference} == {"eager", "torchscript"}
+    assert all(r.guards["parity"].status == "pass" for r in records)  # the inference cell's own guard
+    report = json.loads((_run_dir(tmp_path / "out") / "ab.json").read_text())
+    assert report["rounds"] == 3 and "B/A" in capsys.readouterr().out

@@ -8,8 +8,8 @@ from bench.paired.result import PairedResult, Verdict
 
 def budget_hint(v: PairedResult, min_effect_pct: float, seconds_per_round: float | None) -> str:
     """When the interval is still wider than +-min_effect/2: the rounds (and budget) its spread asks for."""
-    if v.decided(min_effect_pct) or not seconds_per_round:
-        return ""
+    if v.verdict != Verdict.NO_CHANGE or v.resolved or v.decided(min_effect_pct) or not seconds_per_round:
+        return ""  # a verdict was reached, or the interval already rules out the minimum effect
     rounds = v.rounds_to_decide(min_effect_pct)
     if rounds is None:
         return ""

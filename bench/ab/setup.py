@@ -67,8 +67,9 @@ def resolve_sides(
     return sides[0], sides[1]
 
 
-def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunConfig, dict, GuardsConfig | None]:
-    """(config, axes, the matrix's guards) of a training config, or of the one matrix cell ``cell`` picks."""
+def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunConfig, dict, GuardsConfig | None, str]:
+    """(config, axes, the matrix's guards, its measure.mode) of a training config, or of the one matrix cell
+    ``cell`` picks."""
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such config file")
     raw = read_yaml(path)
@@ -76,7 +77,7 @@ def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunCo
     if "axes" not in raw:
         if cell:
             raise ConfigError(f"--cell {' '.join(cell)}: {path} is a training config, not a matrix")
-        return validate_config(apply_overrides(raw, sets), source=path, overridden=set(sets)), {}, None
+        return validate_config(apply_overrides(raw, sets), source=path, overridden=set(sets)), {}, None, "throughput"
     spec = load_matrix(path)
     cells = select(expand(spec, source=path), parse_filter(cell)) if cell else expand(spec, source=path)
     if len(cells) != 1:
@@ -85,7 +86,9 @@ def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunCo
         raise ConfigError(f"{path}: {what} picks {len(cells)} cells ({ids}); pick exactly one")
     picked = cells[0]
     config = validate_config(apply_overrides(picked.config.to_dict(), sets), source=path, overridden=set(sets))
-    return config, picked.axes, spec.guards
+    if spec.measure.mode not in ("throughput", "inference"):
+        raise ConfigError(f"{path}: measure.mode {spec.measure.mode}: bench.ab reads throughput or inference cells")
+    return config, picked.axes, spec.guards, spec.measure.mode
 
 
 def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, reading_s: float) -> CellSpec:
@@ -93,7 +96,7 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
     from bench.guards.checks import QUICK_GUARDS
 
     assert side.config is not None
-    config, axes, guards = cell_config(side.config, cell, overrides)
+    config, axes, guards, mode = cell_config(side.config, cell, overrides)
     preflight_config(config, side.config)
     skip = static_skip_reason(config)
     if skip:
@@ -104,7 +107,7 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
         config=config.to_dict(),
         device=resolve_device_name(config.device),
         threads=threads,
-        measure=ab_measure(reading_s),
+        measure=ab_measure(reading_s, mode),
         guards=guards or QUICK_GUARDS,
     )
 

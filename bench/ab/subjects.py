@@ -38,9 +38,11 @@ class Side:
         return f"{self.name} = {self.given} ({code}" + (f", {self.config})" if self.config else ")")
 
 
-def ab_measure(reading_s: float) -> MeasureConfig:
-    """One timed stretch per reading (the rounds are the repeats), no re-measurement of its own."""
-    return MeasureConfig(repeats=1, min_time_s=reading_s, max_time_s=max(10.0, 3 * reading_s), unstable_spread_pct=None)
+def ab_measure(reading_s: float, mode: str = "throughput") -> MeasureConfig:
+    """One timed stretch per reading (the rounds are the repeats), no re-measurement of its own; an inference
+    cell's reading times forward calls the same way (``measure.mode: inference``)."""
+    return MeasureConfig(mode=mode, repeats=1, min_time_s=reading_s, max_time_s=max(10.0, 3 * reading_s),
+                         unstable_spread_pct=None)  # fmt: skip
 
 
 @dataclass
