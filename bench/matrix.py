@@ -135,15 +135,16 @@ def cell_id_for(axes: dict[str, Any]) -> str:
     return "-".join(_short(k, v) for k, v in axes.items()) or "base"
 
 
-def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
-    """Performance levers this machine cannot apply: such cells are skipped, not failed."""
+def has_cxx_compiler() -> bool:
+    """torch.compile's inductor builds C++ kernels on a CPU: is a compiler on PATH?"""
     import shutil
 
-    if (
-        config.train.compile != "off"
-        and device.type == "cpu"
-        and not any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-    ):
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
+    """Performance levers this machine cannot apply: such cells are skipped, not failed."""
+    if config.train.compile != "off" and device.type == "cpu" and not has_cxx_compiler():
         return "torch.compile on CPU needs a C++ compiler (none found on PATH)"
     reason = (
         infer_skip_reason(config, device)
@@ -162,13 +163,11 @@ def lever_skip_reason(config: RunConfig, device: torch.device) -> str | None:
 
 def infer_skip_reason(config: RunConfig, device: torch.device) -> str | None:
     """An inference runtime this machine or this cell cannot run (the default, eager, always runs)."""
-    import shutil
-
     from bench.cells.inference import EXPORTED_RUNTIMES
     from bench.export.formats import FORMATS
 
     runtime = config.infer.runtime
-    if runtime == "compile" and device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if runtime == "compile" and device.type == "cpu" and not has_cxx_compiler():
         return "infer.runtime compile on CPU needs a C++ compiler (none found on PATH)"
     if runtime not in EXPORTED_RUNTIMES:
         return None

@@ -76,9 +76,8 @@ def test_inputs(run: Any, samples: int) -> torch.Tensor:
 def load_source(path: Path, device: str | None = None, samples: int = PARITY_SAMPLES) -> Source:
     """The checkpoint's model with its weights, in fp32 and eval mode, and ``samples`` test inputs."""
     state = ck.load_checkpoint_file(path)
-    over = {"device": device} if device else {}
+    over = {"train.compile": "off", **({"device": device} if device else {})}
     config = validate_config(apply_overrides(state[ck.KEY_CONFIG], over), source=f"{path} (stored config)")
-    config = validate_config(apply_overrides(config.to_dict(), {"train.compile": "off"}), source=str(path))
     run = build_run(config)
     model = run.model
     try:

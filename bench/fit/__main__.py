@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from bench.launch.executors import build_executor, checked_options
 from bench.matrix import resolve_device_name
 from trainer_core.config import parse_override
 from trainer_core.loading import load_config
-from trainer_core.provenance import utc_timestamp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     options = checked_options(args.executor, args.executor_opt)
     config = load_config(args.config, dict(parse_override(o) for o in args.overrides))
     cap = args.max_memory_mb or default_cap_mb(resolve_device_name(config.device))
-    run_dir = Path(args.out) / f"fit-{config.name}-{utc_timestamp().replace(':', '').replace('-', '')[:15]}"
+    run_dir = Path(args.out) / f"fit-{config.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     run_dir.mkdir(parents=True, exist_ok=False)
     executor = build_executor(args.executor, options, run_dir)
     prober = Prober(config, cap, run_dir, executor, args.threads or os.cpu_count() or 1, args.steps)

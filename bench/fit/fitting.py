@@ -4,7 +4,6 @@ other cell, read back as a :class:`bench.fit.search.Probe`; the search; fit.json
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from bench.cells.store import append_record
 from bench.fit.search import FitResult, Probe, search
 from bench.launch.executor import Executor
 from bench.matrix import resolve_device_name
+from bench.measure.memory import machine_memory_mb
 from trainer_core.config import RunConfig, apply_overrides
 from trainer_core.loading import validate_config
 
@@ -27,7 +27,7 @@ def default_cap_mb(device: str = "cpu", share: float = 0.5) -> float:
         import torch
 
         return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**20 * share
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * share
+    return machine_memory_mb() * share
 
 
 class Prober:

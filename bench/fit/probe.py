@@ -19,12 +19,11 @@ import os
 import resource
 import signal
 import time
-from pathlib import Path
 
 import torch
 
 from bench.cells.contract import OK, CellRecord, CellSpec
-from bench.measure.memory import MB, TreeSampler, children, high_water_bytes, tree_now
+from bench.measure.memory import MB, TreeSampler, children, high_water_bytes, tree_now, vm_size_bytes
 from trainer_core.config import apply_overrides
 from trainer_core.factory import build_run
 from trainer_core.loading import validate_config
@@ -33,18 +32,11 @@ from trainer_core.provenance import machine_identity
 RESERVED_MARGIN_MB = 1024  # address space a process reserves without using it (thread arenas, mappings)
 
 
-def _vm_size() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def limit_address_space(cap_bytes: int) -> None:
     """RLIMIT_AS at today's address space plus the cap's headroom and a margin (Linux; a no-op elsewhere)."""
     try:
         headroom = max(0, cap_bytes - sum(tree_now()))
-        limit = _vm_size() + headroom + RESERVED_MARGIN_MB * MB
+        limit = (vm_size_bytes() or 0) + headroom + RESERVED_MARGIN_MB * MB
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     except (OSError, ValueError):
         return

@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from bench.cells.inference import EXPORTED_RUNTIMES, PARITY_GUARD, InferenceResu
 from bench.export.exporting import test_inputs
 from bench.export.formats import FORMATS
 from bench.export.parity import check_parity
-from bench.measure.timing import peak_rss_bytes
+from bench.measure.memory import device_peak
 from bench.stats import percentile
 from trainer_core.config import RunConfig, apply_overrides
 from trainer_core.factory import Run, build_run
@@ -118,12 +117,6 @@ def parity_guard(parity: Parity) -> GuardResult:
     return GuardResult(name=PARITY_GUARD, status="fail", detail=parity.reason or "outputs drift")
 
 
-def memory(device: torch.device) -> dict[str, Any]:
-    if device.type == "cuda":
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "mem_kind": "cuda_max_allocated"}
-    return {"peak_mem_mb": peak_rss_bytes() / 2**20, "mem_kind": "rss_high_water"}
-
-
 def inference_cell(spec: CellSpec) -> CellRecord:
     """Build, export or compile, check parity, time the calls: the cell's record."""
     t_start = time.perf_counter()
@@ -154,5 +147,5 @@ def inference_cell(spec: CellSpec) -> CellRecord:
         samples_per_s=batch / p50, items_per_step=items, throughput=items / p50,
         throughput_unit=f"{run.trainer.workload.unit}/s", compile_s=compile_s,
         guards={PARITY_GUARD: guard}, guards_ok=guard.status == "pass", cell_seconds=time.perf_counter() - t_start,
-        machine=machine_identity(), inference=result, **memory(device),
+        machine=machine_identity(), inference=result, **device_peak(device),
     )  # fmt: skip

@@ -23,7 +23,7 @@ import torch
 from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
-from bench.measure.memory import TreeSampler, data_bytes, step_split, tree_figures, tree_now
+from bench.measure.memory import TreeSampler, data_bytes, device_peak, step_split, tree_figures, tree_now
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
     CELL_OVERRIDES,
@@ -31,7 +31,6 @@ from bench.measure.timing import (
     current_rss_bytes,
     flops_per_step,
     measure,
-    peak_rss_bytes,
     run_steps,
     synchronize,
 )
@@ -148,18 +147,11 @@ def memory_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[s
     if setup.sampler is not None:
         setup.sampler.__exit__(None, None, None)
     tree = tree_figures(setup.mem_baseline, setup.sampler) if setup.sampler is not None else {}
-    peak = peak_rss_bytes()  # before the split's own step and profiler
+    peak = device_peak(setup.device)  # before the split's own step and profiler
     split = split_figures(setup, x, y)
     if setup.device.type == "cuda":
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(setup.device) / 2**20, "mem_kind": "cuda_max_allocated",
-                "mem_reserved_mb": torch.cuda.max_memory_reserved(setup.device) / 2**20, **tree, **split}  # fmt: skip
-    return {
-        "peak_mem_mb": peak / 2**20,
-        "rss_growth_mb": (peak - setup.rss_start) / 2**20,
-        "mem_kind": "rss_high_water",
-        **tree,
-        **split,
-    }
+        return {**peak, "mem_reserved_mb": torch.cuda.max_memory_reserved(setup.device) / 2**20, **tree, **split}
+    return {**peak, "rss_growth_mb": peak["peak_mem_mb"] - setup.rss_start / 2**20, **tree, **split}
 
 
 def split_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:

@@ -79,8 +79,7 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
     def sample(self) -> None:
-        own = pss_bytes(self.pid) or 0
-        workers = sum(pss_bytes(c) or 0 for c in children(self.pid))
+        own, workers = tree_now(self.pid)
         self.peak_self, self.peak_workers = max(self.peak_self, own), max(self.peak_workers, workers)
         self.peak_total = max(self.peak_total, own + workers)
         self.samples += 1
@@ -207,10 +206,30 @@ def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, floa
     }
 
 
-def tree_now() -> tuple[int, int]:
-    """(this process's PSS, its descendants' PSS sum), bytes, now."""
-    pid = os.getpid()
+def tree_now(pid: int | None = None) -> tuple[int, int]:
+    """(the PSS of ``pid``, default this process, and its descendants' PSS sum), bytes, now."""
+    pid = pid or os.getpid()
     return pss_bytes(pid) or 0, sum(pss_bytes(c) or 0 for c in children(pid))
+
+
+def vm_size_bytes() -> int | None:
+    """This process's address space (VmSize)."""
+    return _kb_field(Path("/proc/self/status"), "VmSize")
+
+
+def machine_memory_mb() -> float:
+    """The machine's physical memory, MiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+
+
+def device_peak(device: torch.device) -> dict[str, Any]:
+    """Peak memory as a record says it: the CUDA allocator's peak on a GPU, else the process's RSS high-water
+    mark (peak_mem_mb, mem_kind)."""
+    if device.type == "cuda":
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / MB, "mem_kind": "cuda_max_allocated"}
+    from bench.measure.timing import peak_rss_bytes
+
+    return {"peak_mem_mb": peak_rss_bytes() / MB, "mem_kind": "rss_high_water"}
 
 
 def tree_figures(baseline: int, sampler: TreeSampler) -> dict[str, float]:

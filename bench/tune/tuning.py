@@ -394,7 +394,9 @@ def tune_peaks(setup: TuneSetup) -> dict[str, float]:
 
 def default_mem_cap_mb() -> float:
     """Half the machine's memory: larger batches are not tried once a cell's peak exceeds it."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.5
+    from bench.measure.memory import machine_memory_mb
+
+    return machine_memory_mb() * 0.5
 
 
 def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: float) -> tuple[Searcher, SearchResult]:
