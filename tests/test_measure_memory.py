@@ -62,6 +62,21 @@ def test_the_sampler_sees_workers_apart_from_the_process() -> None:
 
 
 @pytest.mark.slow
+def test_a_child_alive_before_the_sampler_is_not_counted_as_a_worker() -> None:
+    """A cell measured inside a process that already has children (a compile pool an earlier cell left behind)
+    reports only the descendants born during the cell."""
+    code = "import time; b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(3)"
+    elder = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.0)
+        with TreeSampler(every_s=0.02) as sampler:
+            time.sleep(0.5)
+        assert elder.pid in sampler.elders and sampler.peak_workers == 0 and sampler.samples > 5
+    finally:
+        elder.wait()
+
+
+@pytest.mark.slow
 def test_a_cell_records_its_tree_and_the_split_adds_up_to_the_measured_increase() -> None:
     wide = {**MLP, "model.kwargs": {**MLP["model.kwargs"], "hidden_dims": [4096, 4096]}}
     config = load_config(None, tiny_overrides(**wide))

@@ -68,8 +68,9 @@ def set_up(spec: CellSpec) -> CellSetup:
     # the torch import, not to the configuration, so it is loaded before the baseline.
     importlib.import_module("torch._dynamo")
     rss_start = current_rss_bytes()
-    baseline = sum(tree_now())
-    sampler = TreeSampler().__enter__()
+    sampler = TreeSampler()
+    baseline = sum(tree_now(skip=sampler.elders))
+    sampler.__enter__()
     config = validate_config(
         apply_overrides(spec.config, {**CELL_OVERRIDES, "train.threads": spec.threads}), source=f"cell {spec.cell_id}"
     )

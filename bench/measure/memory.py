@@ -68,10 +68,13 @@ class TreeSampler:
     """Samples the PSS of this process and of its descendants on a thread; keeps the peaks.
 
     ``peak_self`` and ``peak_workers`` are each their own maximum; ``peak_total`` is the maximum of their sum
-    at one sample (what the machine had to hold at once)."""
+    at one sample (what the machine had to hold at once). Descendants already alive when the sampler is made
+    (a compile pool an earlier cell of the same process left behind) belong to whoever started them, not to
+    what is measured now, so they are never counted."""
 
     def __init__(self, pid: int | None = None, every_s: float = SAMPLE_S) -> None:
         self.pid, self.every_s = pid or os.getpid(), every_s
+        self.elders = frozenset(children(self.pid))
         self.peak_self = self.peak_workers = self.peak_total = 0
         self.samples = 0
         self._stop = threading.Event()
@@ -79,7 +82,7 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
     def sample(self) -> None:
-        own, workers = tree_now(self.pid)
+        own, workers = tree_now(self.pid, self.elders)
         self.peak_self, self.peak_workers = max(self.peak_self, own), max(self.peak_workers, workers)
         self.peak_total = max(self.peak_total, own + workers)
         self.samples += 1
@@ -206,10 +209,11 @@ def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, floa
     }
 
 
-def tree_now(pid: int | None = None) -> tuple[int, int]:
-    """(the PSS of ``pid``, default this process, and its descendants' PSS sum), bytes, now."""
+def tree_now(pid: int | None = None, skip: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """(the PSS of ``pid``, default this process, and its descendants' PSS sum but those in ``skip``), bytes,
+    now."""
     pid = pid or os.getpid()
-    return pss_bytes(pid) or 0, sum(pss_bytes(c) or 0 for c in children(pid))
+    return pss_bytes(pid) or 0, sum(pss_bytes(c) or 0 for c in children(pid) if c not in skip)
 
 
 def vm_size_bytes() -> int | None:
