@@ -10,13 +10,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from bench.ab import __main__ as ab_cli
-from bench.ab.setup import AbWhat, executor_for
+from bench.ab.setup import AbWhat, cell_spec, executor_for, mentions, renew_every, variance_defaults
 from bench.ab.subjects import FORKED, FRESH, Side
 from bench.cells.store import read_records
 from bench.history import db as history_db
+from bench.launch.forked import SERVER_ROUNDS
 from bench.launch.revisions import resolve
 from trainer_core.errors import ConfigError
 
@@ -76,6 +78,7 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     assert warm.guards_ok and set(warm.guards) >= {"overfit", "finite"}  # B is slower, not broken
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
     assert "readings: each a process forked from a server" in (run_dir / "ab.md").read_text()
+    assert "both sides ran with train.malloc=retain (you set it on neither side)" in (run_dir / "ab.md").read_text()
     assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
@@ -171,6 +174,14 @@ def test_readings_are_forked_only_when_both_sides_code_has_the_server(tmp_path: 
         executor_for(AbWhat(executor="forked"), (here, old))
 
 
+def test_servers_are_renewed_every_round_when_the_sides_run_different_code(tmp_path: Path) -> None:
+    here, other = Side("A", "worktree", REPO), Side("B", "HEAD~1", tmp_path)
+    assert renew_every(AbWhat(), (here, here)) == SERVER_ROUNDS  # one server that both sides share
+    assert renew_every(AbWhat(), (here, other)) == 1
+    assert renew_every(AbWhat(renew_every=3), (here, other)) == 3
+    assert executor_for(AbWhat(readings=FORKED), (here, here))[1].endswith(f"renewed every {SERVER_ROUNDS} rounds")
+
+
 def test_the_server_is_found_in_both_layouts(tmp_path: Path) -> None:
     from bench.launch.server import CellServer
 
@@ -205,3 +216,26 @@ def test_two_runtimes_of_an_inference_matrix_cell_side_by_side(tmp_path: Path, c
     assert all(r.guards["parity"].status == "pass" for r in records)  # the inference cell's own guard
     report = json.loads((_run_dir(tmp_path / "out") / "ab.json").read_text())
     assert report["rounds"] == 3 and "B/A" in capsys.readouterr().out
+
+
+def test_variance_reducing_settings_go_to_both_sides_only_where_the_user_set_them_on_neither(tmp_path: Path) -> None:
+    sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
+
+    def applied(sets: dict[str, list[str]]) -> dict:
+        what = AbWhat(TABULAR, sets=sets)
+        specs = {s.name: cell_spec(s, [], sets[s.name], 1, 0.2) for s in sides}
+        return variance_defaults(what, sides, specs)
+
+    assert applied({"A": [], "B": ["optim.lr=0.01"]}) == {"train.malloc": "retain"}
+    assert applied({"A": [], "B": ["train.malloc=default"]}) == {}  # an A/B of the setting itself
+    raw = yaml.safe_load(Path(TABULAR).read_text())
+    raw["train"]["malloc"] = "default"
+    named = tmp_path / "named.yaml"
+    named.write_text(yaml.safe_dump(raw))
+    own = (Side("A", str(named), REPO, None, str(named)), Side("B", TABULAR, REPO, None, TABULAR))
+    specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in own}
+    assert variance_defaults(AbWhat(TABULAR), own, specs) == {}  # one side's file names it
+    assert mentions({"base": {"train": {"malloc": "default"}}}, "train.malloc")
+    assert mentions({"axes": {"train.malloc": ["default", "retain"]}}, "train.malloc")
+    assert mentions({"include": [{"precision": "bf16", "train.malloc": "retain"}]}, "train.malloc")
+    assert not mentions({"train": {"threads": 1}, "axes": {"train.compile": ["off"]}}, "train.malloc")

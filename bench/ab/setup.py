@@ -12,6 +12,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.ab.outputs import noise_notes, open_ab_dir, write_outputs
 from bench.ab.result import AbReport, AbSide
@@ -33,9 +34,21 @@ from bench.matrix import (
 from bench.paired.engine import ReadingError, Rounds, RoundsPlan, Subject, paired_run
 from trainer_core.config import RunConfig, apply_overrides, parse_override, read_yaml
 from trainer_core.errors import ConfigError
+from trainer_core.host_memory import malloc_unsupported_reason
 from trainer_core.loading import validate_config
 
 WORKTREE = "worktree"  # a side that runs this checkout's code as it is, uncommitted changes included
+
+# Settings applied to both sides of a CPU A/B when the user set them on neither side (in the files or with
+# --set), each with why: they remove spread between processes of the same code without changing what is
+# compared (docs/measurements.md: the per-round spread with glibc's default malloc policy and with retain).
+VARIANCE_DEFAULTS = {
+    "train.malloc": (
+        "retain",
+        "glibc's default policy serves each step's large buffers from mmap or the heap depending on the "
+        "process's history, so processes of the same code run at different speeds",
+    ),
+}
 
 
 def resolve_sides(
@@ -91,6 +104,38 @@ def cell_config(path: str, cell: list[str], overrides: list[str]) -> tuple[RunCo
     return config, picked.axes, spec.guards, spec.measure.mode
 
 
+def mentions(raw: Any, key: str) -> bool:
+    """Whether parsed YAML sets dotted ``key`` anywhere: nested (``train: {malloc: ...}``) or flat (a matrix
+    axis, a variant, an ``include`` entry)."""
+    if isinstance(raw, dict):
+        head, _, rest = key.partition(".")
+        if key in raw or (rest and isinstance(raw.get(head), dict) and mentions(raw[head], rest)):
+            return True
+        return any(mentions(v, key) for v in raw.values())
+    return isinstance(raw, list) and any(mentions(v, key) for v in raw)
+
+
+def variance_defaults(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec]) -> dict[str, Any]:
+    """The :data:`VARIANCE_DEFAULTS` this A/B gets: CPU cells, the setting works here, and neither side's file
+    nor ``--set`` names it (an A/B of the setting itself keeps the user's values)."""
+    if what.pytest or any(s.device != "cpu" for s in specs.values()):
+        return {}
+    named = {parse_override(o)[0] for sets in what.sets.values() for o in sets}
+    raws = [read_yaml(s.config) for s in sides if s.config]
+    out = {k: v for k, (v, _) in VARIANCE_DEFAULTS.items() if k not in named and not any(mentions(r, k) for r in raws)}
+    if "train.malloc" in out and malloc_unsupported_reason(out["train.malloc"]):
+        del out["train.malloc"]
+    return out
+
+
+def defaults_notes(applied: dict[str, Any]) -> list[str]:
+    return [
+        f"both sides ran with {k}={v} (you set it on neither side): {VARIANCE_DEFAULTS[k][1]}; "
+        f"--set {k}=... on the command line measures another value"
+        for k, v in applied.items()
+    ]
+
+
 def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, reading_s: float) -> CellSpec:
     """The spec ``side`` runs in every reading (guards: the matrix's, else the quick set tune uses)."""
     from bench.guards.checks import QUICK_GUARDS
@@ -112,6 +157,15 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
     )
 
 
+def renew_every(what: AbWhat, sides: tuple[Side, Side]) -> int:
+    """Rounds between server renewals: ``--renew-every``, else every round when the sides run different code
+    (two servers, each with its own layout, so a round pairs two draws, and only renewing makes the rounds
+    independent draws), else every SERVER_ROUNDS (one server, whose layout both sides share)."""
+    if what.renew_every:
+        return what.renew_every
+    return 1 if sides[0].code_root != sides[1].code_root else SERVER_ROUNDS
+
+
 def executor_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[str, str]:
     """(the executor's name, how ab.md describes the readings). ``--executor`` when given; else
     ``--readings``: forked when every side's code has the server (a revision from before it has not: then
@@ -121,9 +175,10 @@ def executor_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[str, str]:
             raise ConfigError("--executor forked: a side's code has no bench.cell_server (or this system no pidfds)")
         return what.executor, f"started by the {what.executor} executor"
     if what.readings == FORKED and all(CellServer.available(s.code_root) for s in sides):
+        every = renew_every(what, sides)
         return "forked", (
-            f"each a process forked from a server that imported torch once (bench.cell_server), one server per "
-            f"code, renewed every {SERVER_ROUNDS} rounds"
+            "each a process forked from a server that imported torch once (bench.cell_server), one server per "
+            "code, renewed " + ("every round" if every == 1 else f"every {every} rounds")
         )
     why = " (forked readings need Linux and bench.cell_server in both sides' code)" if what.readings == FORKED else ""
     return "local", f"each a new interpreter{why}"
@@ -147,6 +202,7 @@ class AbWhat:
     readings: str = "forked"
     executor: str | None = None
     executor_options: dict[str, str] = field(default_factory=dict)
+    renew_every: int | None = None
 
 
 @dataclass
@@ -168,7 +224,8 @@ def subject_for(
         return PytestSubject(by_name, what.pytest, what.group, run_dir)
     assert executor is not None
     options = what.executor_options if executor == what.executor else {}  # settings belong to --executor's
-    return CellSubject(by_name, specs, run_dir, build_executor(executor, options, run_dir))
+    executor_built = build_executor(executor, options, run_dir)
+    return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what, sides))
 
 
 def print_round(r: int, rounds: Rounds) -> None:
@@ -185,6 +242,11 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbO
         sides = resolve_sides(a, b, what.config, what.repo, stack, files_allowed=not what.pytest)
         specs = {} if what.pytest else {s.name: cell_spec(s, what.cell, what.sets[s.name], what.threads,
                                                           what.reading_s) for s in sides}  # fmt: skip
+        applied = variance_defaults(what, sides, specs)
+        if applied:
+            given = [f"{k}={v}" for k, v in applied.items()]
+            specs = {s.name: cell_spec(s, what.cell, given + what.sets[s.name], what.threads, what.reading_s)
+                     for s in sides}  # fmt: skip
         executor, readings = (None, None) if what.pytest else executor_for(what, sides)
         run_dir = open_ab_dir(
             out, sides, what.threads, {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
@@ -202,7 +264,13 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbO
     configs = {} if what.pytest else {n: s.config for n, s in subject.specs.items()}  # type: ignore[attr-defined]
     ab_sides = {s.name: AbSide(s.given, s.commit, s.config, s.describe()) for s in sides}
     report = AbReport(
-        ab_sides, plan.order, plan.min_effect_pct, plan.budget_s, run, readings, noise_notes(run, configs)
+        ab_sides,
+        plan.order,
+        plan.min_effect_pct,
+        plan.budget_s,
+        run,
+        readings,
+        defaults_notes(applied) + noise_notes(run, configs),
     )
     write_outputs(run_dir, report)
     return AbOutcome(run_dir, report, html=folder_report(run_dir))

@@ -47,12 +47,14 @@ def ab_measure(reading_s: float, mode: str = "throughput") -> MeasureConfig:
 
 @dataclass
 class CellSubject:
-    """A cell per side (the specs may differ: two configs), each reading launched by ``executor``."""
+    """A cell per side (the specs may differ: two configs), each reading launched by ``executor``, whose
+    servers (if it has any) are renewed every ``renew_every`` rounds."""
 
     sides: dict[str, Side]
     specs: dict[str, CellSpec]
     run_dir: Path
     executor: Executor
+    renew_every: int = SERVER_ROUNDS
 
     def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
         side, spec = self.sides[arm], self.specs[arm]
@@ -67,7 +69,7 @@ class CellSubject:
         return {CELL_KEY: reading(rec, f"{side.name} ({side.given}), {label}")}
 
     def start_round(self, r: int) -> None:
-        if r > 0 and r % SERVER_ROUNDS == 0:
+        if r > 0 and r % self.renew_every == 0:
             self.executor.close()
 
     def close(self) -> None:
