@@ -75,6 +75,27 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_paired_options(parser: argparse.ArgumentParser) -> None:
+    """``--renew-every ROUNDS`` and ``--interleave readings|steps``: how a paired run of two cells reads them
+    (bench.ab, bench.history bisect; :mod:`bench.ab.setup` has the defaults)."""
+    from bench.ab.subjects import READINGS, STEPS
+    from bench.launch.forked import SERVER_ROUNDS
+
+    parser.add_argument(
+        "--renew-every",
+        type=positive_int,
+        metavar="ROUNDS",
+        help=f"renew the forked readings' servers every ROUNDS rounds (default {SERVER_ROUNDS})",
+    )
+    parser.add_argument(
+        "--interleave",
+        choices=[READINGS, STEPS],
+        default=READINGS,
+        help="a round reads A's cell then B's (readings, the default), or runs both at once with their timed "
+        "steps in turns, so both sides see the machine's speed of the same moment (steps)",
+    )
+
+
 def add_executor(parser: argparse.ArgumentParser, default: str | None = "local", help_suffix: str = "") -> None:
     """``--executor NAME`` and ``--executor-opt KEY=VALUE`` (repeatable): how cells start, one spelling for
     every command that launches them (checked by :func:`bench.launch.executors.checked_options`)."""

@@ -150,6 +150,14 @@ def test_pytest_benchmark_tests_compared_at_two_sides(tmp_path: Path, capsys: py
         (["--a", TABULAR, "--b", TABULAR, "--cell", "precision=fp32"], "is a training config, not a matrix"),
         (["--a", TABULAR, "--b", TABULAR, "--set", "optim.nope=1"], "optim.nope"),
         (["--a", TABULAR, "--b", "worktree", "--pytest", "x"], "with --pytest, each side is a git revision"),
+        (
+            ["--a", TABULAR, "--b", TABULAR, "--interleave", "steps", "--executor", "submitit"],
+            "--interleave steps: the submitit executor may run the two cells",
+        ),
+        (
+            ["--a", TABULAR, "--b", TABULAR, "--interleave", "steps", "--set-b", "data.num_workers=2"],
+            "--interleave steps: a side's loader workers would prepare batches",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(
@@ -174,12 +182,10 @@ def test_readings_are_forked_only_when_both_sides_code_has_the_server(tmp_path: 
         executor_for(AbWhat(executor="forked"), (here, old))
 
 
-def test_servers_are_renewed_every_round_when_the_sides_run_different_code(tmp_path: Path) -> None:
-    here, other = Side("A", "worktree", REPO), Side("B", "HEAD~1", tmp_path)
-    assert renew_every(AbWhat(), (here, here)) == SERVER_ROUNDS  # one server that both sides share
-    assert renew_every(AbWhat(), (here, other)) == 1
-    assert renew_every(AbWhat(renew_every=3), (here, other)) == 3
-    assert executor_for(AbWhat(readings=FORKED), (here, here))[1].endswith(f"renewed every {SERVER_ROUNDS} rounds")
+def test_servers_are_renewed_every_few_rounds_unless_asked_otherwise() -> None:
+    here = Side("A", "worktree", REPO)
+    assert renew_every(AbWhat()) == SERVER_ROUNDS and renew_every(AbWhat(renew_every=1)) == 1
+    assert executor_for(AbWhat(readings=FORKED, renew_every=1), (here, here))[1].endswith("renewed every round")
 
 
 def test_the_server_is_found_in_both_layouts(tmp_path: Path) -> None:
@@ -210,6 +216,8 @@ def test_two_runtimes_of_an_inference_matrix_cell_side_by_side(tmp_path: Path, c
     argv = ["--a", str(matrix), "--b", str(matrix), "--cell", "infer.runtime=eager", "--set-b",
             "infer.runtime=torchscript", "--min-rounds", "3", "--max-rounds", "3", "--reading-s", "0.2",
             "--threads", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert ab_cli.cli([*argv[:-2], "--interleave", "steps", "--out", str(tmp_path / "refused")]) == 2
+    assert "--interleave steps: inference cells have no training steps" in capsys.readouterr().err
     assert ab_cli.cli(argv) == 0
     records = read_records(_run_dir(tmp_path / "out") / "cells.jsonl")
     assert {r.inference.runtime for r in records if r.inference} == {"eager", "torchscript"}
@@ -239,3 +247,20 @@ def test_variance_reducing_settings_go_to_both_sides_only_where_the_user_set_the
     assert mentions({"axes": {"train.malloc": ["default", "retain"]}}, "train.malloc")
     assert mentions({"include": [{"precision": "bf16", "train.malloc": "retain"}]}, "train.malloc")
     assert not mentions({"train": {"threads": 1}, "axes": {"train.compile": ["off"]}}, "train.malloc")
+
+
+@pytest.mark.slow
+def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *QUICK, "--interleave", "steps",
+                     "--out", str(tmp_path)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    run_dir = _run_dir(tmp_path)
+    v = json.loads((run_dir / "ab.json").read_text())["results"]["cell"]
+    assert v["verdict"] == "slower" and v["ci_high"] < 0.9
+    records = read_records(run_dir / "cells.jsonl")
+    assert [r.cell_id for r in records][:2] in (["A-warmup", "B-warmup"], ["B-warmup", "A-warmup"])
+    assert all(r.status == "ok" and r.lockstep_partner_silent is False for r in records)
+    # every reading took steps in turns with its partner; the faster side may step on alone at the end
+    assert all(r.lockstep_alone_steps is not None and r.lockstep_alone_steps < len(r.step_s) for r in records)
+    assert "their timed steps in turns (lockstep)" in (run_dir / "ab.md").read_text()

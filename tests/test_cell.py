@@ -104,3 +104,16 @@ def test_a_language_model_cell_counts_tokens_and_reports_mfu(tmp_path: Path) -> 
     assert abs(record.flops_analytic_per_step / record.flops_per_step - 1) < 0.1  # the profiler's count agrees
     assert record.mfu_pct == pytest.approx(100 * record.flops_analytic_per_step / (record.step_ms_median / 1e3) / 1e11)
     assert record.guards["finite"].status == "pass"
+
+
+def test_the_spec_file_names_a_late_field_only_when_it_is_set() -> None:
+    # a git revision from before `lockstep` refuses unknown keys: a cell that does not use it must still run there
+    import json
+
+    from bench.cells.contract import LockstepSpec
+
+    spec = CellSpec(cell_id="c", config={}, threads=1)
+    assert "lockstep" not in json.loads(spec.to_json())
+    pipes = LockstepSpec(read_pipe="/p/to-A", write_pipe="/p/to-B", first=True)
+    paired = json.loads(spec.model_copy(update={"lockstep": pipes}).to_json())
+    assert paired["lockstep"]["first"] is True and CellSpec.model_validate(paired).lockstep == pipes

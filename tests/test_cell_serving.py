@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 from bench.cells.contract import FAILED, CellSpec, GuardsConfig, MeasureConfig
 from bench.launch.process import launch_cell
 from bench.launch.revisions import REPO_ROOT
-from bench.launch.server import CellServer
+from bench.launch.server import CellServer, announces_ready
 from trainer_core.config import apply_overrides
 
 TESTS = Path(__file__).resolve().parent
@@ -100,3 +100,19 @@ def test_a_child_that_cannot_start_its_cell_leaves_the_traceback_in_its_log(tmp_
     spec.write_text("{not json")
     assert server.run(spec, result, log, timeout_s=60) == (1, False)
     assert "Traceback" in log.read_text() and "ValidationError" in log.read_text() and not result.exists()
+
+
+@pytest.mark.slow
+def test_a_server_says_when_its_imports_are_done_and_an_older_one_is_not_waited_on(
+    tmp_path: Path, server: CellServer
+) -> None:
+    assert server.waiting
+    server.wait_ready()  # returns once torch is imported: bench.ab renews both sides' servers before a round
+    assert not server.waiting and server.proc.poll() is None
+    record = launch_cell(_spec("after-ready", "user_models:process_probe", {"path": str(tmp_path / "p.txt")}),
+                         tmp_path, server=server)  # fmt: skip
+    assert record.status == "ok", record.reason  # the ready line is not taken for the cell's reply
+    older = tmp_path / "old" / "bench" / "measure"
+    older.mkdir(parents=True)
+    (older / "serving.py").write_text("def serve(requests, replies):\n    pass\n")
+    assert announces_ready(REPO_ROOT) and not announces_ready(tmp_path / "old")

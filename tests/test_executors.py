@@ -53,6 +53,10 @@ def test_forked_readings_share_a_server_per_code_and_renew_it(tmp_path: Path, mo
     class FakeServer:
         def __init__(self, code_root: Path) -> None:
             started.append(code_root)
+            self.ready = False
+
+        def wait_ready(self) -> None:
+            self.ready = True
 
         @staticmethod
         def available(code_root: Path) -> bool:
@@ -61,15 +65,17 @@ def test_forked_readings_share_a_server_per_code_and_renew_it(tmp_path: Path, mo
         def close(self) -> None:
             closed.append(self)
 
-    def fake_launch(spec: CellSpec, cell_dir: Path, code_root: Path, server: object) -> CellRecord:
+    def fake_launch(spec: CellSpec, cell_dir: Path, code_root: Path, server: FakeServer) -> CellRecord:
         used.append((spec.cell_id, server))
+        renewed = len(started) > 2  # a renewed server: started and ready before its round's first reading
+        assert server.ready or not renewed
         return CellRecord(cell_id=spec.cell_id, status="ok", step_s=[0.01])
 
     monkeypatch.setattr(forked, "CellServer", FakeServer)
     monkeypatch.setattr(forked, "launch_cell", fake_launch)
     spec = CellSpec(cell_id="x", config={}, threads=1)
     sides = {"A": Side("A", "a", Path(".")), "B": Side("B", "b", Path(".")), "C": Side("C", "rev", tmp_path)}
-    subject = CellSubject(sides, {"A": spec, "B": spec, "C": spec}, tmp_path, ForkedExecutor())
+    subject = CellSubject(sides, {"A": spec, "B": spec, "C": spec}, tmp_path, ForkedExecutor(), SERVER_ROUNDS)
     for r in range(2 * SERVER_ROUNDS + 1):
         subject.start_round(r)
         for arm in sides:  # C: another revision's code, a server of its own

@@ -221,3 +221,42 @@ def test_an_undecided_interval_says_its_half_width_and_the_rounds_that_would_dec
     assert tight.decided(3.0) and "rounds' spread" not in verdict_line("cell", tight, 3.0, 20.0)
     two = PairedResult.from_rounds([[0.9], [1.1]], [[1.0], [1.0]], 1.0, 3.0, "samples/s")
     assert two.rounds_to_decide(3.0) is None and "rounds' spread" not in verdict_line("cell", two, 3.0, 20.0)
+
+
+class TwoSpeeds(Machine):
+    """A machine that runs at one of two speeds (1.45x apart), drawn afresh every few hundred milliseconds:
+    a reading's steps all land in the speed of their moment. Arms read one after the other land in different
+    speeds half the time; arms read together (steps in turns) share each moment's speed."""
+
+    def mode(self) -> float:
+        return 1.45 if self.rng.random() < 0.5 else 1.0
+
+    def steps(self, arm: str) -> list[float]:
+        self.reads += 1
+        return list(0.010 * self.mode() * self.effect.get(arm, 1.0) * (1 + 0.03 * self.rng.standard_normal(40)))
+
+
+class TogetherOnTwoSpeeds(TwoSpeeds):
+    def read_together(self, order: list[str], label: str, first: bool) -> dict[str, dict[str, Reading]]:
+        self.labels.append(f"{'+'.join(order)}-{label}")
+        mode = self.mode()
+        return {
+            arm: {
+                "cell": Reading(
+                    list(0.010 * mode * self.effect.get(arm, 1.0) * (1 + 0.03 * self.rng.standard_normal(40))), 32.0
+                )
+            }  # fmt: skip
+            for arm in order
+        }
+
+
+def test_arms_read_together_share_the_machines_speed_and_decide_sooner() -> None:
+    plan = RoundsPlan(budget_s=60, min_rounds=4, max_rounds=30, min_effect_pct=3.0)
+    apart = run_pair(TwoSpeeds(1 / 0.95, seed=1), AB, plan).results["cell"]
+    together_machine = TogetherOnTwoSpeeds(1 / 0.95, seed=1)
+    together = run_pair(together_machine, AB, plan)
+    v = together.results["cell"]
+    assert v.verdict == SLOWER and v.ci_low <= 0.95 <= v.ci_high and together.rounds < 10
+    assert apart.ci_high - apart.ci_low > 3 * (v.ci_high - v.ci_low)  # one after the other: the speeds' spread
+    # the engine asked for both arms at once, in the round's order, and never for one arm alone
+    assert together_machine.labels[:3] == ["A+B-warmup", "B+A-r01", "A+B-r02"]

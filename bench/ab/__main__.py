@@ -16,13 +16,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, add_executor, add_overrides, add_threads, make_parser, positive_int, run_cli
+from bench._cli import EXIT_FAILED, add_executor, add_overrides, add_paired_options, add_threads, make_parser, run_cli
 from bench.ab.report import verdict_line
 from bench.ab.setup import WORKTREE, AbWhat, measure_ab
 from bench.ab.subjects import FORKED, FRESH
 from bench.history.db import record_in_history
 from bench.launch.executors import checked_options
-from bench.launch.forked import SERVER_ROUNDS
 from bench.launch.revisions import REPO_ROOT
 from bench.paired.engine import RoundsPlan
 
@@ -75,13 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how a cell reading starts: forked from a server that imported torch once (default), or a new "
         "interpreter (what bench.run does; seconds slower per reading)",
     )
-    p.add_argument(
-        "--renew-every",
-        type=positive_int,
-        metavar="ROUNDS",
-        help="renew the forked readings' servers every ROUNDS rounds (default: every round when the sides run "
-        f"different code, else every {SERVER_ROUNDS})",
-    )
+    add_paired_options(p)
     add_executor(p, default=None, help_suffix=" (default: what --readings says)")
     add_threads(p)
     p.add_argument("--repo", default=str(REPO_ROOT), help="git repository revisions are taken from (default: this one)")
@@ -109,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
         args.executor,
         options,
         args.renew_every,
+        args.interleave,
     )
     plan = RoundsPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     history = Path(args.history or Path(args.out) / "history.sqlite")

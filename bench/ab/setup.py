@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.ab.outputs import noise_notes, open_ab_dir, write_outputs
 from bench.ab.result import AbReport, AbSide
-from bench.ab.subjects import FORKED, CellSubject, PytestSubject, Side, ab_measure
+from bench.ab.subjects import FORKED, READINGS, STEPS, CellSubject, LockstepSubject, PytestSubject, Side, ab_measure
 from bench.cells.contract import CellSpec, GuardsConfig
 from bench.launch.executors import build_executor, executor_name
 from bench.launch.forked import SERVER_ROUNDS
@@ -157,13 +157,11 @@ def cell_spec(side: Side, cell: list[str], overrides: list[str], threads: int, r
     )
 
 
-def renew_every(what: AbWhat, sides: tuple[Side, Side]) -> int:
-    """Rounds between server renewals: ``--renew-every``, else every round when the sides run different code
-    (two servers, each with its own layout, so a round pairs two draws, and only renewing makes the rounds
-    independent draws), else every SERVER_ROUNDS (one server, whose layout both sides share)."""
-    if what.renew_every:
-        return what.renew_every
-    return 1 if sides[0].code_root != sides[1].code_root else SERVER_ROUNDS
+def renew_every(what: AbWhat) -> int:
+    """Rounds between server renewals: ``--renew-every``, else SERVER_ROUNDS. Renewing every round when the
+    sides run different code was measured (docs/measurements.md, revision A/A): it halved the rounds a budget
+    buys and did not narrow the rounds' spread, which the machine's own speed changes dominate."""
+    return what.renew_every or SERVER_ROUNDS
 
 
 def executor_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[str, str]:
@@ -175,7 +173,7 @@ def executor_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[str, str]:
             raise ConfigError("--executor forked: a side's code has no bench.cell_server (or this system no pidfds)")
         return what.executor, f"started by the {what.executor} executor"
     if what.readings == FORKED and all(CellServer.available(s.code_root) for s in sides):
-        every = renew_every(what, sides)
+        every = renew_every(what)
         return "forked", (
             "each a process forked from a server that imported torch once (bench.cell_server), one server per "
             "code, renewed " + ("every round" if every == 1 else f"every {every} rounds")
@@ -203,6 +201,7 @@ class AbWhat:
     executor: str | None = None
     executor_options: dict[str, str] = field(default_factory=dict)
     renew_every: int | None = None
+    interleave: str = READINGS
 
 
 @dataclass
@@ -225,7 +224,27 @@ def subject_for(
     assert executor is not None
     options = what.executor_options if executor == what.executor else {}  # settings belong to --executor's
     executor_built = build_executor(executor, options, run_dir)
-    return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what, sides))
+    if what.interleave != STEPS:
+        return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what))
+    partner = build_executor(executor, options, run_dir)  # B's own: a forked server runs one cell at a time
+    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner)
+
+
+def lockstep_refusal(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str) -> str | None:
+    """Why this A/B cannot take its two cells' steps in turns; None when it can."""
+    if executor not in ("local", "forked"):
+        return f"the {executor} executor may run the two cells on different machines or at different times"
+    for s in sides:
+        if not (s.code_root / "bench" / "measure" / "lockstep.py").is_file():
+            return f"{s.name}'s code ({s.given}) predates lockstep readings"
+    for spec in specs.values():
+        if spec.measure.mode != "throughput":
+            return f"{spec.measure.mode} cells have no training steps to take in turns"
+        if spec.config.get("train", {}).get("strategy", "single") != "single":
+            return "a data-parallel cell's ranks step together, not in turns with another cell"
+        if spec.config.get("data", {}).get("num_workers", 0):
+            return "a side's loader workers would prepare batches beside the other side's timed steps"
+    return None
 
 
 def print_round(r: int, rounds: Rounds) -> None:
@@ -248,6 +267,12 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbO
             specs = {s.name: cell_spec(s, what.cell, given + what.sets[s.name], what.threads, what.reading_s)
                      for s in sides}  # fmt: skip
         executor, readings = (None, None) if what.pytest else executor_for(what, sides)
+        if what.interleave == STEPS:
+            why = "pytest-benchmark tests are read one side at a time" if what.pytest else None
+            why = why or lockstep_refusal(what, sides, specs, str(executor))
+            if why:
+                raise ConfigError(f"--interleave {STEPS}: {why}")
+            readings = f"{readings}; both sides' cells run at once, their timed steps in turns (lockstep)"
         run_dir = open_ab_dir(
             out, sides, what.threads, {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
         )

@@ -6,20 +6,24 @@ on the warm-up reading of each side; the others only time."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig
+from bench.cells.contract import CellRecord, CellSpec, GuardsConfig, LockstepSpec, MeasureConfig
 from bench.cells.store import append_record
-from bench.launch.executor import Executor
-from bench.launch.forked import SERVER_ROUNDS
+from bench.launch.executor import Executor, Handle
+from bench.launch.forked import SERVER_ROUNDS, ForkedExecutor
+from bench.launch.pipes import make_channels
 from bench.paired.cells import reading
 from bench.paired.engine import Reading, ReadingError
 from trainer_core.errors import ConfigError
 
 CELL_KEY = "cell"  # the one key of a cell subject (pytest-benchmark subjects key by benchmark name)
 FORKED, FRESH = "forked", "fresh"  # how a cell reading starts (bench.ab --readings): the executor it picks
+# --interleave: a round reads A's cell, then B's (readings), or runs both at once, their timed steps in turns
+READINGS, STEPS = "readings", "steps"
 
 
 @dataclass
@@ -56,24 +60,85 @@ class CellSubject:
     executor: Executor
     renew_every: int = SERVER_ROUNDS
 
-    def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
-        side, spec = self.sides[arm], self.specs[arm]
+    def spec_for(self, arm: str, label: str, first: bool) -> CellSpec:
+        side = self.sides[arm]
         update: dict[str, Any] = {"cell_id": f"{side.name}-{label}", "role": f"ab-{side.name}"}
         if not first:
             update["guards"] = GuardsConfig(enabled=[])
+        return self.specs[arm].model_copy(update=update)
+
+    def executor_of(self, arm: str) -> Executor:
+        return self.executor
+
+    def launch(self, arm: str, spec: CellSpec, label: str) -> Handle:
+        side = self.sides[arm]
         try:
-            rec = self.executor.submit(spec.model_copy(update=update), self.run_dir / "cells", side.code_root)()
+            return self.executor_of(arm).submit(spec, self.run_dir / "cells", side.code_root)
         except ConfigError as e:
             raise ReadingError(f"{side.name}, {label}: {e}") from None
+
+    def record(self, arm: str, rec: CellRecord, label: str) -> dict[str, Reading]:
+        side = self.sides[arm]
         append_record(self.run_dir / "cells.jsonl", rec)
         return {CELL_KEY: reading(rec, f"{side.name} ({side.given}), {label}")}
 
+    def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
+        try:
+            rec = self.launch(arm, self.spec_for(arm, label, first), label)()
+        except ConfigError as e:
+            raise ReadingError(f"{self.sides[arm].name}, {label}: {e}") from None
+        return self.record(arm, rec, label)
+
+    def executors(self) -> list[Executor]:
+        return [self.executor]
+
     def start_round(self, r: int) -> None:
         if r > 0 and r % self.renew_every == 0:
-            self.executor.close()
+            for executor in self.executors():
+                executor.close()
+            # executors with servers start them all at once, ready before the round (others have none)
+            roots: dict[int, list[Path]] = {}
+            for arm, side in self.sides.items():
+                roots.setdefault(id(self.executor_of(arm)), []).append(side.code_root)
+            with_servers = [e for e in self.executors() if isinstance(e, ForkedExecutor)]
+            for executor in with_servers:
+                executor.prepare(list(dict.fromkeys(roots.get(id(executor), []))))
+            for executor in with_servers:
+                executor.wait_ready()
 
     def close(self) -> None:
-        self.executor.close()
+        for executor in self.executors():
+            executor.close()
+
+
+@dataclass
+class LockstepSubject(CellSubject):
+    """Both sides' cells at once, their timed steps in turns (:mod:`bench.measure.lockstep`): each side has
+    its own executor (a forked server runs one cell at a time), and a round is one reading of both."""
+
+    partner: Executor | None = None  # the second side's executor
+
+    def executor_of(self, arm: str) -> Executor:
+        return self.partner if self.partner is not None and arm == list(self.sides)[1] else self.executor
+
+    def executors(self) -> list[Executor]:
+        return [self.executor, *([self.partner] if self.partner is not None else [])]
+
+    def read_together(self, order: list[str], label: str, first: bool) -> dict[str, dict[str, Reading]]:
+        channels = make_channels(self.run_dir / "lockstep", (order[0], order[1]))
+        handles = {}
+        for i, arm in enumerate(order):
+            spec = self.spec_for(arm, label, first)
+            pipes = LockstepSpec(read_pipe=channels[arm][0], write_pipe=channels[arm][1], first=i == 0,
+                                 timeout_s=spec.measure.cell_timeout_s)  # fmt: skip
+            handles[arm] = self.launch(arm, spec.model_copy(update={"lockstep": pipes}), label)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # both cells run at once, each waits on its own launch
+            futures = {arm: pool.submit(handle) for arm, handle in handles.items()}
+            try:
+                records = {arm: f.result() for arm, f in futures.items()}
+            except ConfigError as e:
+                raise ReadingError(f"{label}: {e}") from None
+        return {arm: self.record(arm, records[arm], label) for arm in order}
 
 
 @dataclass

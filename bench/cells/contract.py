@@ -30,6 +30,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LockstepSpec(_Section):
+    """A cell that times its steps in turns with a partner cell (bench.measure.lockstep)."""
+
+    read_pipe: str = Field(..., description="Named pipe the partner writes to this cell.")
+    write_pipe: str = Field(..., description="Named pipe this cell writes to the partner.")
+    first: bool = Field(..., description="Whether this cell takes the first timed step.")
+    timeout_s: float = Field(120.0, gt=0, description="A partner silent this long is treated as done.")
+
+
 class MeasureConfig(_Section):
     warmup_steps: int = Field(5, ge=1, description="Minimum warm-up steps before timing.")
     max_warmup_steps: int = Field(60, ge=1, description="Warm-up stops here even if step time has not settled.")
@@ -206,11 +215,23 @@ class CellSpec(BaseModel):
     role: str | None = Field(
         None, description="Why the cell was measured (bench.tune: search, recheck, final-..., or None)."
     )
+    lockstep: LockstepSpec | None = Field(
+        None, description="Time the steps in turns with a partner cell (bench.ab --interleave steps); None: alone."
+    )
     state_dir: str | None = Field(
         None,
         description="time_to_target: folder where each seed's finished run and checkpoint are kept, so an "
         "interrupted cell resumes (None: nothing kept).",
     )
+
+    def to_json(self) -> str:
+        """The spec file's text. Fields added after revisions that ``bench.ab`` may still run (LATE_FIELDS) are
+        written only when set: such a revision refuses unknown keys, and a cell that does not use them runs
+        there as before."""
+        return self.model_dump_json(indent=2, exclude={f for f in LATE_FIELDS if getattr(self, f) is None})
+
+
+LATE_FIELDS = ("lockstep",)
 
 
 class GuardResult(BaseModel):
@@ -357,6 +378,12 @@ class CellRecord(BaseModel):
     )
     remeasured: bool | None = Field(
         None, description="Its first repeats disagreed and were replaced by (or joined with) a second set."
+    )
+    lockstep_alone_steps: int | None = Field(
+        None, description="In lockstep with a partner: timed steps taken after the partner was done (alone)."
+    )
+    lockstep_partner_silent: bool | None = Field(
+        None, description="In lockstep: the partner fell silent (died, or never got ready) and this cell went on alone."
     )
     world_size: int = Field(1, description="Ranks (processes) of a data-parallel cell; 1 for one process.")
     threads_per_rank: int | None = Field(None, description="torch threads in each rank of a data-parallel cell.")

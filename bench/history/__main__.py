@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from bench._cli import EXIT_FAILED, add_overrides, add_threads, make_parser, run_cli
+from bench._cli import EXIT_FAILED, add_overrides, add_paired_options, add_threads, make_parser, run_cli
 from bench.history.bisect import run_bisect
 from bench.history.db import check_ingestible, check_latest, connect, ingest_dir, runs, series, verdicts
 from bench.launch.revisions import REPO_ROOT
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-rounds", type=int, default=3, help="as for bench.ab (default 3)")
     b.add_argument("--reading-s", type=float, default=2.0, help="timed seconds per reading (default 2)")
     add_threads(b)
+    add_paired_options(b)
     b.add_argument("--repo", default=str(REPO_ROOT), help="git repository (default: this one)")
     b.add_argument("--out", default="results", help="parent of each step's ab-<time>/ folder (default results/)")
 
@@ -71,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
         from bench.ab.setup import AbWhat
 
         what = AbWhat(args.config, args.cell, {"A": args.overrides, "B": args.overrides}, repo=Path(args.repo),
-                      threads=args.threads or torch.get_num_threads(), reading_s=args.reading_s)  # fmt: skip
+                      threads=args.threads or torch.get_num_threads(), reading_s=args.reading_s,
+                      renew_every=args.renew_every, interleave=args.interleave)  # fmt: skip
         plan = partial(RoundsPlan, budget_s=args.budget_s, min_rounds=args.min_rounds, min_effect_pct=args.min_effect)
         first = run_bisect(args.good, args.bad, what, plan, Path(args.out), Path(args.history))
         print(f"first slower commit: {first}" if first else f"{args.bad} is not slower than {args.good}")

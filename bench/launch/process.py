@@ -29,7 +29,7 @@ def launch_cell(
     cell_dir.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = cell_paths(cell_dir, spec.cell_id)
     result_path.unlink(missing_ok=True)
-    spec_path.write_text(spec.model_dump_json(indent=2))
+    spec_path.write_text(spec.to_json())
     identity = {
         "cell_id": spec.cell_id,
         "axes": spec.axes,

@@ -23,6 +23,7 @@ import torch
 from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
+from bench.measure.lockstep import lockstep, lockstep_figures
 from bench.measure.memory import TreeSampler, data_bytes, device_peak, step_split, tree_figures, tree_now
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
@@ -281,7 +282,10 @@ def measure_cell(spec: CellSpec) -> CellRecord:
     first_s = first_step_seconds(setup, x, y)
     flops = eager_flops(setup, x, y)
     analytic = trainer.workload.flops_per_step(shape_model(setup), x)
-    with setup.sampler.paused() if setup.sampler is not None else contextlib.nullcontext():
+    with (
+        setup.sampler.paused() if setup.sampler is not None else contextlib.nullcontext(),
+        lockstep(spec.lockstep, setup.timer) as baton,
+    ):
         raw, comm_ms = timed_steps(setup, spec)
     items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
     stats = cell_statistics(
@@ -322,4 +326,5 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         machine=machine_identity(),
         unstable=raw.get("unstable", False),
         remeasured=raw.get("remeasured", False),
+        **(lockstep_figures(baton, raw["steps"]) if baton else {}),
     )

@@ -13,7 +13,9 @@ The server forks its children itself (``os.fork``) rather than through multiproc
 one starts a new interpreter whose import path (Python 3.11 ignores the ``sys_path`` it is given) puts the
 working directory first, so a revision's worktree would run this checkout's modules.
 
-Protocol (the client is :class:`bench.launch.process.CellServer`): one JSON request per input line,
+Protocol (the client is :class:`bench.launch.server.CellServer`): once its imports are done the server
+writes ``{"ready": true}`` (a client renewing servers waits for it, so no import runs beside a reading); then
+one JSON request per input line,
 ``{"spec": PATH, "result": PATH, "log": PATH, "timeout_s": SECONDS}``, answered by one JSON line,
 ``{"exitcode": INT, "timed_out": BOOL}`` (a negative exit code: killed by that signal). The child's
 stdout and stderr go to the request's log. End of input ends the server.
@@ -33,6 +35,7 @@ from typing import IO
 
 # What a reading imports before its cell starts (bench.measure.cell brings torch and trainer_core along).
 PRELOAD = ["torch", "torch._inductor", "bench.measure.entry"]
+READY = {"ready": True}  # the server's first line, once PRELOAD is imported
 
 
 def preload() -> None:
@@ -89,6 +92,8 @@ def wait_child(pid: int, timeout_s: float) -> tuple[int, bool]:
 def serve(requests: IO[str], replies: IO[str]) -> None:
     """Answer each request with a reading in a freshly forked child, one at a time, until end of input."""
     preload()
+    replies.write(json.dumps(READY) + "\n")
+    replies.flush()
     for line in requests:
         req = json.loads(line)
         pid = fork_reading(req["spec"], req["result"], req["log"])

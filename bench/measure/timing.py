@@ -12,7 +12,7 @@ import resource
 import statistics
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +21,9 @@ from bench.cells.contract import MeasureConfig
 from bench.stats import settled, spread_pct
 from trainer_core import distributed
 from trainer_core.trainer import BaseHook, StepResult, Trainer
+
+if TYPE_CHECKING:  # the baton's module imports nothing of this one at run time
+    from bench.measure.lockstep import Baton
 
 # Runs driven for a number of steps or seconds, not epochs: no early stopping, no validation-driven
 # stop, no logging files.
@@ -58,9 +61,12 @@ class StepTimer(BaseHook):
         self._phase_s: dict[str, float] = {}
         self._events: list[tuple[str, Any, Any]] = []
         self._last_end = 0.0
+        self.baton: Baton | None = None  # in lockstep with a partner cell: steps taken in turns
 
     def start(self) -> None:
-        """Begin a timed stretch; the first step is measured from here."""
+        """Begin a timed stretch; the first step is measured from here (once this cell has the baton)."""
+        if self.baton is not None:
+            self.baton.take()
         synchronize(self.device)
         self._phase_s = {}
         self._events = []
@@ -100,10 +106,15 @@ class StepTimer(BaseHook):
         for name, start, end in self._events:
             rec[f"{name}_s"] = rec.get(f"{name}_s", 0.0) + start.elapsed_time(end) / 1e3  # ms -> s
         rec.setdefault("data_s", 0.0)
+        if self.baton is not None:  # in lockstep: whether this step was taken alone (the partner was done)
+            rec["alone"] = float(self.baton.partner_done)
         self.records.append(rec)
         self._phase_s = {}
         self._events = []
         self._last_end = now
+        if self.baton is not None:  # the partner's step, while this cell waits, is not this cell's time
+            self.baton.hand_over()
+            self._last_end = time.perf_counter()
 
 
 def run_steps(trainer: Trainer, loader: DataLoader, n: int) -> None:

@@ -59,6 +59,10 @@ Round = dict[str, dict[str, Reading]]  # arm -> key -> reading
 
 
 class Subject(Protocol):
+    """What the rounds read. A subject may also have ``read_together(arms, label, first) -> {arm: {key:
+    Reading}}``: both arms of a two-arm round read at once (their steps in turns, bench.measure.lockstep);
+    the engine then calls it instead of ``read`` per arm."""
+
     def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
         """One reading of ``arm`` (labelled ``label``): a reading per key (``first``: the warm-up's)."""
         ...
@@ -189,12 +193,10 @@ class Rounds:
 
 
 def take_reading(
-    subject: Subject, arm: str, r: int, again: int, rounds: Rounds, droppable: set[str]
+    arm: str, label: str, got: dict[str, Reading], rounds: Rounds, droppable: set[str]
 ) -> dict[str, Reading] | None:
-    """One reading of ``arm`` for round ``r`` (0: the warm-up); None when the arm failed and was dropped. A
-    failed reading of an arm that cannot be dropped ends the run."""
-    label = (f"r{r:02d}" if r else "warmup") + (f"-again{again}" if again else "")
-    got = subject.read(arm, label, first=r == 0)
+    """``arm``'s reading ``got`` (labelled ``label``) if it can be used; None when the arm failed and was
+    dropped. A failed reading of an arm that cannot be dropped ends the run."""
     failed = next((rec.failed for rec in got.values() if rec.failed), None)
     if failed is None and any(not rec.steps for rec in got.values()):
         failed = f"{arm}, {label}: measured no step"
@@ -213,8 +215,13 @@ def read_round(subject: Subject, rounds: Rounds, plan: RoundsPlan, r: int, dropp
     subject.start_round(r)
     while True:
         got: Round = {}
-        for arm in round_order(plan, r, rounds.live()):
-            reading = take_reading(subject, arm, r, again, rounds, droppable)
+        label = (f"r{r:02d}" if r else "warmup") + (f"-again{again}" if again else "")
+        order = round_order(plan, r, rounds.live())
+        together = getattr(subject, "read_together", None)  # a subject that reads the arms at once (lockstep)
+        raw = together(order, label, first=r == 0) if together is not None and len(order) == 2 else {}
+        for arm in order:
+            one = raw[arm] if arm in raw else subject.read(arm, label, first=r == 0)
+            reading = take_reading(arm, label, one, rounds, droppable)
             if reading is not None:
                 got[arm] = reading
         reference = rounds.taken or ([rounds.warmup] if rounds.warmup else [])
