@@ -90,9 +90,9 @@ def add_paired_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interleave",
         choices=[READINGS, STEPS],
-        default=READINGS,
-        help="a round reads A's cell then B's (readings, the default), or runs both at once with their timed "
-        "steps in turns, so both sides see the machine's speed of the same moment (steps)",
+        help="a round runs both sides' cells at once with their timed steps in turns, so both see the "
+        "machine's speed of the same moment (steps: the default for CPU training cells without loader "
+        "workers), or reads A's cell then B's (readings)",
     )
 
 

@@ -14,8 +14,16 @@ import yaml
 from conftest import REPO
 
 from bench.ab import __main__ as ab_cli
-from bench.ab.setup import AbWhat, cell_spec, executor_for, mentions, renew_every, variance_defaults
-from bench.ab.subjects import FORKED, FRESH, Side
+from bench.ab.setup import (
+    AbWhat,
+    cell_spec,
+    executor_for,
+    interleave_for,
+    mentions,
+    renew_every,
+    variance_defaults,
+)
+from bench.ab.subjects import FORKED, FRESH, READINGS, STEPS, Side
 from bench.cells.store import read_records
 from bench.history import db as history_db
 from bench.launch.forked import SERVER_ROUNDS
@@ -79,6 +87,7 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
     assert "readings: each a process forked from a server" in (run_dir / "ab.md").read_text()
     assert "both sides ran with train.malloc=retain (you set it on neither side)" in (run_dir / "ab.md").read_text()
+    assert "their timed steps in turns (lockstep)" in (run_dir / "ab.md").read_text()  # the default on CPU
     assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
@@ -219,11 +228,13 @@ def test_two_runtimes_of_an_inference_matrix_cell_side_by_side(tmp_path: Path, c
     assert ab_cli.cli([*argv[:-2], "--interleave", "steps", "--out", str(tmp_path / "refused")]) == 2
     assert "--interleave steps: inference cells have no training steps" in capsys.readouterr().err
     assert ab_cli.cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "one side's reading after the other's (inference cells have" in printed
     records = read_records(_run_dir(tmp_path / "out") / "cells.jsonl")
     assert {r.inference.runtime for r in records if r.inference} == {"eager", "torchscript"}
     assert all(r.guards["parity"].status == "pass" for r in records)  # the inference cell's own guard
     report = json.loads((_run_dir(tmp_path / "out") / "ab.json").read_text())
-    assert report["rounds"] == 3 and "B/A" in capsys.readouterr().out
+    assert report["rounds"] == 3 and "B/A" in printed
 
 
 def test_variance_reducing_settings_go_to_both_sides_only_where_the_user_set_them_on_neither(tmp_path: Path) -> None:
@@ -260,7 +271,23 @@ def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys
     assert v["verdict"] == "slower" and v["ci_high"] < 0.9
     records = read_records(run_dir / "cells.jsonl")
     assert [r.cell_id for r in records][:2] in (["A-warmup", "B-warmup"], ["B-warmup", "A-warmup"])
-    assert all(r.status == "ok" and r.lockstep_partner_silent is False for r in records)
-    # every reading took steps in turns with its partner; the faster side may step on alone at the end
-    assert all(r.lockstep_alone_steps is not None and r.lockstep_alone_steps < len(r.step_s) for r in records)
+    assert all(r.status == "ok" and r.lockstep_partner_silent is False and r.step_s for r in records)
+    # the faster side (A: B does three times the work) steps on alone once B is done; those steps are counted
+    # and left out of its reading, which keeps only the steps taken in turns
+    assert all(r.lockstep_alone_steps is not None for r in records)
+    assert any(r.lockstep_alone_steps for r in records if r.cell_id.startswith("A-"))
     assert "their timed steps in turns (lockstep)" in (run_dir / "ab.md").read_text()
+
+
+def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) -> None:
+    sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
+    specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
+    assert interleave_for(AbWhat(TABULAR), sides, specs, "forked")[0] == STEPS
+    assert interleave_for(AbWhat(TABULAR, interleave=READINGS), sides, specs, "forked")[0] == READINGS
+    on_gpu = {**specs, "B": specs["B"].model_copy(update={"device": "cuda"})}
+    mode, how = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
+    assert mode == READINGS and "default on CPU only" in how
+    assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, on_gpu, "forked")[0] == STEPS  # asked for
+    old = (sides[0], Side("B", "v0", tmp_path, "0" * 40, TABULAR))  # a revision from before lockstep
+    mode, how = interleave_for(AbWhat(TABULAR), old, specs, "forked")
+    assert mode == READINGS and "B's code (v0) predates lockstep readings" in how

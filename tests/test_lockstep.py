@@ -14,7 +14,7 @@ import torch
 
 from bench.cells.contract import LockstepSpec
 from bench.launch.pipes import make_channels
-from bench.measure.lockstep import Baton, lockstep, lockstep_figures
+from bench.measure.lockstep import Baton, in_turns_only, lockstep, lockstep_figures
 from bench.measure.timing import StepTimer
 from trainer_core.hooks import StepResult
 
@@ -100,3 +100,12 @@ def test_without_a_partner_nothing_changes(tmp_path: Path) -> None:
 def test_each_side_reads_what_the_other_writes(tmp_path: Path, names: tuple[str, str]) -> None:
     ch = make_channels(tmp_path, names)
     assert ch[names[0]] == tuple(reversed(ch[names[1]])) and all(Path(p).is_fifo() for p in ch[names[0]])
+
+
+def test_a_reading_keeps_only_the_steps_taken_in_turns() -> None:
+    steps = [{"step_s": 0.01, "alone": 0.0}, {"step_s": 0.01, "alone": 0.0}, {"step_s": 0.02, "alone": 1.0}]
+    raw = {"steps": steps, "repeat_of_step": [0, 0, 0], "warmup_steps": 5}
+    kept = in_turns_only(raw)
+    assert kept["steps"] == steps[:2] and kept["repeat_of_step"] == [0, 0] and kept["warmup_steps"] == 5
+    everything_alone = {"steps": steps[2:], "repeat_of_step": [0]}  # a partner that never came: nothing to drop to
+    assert in_turns_only(everything_alone) == everything_alone

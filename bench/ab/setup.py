@@ -201,7 +201,7 @@ class AbWhat:
     executor: str | None = None
     executor_options: dict[str, str] = field(default_factory=dict)
     renew_every: int | None = None
-    interleave: str = READINGS
+    interleave: str | None = None  # None: steps where they can be taken in turns (interleave_for)
 
 
 @dataclass
@@ -216,7 +216,12 @@ class AbOutcome:
 
 
 def subject_for(
-    what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str | None, run_dir: Path
+    what: AbWhat,
+    sides: tuple[Side, Side],
+    specs: dict[str, CellSpec],
+    executor: str | None,
+    run_dir: Path,
+    interleave: str = READINGS,
 ) -> Subject:
     by_name = {s.name: s for s in sides}
     if what.pytest:
@@ -224,10 +229,27 @@ def subject_for(
     assert executor is not None
     options = what.executor_options if executor == what.executor else {}  # settings belong to --executor's
     executor_built = build_executor(executor, options, run_dir)
-    if what.interleave != STEPS:
+    if interleave != STEPS:
         return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what))
     partner = build_executor(executor, options, run_dir)  # B's own: a forked server runs one cell at a time
     return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner)
+
+
+def interleave_for(
+    what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str
+) -> tuple[str, str]:
+    """(readings or steps, what the readings line adds). ``--interleave`` when given (steps refused, with the
+    reason, where they cannot work); by default steps for CPU cells that can take turns: on a shared machine
+    they narrowed a revision A/A's per-round spread from ~11% to under 1% (docs/measurements.md)."""
+    why = "pytest-benchmark tests are read one side at a time" if what.pytest else None
+    why = why or lockstep_refusal(what, sides, specs, executor)
+    if what.interleave == STEPS and why:
+        raise ConfigError(f"--interleave {STEPS}: {why}")
+    if what.interleave == READINGS:
+        return READINGS, "; one side's reading after the other's (--interleave readings)"
+    if why is None and (what.interleave == STEPS or all(s.device == "cpu" for s in specs.values())):
+        return STEPS, "; both sides' cells run at once, their timed steps in turns (lockstep)"
+    return READINGS, f"; one side's reading after the other's ({why or 'steps in turns are the default on CPU only'})"
 
 
 def lockstep_refusal(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str) -> str | None:
@@ -267,16 +289,12 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbO
             specs = {s.name: cell_spec(s, what.cell, given + what.sets[s.name], what.threads, what.reading_s)
                      for s in sides}  # fmt: skip
         executor, readings = (None, None) if what.pytest else executor_for(what, sides)
-        if what.interleave == STEPS:
-            why = "pytest-benchmark tests are read one side at a time" if what.pytest else None
-            why = why or lockstep_refusal(what, sides, specs, str(executor))
-            if why:
-                raise ConfigError(f"--interleave {STEPS}: {why}")
-            readings = f"{readings}; both sides' cells run at once, their timed steps in turns (lockstep)"
+        interleave, how = interleave_for(what, sides, specs, str(executor))
+        readings = readings and readings + how
         run_dir = open_ab_dir(
             out, sides, what.threads, {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
         )
-        subject = subject_for(what, sides, specs, executor, run_dir)
+        subject = subject_for(what, sides, specs, executor, run_dir, interleave)
         stack.callback(subject.close)
         for s in sides:
             print(s.describe(), flush=True)

@@ -23,7 +23,7 @@ import torch
 from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards_ok
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
-from bench.measure.lockstep import lockstep, lockstep_figures
+from bench.measure.lockstep import in_turns_only, lockstep, lockstep_figures
 from bench.measure.memory import TreeSampler, data_bytes, device_peak, step_split, tree_figures, tree_now
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
@@ -287,6 +287,8 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         lockstep(spec.lockstep, setup.timer) as baton,
     ):
         raw, comm_ms = timed_steps(setup, spec)
+    alone = lockstep_figures(baton, raw["steps"]) if baton else {}
+    raw = in_turns_only(raw)
     items = trainer.workload.items(y)  # a full batch's items (samples, or tokens)
     stats = cell_statistics(
         raw["steps"], raw["repeat_of_step"], setup.config.data.batch_size, items, trainer.workload.unit
@@ -326,5 +328,5 @@ def measure_cell(spec: CellSpec) -> CellRecord:
         machine=machine_identity(),
         unstable=raw.get("unstable", False),
         remeasured=raw.get("remeasured", False),
-        **(lockstep_figures(baton, raw["steps"]) if baton else {}),
+        **alone,
     )

@@ -25,7 +25,7 @@ import contextlib
 import os
 import select
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from bench.cells.contract import LockstepSpec
 from bench.launch.pipes import DONE, READY, TURN
@@ -118,3 +118,13 @@ def lockstep(spec: LockstepSpec | None, timer: TakesTurns) -> Iterator[Baton | N
 def lockstep_figures(baton: Baton, steps: list[dict[str, float]]) -> dict[str, object]:
     """The record's lockstep fields: the measured steps taken alone, and whether the partner fell silent."""
     return {"lockstep_alone_steps": sum(1 for r in steps if r.get("alone")), "lockstep_partner_silent": baton.silent}
+
+
+def in_turns_only(raw: dict[str, Any]) -> dict[str, Any]:
+    """The measured steps taken in turns, without those a side took alone after its partner was done (they
+    share no moment with the partner: a faster side would otherwise be read mostly alone). All of them when
+    none was taken in turns (a partner that never came)."""
+    keep = [i for i, r in enumerate(raw["steps"]) if not r.get("alone")]
+    if not keep or len(keep) == len(raw["steps"]):
+        return raw
+    return {**raw, "steps": [raw["steps"][i] for i in keep], "repeat_of_step": [raw["repeat_of_step"][i] for i in keep]}
