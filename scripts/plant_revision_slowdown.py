@@ -3,7 +3,7 @@ work to SimpleCNN's forward (``x = x + 0.0 * torch.tanh(x)`` on the pooled conv1
 slower by construction, by an amount measured first with a long interleaved run, then the target of shorter
 default-budget runs (issue 31's table in docs/measurements.md).
 
-    python scripts/plant_revision_slowdown.py --lines 1 --out /tmp/plant1
+    python scripts/plant_revision_slowdown.py --lines 1 [--at conv2] --out /tmp/plant1
     cd /tmp/plant1 && python -m bench.ab --a HEAD~1 --b HEAD --config configs/fashion_mnist.yaml
 
 Prints the clone's path and its two commits. The clone is yours to delete; this checkout is not touched.
@@ -18,7 +18,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = "trainer_core/models.py"
-ANCHOR = "        x = self.pool(torch.relu(self.conv1(x)))  # 28x28 -> 14x14\n"
+# Where the planted lines go: after conv1's pooled output (14x14), or after conv2's (7x7, about half the
+# elements of conv1's: a smaller slowdown).
+ANCHORS = {
+    "conv1": "        x = self.pool(torch.relu(self.conv1(x)))  # 28x28 -> 14x14\n",
+    "conv2": "        x = self.pool(torch.relu(self.conv2(x)))  # 14x14 -> 7x7\n",
+}
 PLANT = "        x = x + 0.0 * torch.tanh(x)  # planted: extra work, same result\n"
 
 
@@ -26,28 +31,30 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def plant(out: Path, lines: int, source: Path = REPO) -> tuple[str, str]:
+def plant(out: Path, lines: int, source: Path = REPO, at: str = "conv1") -> tuple[str, str]:
     """Clone ``source`` (its HEAD) to ``out`` and commit ``lines`` planted lines: (base commit, planted commit)."""
     if out.exists():
         raise SystemExit(f"--out {out}: already exists; choose a new folder")
     subprocess.run(["git", "clone", "--quiet", "--local", str(source), str(out)], check=True)
     models = out / MODELS
     text = models.read_text()
-    if text.count(ANCHOR) != 1:
-        raise SystemExit(f"{MODELS}: SimpleCNN's conv1 line not found once; the plant needs updating")
-    models.write_text(text.replace(ANCHOR, ANCHOR + PLANT * lines))
+    anchor = ANCHORS[at]
+    if text.count(anchor) != 1:
+        raise SystemExit(f"{MODELS}: SimpleCNN's {at} line not found once; the plant needs updating")
+    models.write_text(text.replace(anchor, anchor + PLANT * lines))
     base = git("rev-parse", "HEAD", cwd=out)
     git("-c", "user.name=plant", "-c", "user.email=plant@localhost", "commit", "--quiet", "-am",
-        f"planted slowdown: {lines} extra tanh line(s) in SimpleCNN.forward", cwd=out)  # fmt: skip
+        f"planted slowdown: {lines} extra tanh line(s) after {at} in SimpleCNN.forward", cwd=out)  # fmt: skip
     return base, git("rev-parse", "HEAD", cwd=out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lines", type=int, default=1, help="planted lines (more lines, a larger slowdown)")
+    p.add_argument("--at", choices=sorted(ANCHORS), default="conv1", help="after which conv (conv2: smaller)")
     p.add_argument("--out", type=Path, required=True, help="the clone's folder (must not exist)")
     args = p.parse_args(argv)
-    base, planted = plant(args.out, args.lines)
+    base, planted = plant(args.out, args.lines, at=args.at)
     print(f"{args.out}: {base[:10]} (A, HEAD~1) -> {planted[:10]} (B, HEAD, {args.lines} planted line(s))")
     return 0
 

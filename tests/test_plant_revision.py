@@ -16,8 +16,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 from plant_revision_slowdown import PLANT, plant  # noqa: E402
 
 
-def test_the_planted_commit_adds_work_and_changes_no_result(tmp_path: Path) -> None:
-    base, planted = plant(tmp_path / "clone", lines=3)
+@pytest.mark.parametrize("at", ["conv1", "conv2"])
+def test_the_planted_commit_adds_work_and_changes_no_result(tmp_path: Path, at: str) -> None:
+    base, planted = plant(tmp_path / "clone", lines=3, at=at)
     clone = tmp_path / "clone"
     changed = subprocess.run(["git", "diff", "--name-only", f"{base}..{planted}"], cwd=clone, check=True,
                              capture_output=True, text=True).stdout.split()  # fmt: skip
