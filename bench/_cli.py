@@ -91,8 +91,8 @@ def add_paired_options(parser: argparse.ArgumentParser) -> None:
         "--interleave",
         choices=[READINGS, STEPS],
         help="a round runs both sides' cells at once with their timed steps in turns, so both see the "
-        "machine's speed of the same moment (steps: the default for CPU training cells without loader "
-        "workers), or reads A's cell then B's (readings)",
+        "machine's speed of the same moment (steps: the default when both sides run the same CPU training "
+        "cell without loader workers, as a revision A/B does), or reads A's cell then B's (readings)",
     )
 
 

@@ -87,7 +87,7 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
     assert "readings: each a process forked from a server" in (run_dir / "ab.md").read_text()
     assert "both sides ran with train.malloc=retain (you set it on neither side)" in (run_dir / "ab.md").read_text()
-    assert "their timed steps in turns (lockstep)" in (run_dir / "ab.md").read_text()  # the default on CPU
+    assert "one side's reading after the other's (the two configs differ" in (run_dir / "ab.md").read_text()
     assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
@@ -262,7 +262,9 @@ def test_variance_reducing_settings_go_to_both_sides_only_where_the_user_set_the
 
 @pytest.mark.slow
 def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *QUICK, "--interleave", "steps",
+    # three rounds are enough here: a burst of other load slows both sides of a round alike
+    three = ["--min-rounds", "3", "--max-rounds", "3", "--reading-s", "0.2", "--threads", "1"]
+    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *three, "--interleave", "steps",
                      "--out", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -282,8 +284,12 @@ def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys
 def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) -> None:
     sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
     specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
-    assert interleave_for(AbWhat(TABULAR), sides, specs, "forked")[0] == STEPS
+    assert interleave_for(AbWhat(TABULAR), sides, specs, "forked")[0] == STEPS  # the same cell on both sides
     assert interleave_for(AbWhat(TABULAR, interleave=READINGS), sides, specs, "forked")[0] == READINGS
+    other = {**specs, "B": cell_spec(sides[1], [], ["optim.lr=0.0123"], 1, 0.2)}
+    mode, how = interleave_for(AbWhat(TABULAR), sides, other, "forked")
+    assert mode == READINGS and "the two configs differ" in how  # unless asked for
+    assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, other, "forked")[0] == STEPS
     on_gpu = {**specs, "B": specs["B"].model_copy(update={"device": "cuda"})}
     mode, how = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
     assert mode == READINGS and "default on CPU only" in how

@@ -239,17 +239,33 @@ def interleave_for(
     what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str
 ) -> tuple[str, str]:
     """(readings or steps, what the readings line adds). ``--interleave`` when given (steps refused, with the
-    reason, where they cannot work); by default steps for CPU cells that can take turns: on a shared machine
-    they narrowed a revision A/A's per-round spread from ~11% to under 1% (docs/measurements.md)."""
+    reason, where they cannot work); by default steps for the same CPU cell on both sides (a revision A/B): on
+    a shared machine whose speed changes every few seconds they narrowed a revision A/A's per-round spread by
+    an order of magnitude (docs/measurements.md)."""
     why = "pytest-benchmark tests are read one side at a time" if what.pytest else None
     why = why or lockstep_refusal(what, sides, specs, executor)
     if what.interleave == STEPS and why:
         raise ConfigError(f"--interleave {STEPS}: {why}")
     if what.interleave == READINGS:
         return READINGS, "; one side's reading after the other's (--interleave readings)"
-    if why is None and (what.interleave == STEPS or all(s.device == "cpu" for s in specs.values())):
+    if why is None and what.interleave is None:
+        why = default_refusal(specs)
+    if why is None:
         return STEPS, "; both sides' cells run at once, their timed steps in turns (lockstep)"
-    return READINGS, f"; one side's reading after the other's ({why or 'steps in turns are the default on CPU only'})"
+    return READINGS, f"; one side's reading after the other's ({why})"
+
+
+def default_refusal(specs: dict[str, CellSpec]) -> str | None:
+    """Why steps in turns are not the default here: they are for the same CPU cell at two revisions (or A/A).
+    Taking turns costs each side some throughput (a step runs after the other side's and finds the caches
+    holding its data; docs/measurements.md has the figure): for the same workload on both sides that cost is
+    the same, for two different configs it need not be."""
+    if any(s.device != "cpu" for s in specs.values()):
+        return "steps in turns are the default on CPU only"
+    a, b = specs.values()
+    if a.config != b.config:
+        return "the two configs differ, and steps in turns may cost two workloads unequally (--interleave steps)"
+    return None
 
 
 def lockstep_refusal(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str) -> str | None:

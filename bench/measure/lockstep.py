@@ -1,10 +1,10 @@
 """Two cells that take turns step by step (``bench.ab --interleave steps``): both processes are alive at once
 and hand a baton back and forth through two named pipes, so each timed step of A sits between two of B's.
 
-Why: on a shared machine the speed itself changes every few seconds (docs/measurements.md, 2026-12-06: the
-same code's readings a few seconds apart fell into two speeds 1.45x apart). Readings of A and B taken one
-after the other land in different speeds often enough to spread the per-round ratios by 10-25%; steps tens of
-milliseconds apart share the machine's state, whatever it is.
+Why: on a shared machine the speed itself can change every few seconds, whatever the code does
+(docs/measurements.md, 2026-12-06: readings of the same code a few seconds apart fell into two speeds).
+Readings of A and B taken one after the other then often land in different speeds and the per-round ratios
+spread widely; steps tens of milliseconds apart share the machine's state, whatever it is.
 
 The protocol, one byte per message on each side's outgoing pipe:
 
