@@ -97,14 +97,12 @@ class CellSubject:
             for executor in self.executors():
                 executor.close()
             # executors with servers start them all at once, ready before the round (others have none)
-            roots: dict[int, list[Path]] = {}
             for arm, side in self.sides.items():
-                roots.setdefault(id(self.executor_of(arm)), []).append(side.code_root)
-            with_servers = [e for e in self.executors() if isinstance(e, ForkedExecutor)]
-            for executor in with_servers:
-                executor.prepare(list(dict.fromkeys(roots.get(id(executor), []))))
-            for executor in with_servers:
-                executor.wait_ready()
+                if isinstance(executor := self.executor_of(arm), ForkedExecutor):
+                    executor.prepare([side.code_root])
+            for executor in self.executors():
+                if isinstance(executor, ForkedExecutor):
+                    executor.wait_ready()
 
     def close(self) -> None:
         for executor in self.executors():
