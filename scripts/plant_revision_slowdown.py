@@ -3,7 +3,7 @@ work to SimpleCNN's forward (``x = x + 0.0 * torch.tanh(x)`` on the pooled conv1
 slower by construction, by an amount measured first with a long interleaved run, then the target of shorter
 default-budget runs (issue 31's table in docs/measurements.md).
 
-    python scripts/plant_revision_slowdown.py --lines 1 [--at conv2] --out /tmp/plant1
+    python scripts/plant_revision_slowdown.py --lines 1 [--at conv2] [--op scale] --out /tmp/plant1
     cd /tmp/plant1 && python -m bench.ab --a HEAD~1 --b HEAD --config configs/fashion_mnist.yaml
 
 Prints the clone's path and its two commits. The clone is yours to delete; this checkout is not touched.
@@ -24,14 +24,19 @@ ANCHORS = {
     "conv1": "        x = self.pool(torch.relu(self.conv1(x)))  # 28x28 -> 14x14\n",
     "conv2": "        x = self.pool(torch.relu(self.conv2(x)))  # 14x14 -> 7x7\n",
 }
-PLANT = "        x = x + 0.0 * torch.tanh(x)  # planted: extra work, same result\n"
+# What each planted line computes: the same result, with extra elementwise work forward and backward
+# (tanh: three ops; scale: two, a smaller slowdown).
+PLANTS = {
+    "tanh": "        x = x + 0.0 * torch.tanh(x)  # planted: extra work, same result\n",
+    "scale": "        x = x + 0.0 * x  # planted: extra work, same result\n",
+}
 
 
 def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def plant(out: Path, lines: int, source: Path = REPO, at: str = "conv1") -> tuple[str, str]:
+def plant(out: Path, lines: int, source: Path = REPO, at: str = "conv1", op: str = "tanh") -> tuple[str, str]:
     """Clone ``source`` (its HEAD) to ``out`` and commit ``lines`` planted lines: (base commit, planted commit)."""
     if out.exists():
         raise SystemExit(f"--out {out}: already exists; choose a new folder")
@@ -41,10 +46,10 @@ def plant(out: Path, lines: int, source: Path = REPO, at: str = "conv1") -> tupl
     anchor = ANCHORS[at]
     if text.count(anchor) != 1:
         raise SystemExit(f"{MODELS}: SimpleCNN's {at} line not found once; the plant needs updating")
-    models.write_text(text.replace(anchor, anchor + PLANT * lines))
+    models.write_text(text.replace(anchor, anchor + PLANTS[op] * lines))
     base = git("rev-parse", "HEAD", cwd=out)
     git("-c", "user.name=plant", "-c", "user.email=plant@localhost", "commit", "--quiet", "-am",
-        f"planted slowdown: {lines} extra tanh line(s) after {at} in SimpleCNN.forward", cwd=out)  # fmt: skip
+        f"planted slowdown: {lines} extra {op} line(s) after {at} in SimpleCNN.forward", cwd=out)  # fmt: skip
     return base, git("rev-parse", "HEAD", cwd=out)
 
 
@@ -52,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--lines", type=int, default=1, help="planted lines (more lines, a larger slowdown)")
     p.add_argument("--at", choices=sorted(ANCHORS), default="conv1", help="after which conv (conv2: smaller)")
+    p.add_argument("--op", choices=sorted(PLANTS), default="tanh", help="what the line computes (scale: smaller)")
     p.add_argument("--out", type=Path, required=True, help="the clone's folder (must not exist)")
     args = p.parse_args(argv)
-    base, planted = plant(args.out, args.lines, at=args.at)
+    base, planted = plant(args.out, args.lines, at=args.at, op=args.op)
     print(f"{args.out}: {base[:10]} (A, HEAD~1) -> {planted[:10]} (B, HEAD, {args.lines} planted line(s))")
     return 0
 

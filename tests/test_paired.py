@@ -12,7 +12,7 @@ import pytest
 
 from bench.paired.engine import Reading, ReadingError, RoundsPlan, round_order, run_rounds
 from bench.paired.engine import paired_run as run_pair
-from bench.paired.result import PairedResult, PairedRun, Verdict, resolved, verdict
+from bench.paired.result import PairedResult, PairedRun, Verdict, paired_verdict, resolved, verdict
 
 SLOWER, FASTER, NO_CHANGE = Verdict.SLOWER, Verdict.FASTER, Verdict.NO_CHANGE
 AB = ("A", "B")
@@ -25,6 +25,19 @@ def test_verdict_needs_significance_and_the_minimum_effect() -> None:
     assert verdict(0.95, 0.85, 1.05, 3.0) == NO_CHANGE  # not significant
     assert resolved(0.98, 1.02, 3.0) and not resolved(0.85, 1.05, 3.0)
     assert str(SLOWER) == "slower" and NO_CHANGE == "no change"  # written to JSON and SQLite as text
+
+
+def test_the_paired_verdict_reads_the_interval_so_a_change_of_exactly_the_minimum_effect_is_called() -> None:
+    assert paired_verdict(0.958, 0.986, 3.0) == SLOWER  # estimate 0.972: the old rule said no change
+    assert paired_verdict(1.014, 1.042, 3.0) == FASTER
+    assert paired_verdict(0.975, 0.995, 3.0) == NO_CHANGE  # real, but the whole interval within 3%
+    assert paired_verdict(0.95, 1.01, 3.0) == NO_CHANGE  # not significant
+    assert verdict(0.972, 0.958, 0.986, 3.0) == NO_CHANGE  # unpaired readings keep the estimate's threshold
+    # The engine's results carry it: a true 3% slowdown, rounds scattered +-1%, is "slower".
+    a = [[1.0] for _ in range(12)]
+    b = [[1.0 / (0.97 * (1.0 + 0.01 * ((-1) ** i) * (i % 3)))] for i in range(12)]
+    r = PairedResult.from_rounds(a, b, 1.0, 3.0, "samples/s")
+    assert r.ci_low < 0.97 < r.ci_high and r.verdict == SLOWER
 
 
 def test_rotation_alternates_two_arms_rotates_more_and_random_order_is_seeded() -> None:
@@ -260,3 +273,39 @@ def test_arms_read_together_share_the_machines_speed_and_decide_sooner() -> None
     assert apart.ci_high - apart.ci_low > 3 * (v.ci_high - v.ci_low)  # one after the other: the speeds' spread
     # the engine asked for both arms at once, in the round's order, and never for one arm alone
     assert together_machine.labels[:3] == ["A+B-warmup", "B+A-r01", "A+B-r02"]
+
+
+class TwoKeys(Machine):
+    """Two benchmarks a reading (pytest-benchmark's case): "quiet" steady, "noisy" with rounds scattered
+    +-6%; like PytestSubject it leaves out the keys the engine says are decided."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(1.0, drift=0.0, seed=seed)
+        self.decided: set[str] = set()
+        self.read_keys: list[set[str]] = []
+
+    def narrow(self, decided: set[str]) -> None:
+        self.decided = set(decided)
+
+    def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
+        out = {}
+        for key, scatter in (("quiet", 0.001), ("noisy", 0.06)):
+            if key not in self.decided:
+                mean = 0.010 * (1 + scatter * self.rng.standard_normal())
+                out[key] = Reading(list(mean * (1 + 0.01 * self.rng.standard_normal(20))), 32.0)
+        self.read_keys.append(set(out))
+        return out
+
+
+def test_the_budget_goes_to_the_keys_whose_interval_is_still_wide() -> None:
+    machine = TwoKeys()
+    out = run_pair(machine, AB, RoundsPlan(budget_s=60, min_rounds=3, max_rounds=30, min_effect_pct=3.0))
+    quiet, noisy = out.results["quiet"], out.results["noisy"]
+    assert quiet.decided(3.0) and len(quiet.per_round) == 3  # decided at the first chance, then not read
+    assert len(noisy.per_round) == out.rounds > 3 and machine.read_keys[-1] == {"noisy"}
+    assert quiet.verdict == noisy.verdict == NO_CHANGE
+    # a fixed plan reads every key every round
+    fixed = TwoKeys()
+    done = run_rounds(fixed, AB, RoundsPlan.fixed(5))
+    assert all(keys == {"quiet", "noisy"} for keys in fixed.read_keys)
+    assert len(done.compare("A", "B", 3.0)["quiet"].per_round) == 5

@@ -13,16 +13,17 @@ import torch
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from plant_revision_slowdown import PLANT, plant  # noqa: E402
+from plant_revision_slowdown import PLANTS, plant  # noqa: E402
 
 
-@pytest.mark.parametrize("at", ["conv1", "conv2"])
-def test_the_planted_commit_adds_work_and_changes_no_result(tmp_path: Path, at: str) -> None:
-    base, planted = plant(tmp_path / "clone", lines=3, at=at)
+@pytest.mark.parametrize(("at", "op"), [("conv1", "tanh"), ("conv2", "scale")])
+def test_the_planted_commit_adds_work_and_changes_no_result(tmp_path: Path, at: str, op: str) -> None:
+    base, planted = plant(tmp_path / "clone", lines=3, at=at, op=op)
     clone = tmp_path / "clone"
     changed = subprocess.run(["git", "diff", "--name-only", f"{base}..{planted}"], cwd=clone, check=True,
                              capture_output=True, text=True).stdout.split()  # fmt: skip
-    assert changed == ["trainer_core/models.py"] and (clone / "trainer_core/models.py").read_text().count(PLANT) == 3
+    assert changed == ["trainer_core/models.py"]
+    assert (clone / "trainer_core/models.py").read_text().count(PLANTS[op]) == 3
     spec = importlib.util.spec_from_file_location("planted_models", clone / "trainer_core/models.py")
     assert spec is not None and spec.loader is not None
     planted_models = importlib.util.module_from_spec(spec)

@@ -57,3 +57,14 @@ def test_a_reading_that_hangs_is_a_one_line_error(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(subprocess, "run", hang)
     with pytest.raises(ConfigError, match="still running after 5 s"):
         pytest_bench.run(tmp_path, "tests/benchmarks", None, 5.0)
+
+
+def test_a_reading_leaves_out_the_benchmarks_it_is_told_are_decided(tmp_path: Path) -> None:
+    (tmp_path / "test_two.py").write_text(
+        "def test_quiet(benchmark):\n    benchmark.pedantic(sum, args=([1, 2],), rounds=3)\n\n"
+        "def test_noisy(benchmark):\n    benchmark.pedantic(sum, args=([3],), rounds=3)\n"
+    )
+    both = pytest_bench.run(tmp_path, "test_two.py", None, 120.0)
+    assert sorted(r.cell_id for r in both) == ["test_two.py::test_noisy", "test_two.py::test_quiet"]
+    left = pytest_bench.run(tmp_path, "test_two.py", None, 120.0, skip=["test_two.py::test_quiet"])
+    assert [r.cell_id for r in left] == ["test_two.py::test_noisy"]  # the full name is the node id

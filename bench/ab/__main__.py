@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         metavar="PCT",
-        help="smallest change, %%, worth a verdict: changes below it read 'no change' (default 3)",
+        help="smallest change, %%, worth a verdict: rounds go on until the interval is within half of it, and "
+        "faster/slower needs an interval that excludes no change and reaches it (default 3)",
     )
     p.add_argument("--fail-threshold", type=float, metavar="PCT", help="exit 1 if B is significantly slower by > PCT%%")
     p.add_argument("--order", choices=["abba", "random"], default="abba", help="order within rounds (default abba)")

@@ -53,7 +53,9 @@ def ab_markdown(report: AbReport) -> str:
         *[f"- note: {n}" for n in report.notes],
     ]
     for key, v in report.results.items():
-        lines += ["", f"## Rounds{'' if key == 'cell' else ': ' + key}", "", f"| round | A {v.unit} | "
+        early = len(v.per_round) < report.run.rounds  # decided early: the budget went to the other keys
+        note = f" (read in {len(v.per_round)} of {report.run.rounds} rounds: decided early)" if early else ""
+        lines += ["", f"## Rounds{'' if key == 'cell' else ': ' + key}{note}", "", f"| round | A {v.unit} | "
                   f"B {v.unit} | B/A |", "|---:|---:|---:|---:|"]  # fmt: skip
         for i, (a, b, r) in enumerate(zip(v.a_rate, v.b_rate, v.per_round), start=1):
             lines.append(f"| {i} | {a:,.1f} | {b:,.1f} | {r:.3f} |")

@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,16 @@ def own_session_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST_")}
 
 
-def run(code_root: Path, pytest_args: str, group: str | None, timeout_s: float) -> list[CellRecord]:
+def run(
+    code_root: Path, pytest_args: str, group: str | None, timeout_s: float, skip: Sequence[str] = ()
+) -> list[CellRecord]:
     """One reading: ``pytest PYTEST_ARGS --benchmark-only`` in a fresh process with the code under
-    ``code_root`` (its own tests folder), read back from its JSON."""
+    ``code_root`` (its own tests folder), read back from its JSON. ``skip``: benchmarks (full names, which
+    are pytest node ids) to deselect."""
     with tempfile.TemporaryDirectory(prefix="trainbench-pb-") as tmp:
         out = Path(tmp) / "benchmark.json"
         cmd = [sys.executable, "-m", "pytest", *shlex.split(pytest_args), "--benchmark-only", "-q",
-               "-p", "no:cacheprovider", f"--benchmark-json={out}"]  # fmt: skip
+               "-p", "no:cacheprovider", f"--benchmark-json={out}", *(f"--deselect={k}" for k in skip)]  # fmt: skip
         env = own_session_env(code_env(code_root))
         try:
             proc = subprocess.run(cmd, cwd=code_root, env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -61,7 +61,9 @@ Round = dict[str, dict[str, Reading]]  # arm -> key -> reading
 class Subject(Protocol):
     """What the rounds read. A subject may also have ``read_together(arms, label, first) -> {arm: {key:
     Reading}}``: both arms of a two-arm round read at once (their steps in turns, bench.measure.lockstep);
-    the engine then calls it instead of ``read`` per arm."""
+    the engine then calls it instead of ``read`` per arm. A subject that reads several keys a reading may
+    have ``narrow(decided: set[str])``: those keys' comparisons are decided, so its next readings may leave
+    them out and the budget goes to the keys whose intervals are still wide."""
 
     def read(self, arm: str, label: str, first: bool) -> dict[str, Reading]:
         """One reading of ``arm`` (labelled ``label``): a reading per key (``first``: the warm-up's)."""
@@ -176,13 +178,15 @@ class Rounds:
         return [rd[arm][key].steps for rd in self.taken if arm in rd and key in rd[arm]]
 
     def compare(self, base: str, other: str, min_effect_pct: float) -> dict[str, PairedResult]:
-        """Per key both arms have in every round: ``other`` against ``base`` (B/A, throughput)."""
+        """Per key both arms read in the first round: ``other`` against ``base`` (B/A, throughput), over the
+        rounds that read the key on both sides (a key decided early is not read after)."""
         if not self.taken or base not in self.taken[0] or other not in self.taken[0]:
             return {}
-        keys = [k for k in self.taken[0][base] if all(k in rd[base] and k in rd[other] for rd in self.taken)]
+        keys = [k for k in self.taken[0][base] if k in self.taken[0][other]]
         out = {}
         for key in keys:
-            a, b = [rd[base][key] for rd in self.taken], [rd[other][key] for rd in self.taken]
+            both = [rd for rd in self.taken if key in rd.get(base, {}) and key in rd.get(other, {})]
+            a, b = [rd[base][key] for rd in both], [rd[other][key] for rd in both]
             scale = (b[0].items_per_step or 1.0) / (a[0].items_per_step or 1.0)
             result = PairedResult.from_rounds(
                 [x.steps for x in a], [x.steps for x in b], scale, min_effect_pct, a[0].unit
@@ -254,13 +258,28 @@ def run_rounds(
         if on_round is not None:
             on_round(r, rounds)
         next_round = sorted(round_s)[len(round_s) // 2]  # a typical round
-        if r >= plan.min_rounds and (decided(rounds, plan) or plan.elapsed() + next_round > plan.budget_s):
+        if r < plan.min_rounds:
+            continue
+        if decided(rounds, plan) or plan.elapsed() + next_round > plan.budget_s:
             break
+        narrow = getattr(subject, "narrow", None)
+        if narrow is not None and plan.max_rounds > plan.min_rounds:  # a fixed plan reads every key each round
+            narrow(decided_keys(rounds, plan))
     return rounds
 
 
+def decided_keys(rounds: Rounds, plan: RoundsPlan) -> set[str]:
+    """The keys whose every live arm against the first is decided at the plan's minimum effect."""
+    base, others = rounds.arms[0], [a for a in rounds.live() if a != rounds.arms[0]]
+    results = [rounds.compare(base, o, plan.min_effect_pct) for o in others]
+    if not others or not all(results):
+        return set()
+    keys = set.intersection(*(set(res) for res in results))
+    return {k for k in keys if all(res[k].decided(plan.min_effect_pct) for res in results)}
+
+
 def decided(rounds: Rounds, plan: RoundsPlan) -> bool:
-    """Every live arm against the first decided at the plan's minimum effect."""
+    """Every live arm against the first decided at the plan's minimum effect, on every key."""
     base, others = rounds.arms[0], [a for a in rounds.live() if a != rounds.arms[0]]
     results = [rounds.compare(base, o, plan.min_effect_pct) for o in others]
     return bool(others) and all(res and all(r.decided(plan.min_effect_pct) for r in res.values()) for res in results)

@@ -32,11 +32,23 @@ def verdict(ratio: float, low: float, high: float, min_effect_pct: float) -> Ver
     smaller change is not worth a verdict); anything else is no change. Whether the interval also rules out
     a change of that size is :func:`resolved`."""
     m = min_effect_pct / 100.0
-    if high < 1.0 and ratio <= 1.0 - m:
-        return Verdict.SLOWER
-    if low > 1.0 and ratio >= 1.0 + m:
-        return Verdict.FASTER
-    return Verdict.NO_CHANGE
+    return called(slower=high < 1.0 and ratio <= 1.0 - m, faster=low > 1.0 and ratio >= 1.0 + m)
+
+
+def paired_verdict(low: float, high: float, min_effect_pct: float) -> Verdict:
+    """The paired engine's rule, on the interval alone: faster / slower when the interval excludes 1 *and*
+    reaches the minimum effect (a change of that size is among what the rounds allow); no change otherwise,
+    which covers an interval that excludes 1 but lies wholly within the minimum effect (a real, smaller
+    change). Rounds go on until the half-width is min_effect/2, so a true change of exactly the minimum
+    effect is called in most runs, where the estimate-based :func:`verdict` would call it in half of them
+    (the estimate falls on either side of the threshold). :func:`verdict` stays for unpaired readings
+    (``bench.compare``, the history), whose few readings give intervals too narrow to lean on alone."""
+    m = min_effect_pct / 100.0
+    return called(slower=high < 1.0 and low <= 1.0 - m, faster=low > 1.0 and high >= 1.0 + m)
+
+
+def called(slower: bool, faster: bool) -> Verdict:
+    return Verdict.SLOWER if slower else Verdict.FASTER if faster else Verdict.NO_CHANGE
 
 
 def resolved(low: float, high: float, min_effect_pct: float) -> bool:
@@ -77,7 +89,7 @@ class PairedResult:
             ratio=ratio,
             ci_low=lo,
             ci_high=hi,
-            verdict=verdict(ratio, lo, hi, min_effect_pct),
+            verdict=paired_verdict(lo, hi, min_effect_pct),
             resolved=resolved(lo, hi, min_effect_pct),
             per_round=[x * scale for x in per_round],
             a_rate=[],
