@@ -137,9 +137,19 @@ def test_the_planted_slowdown_is_healthy_and_only_slower() -> None:
     share = extra_time(base="SimpleMLP", extra_share=0.5, **kwargs)
     share(x)
     assert share._last is not None and share._last[2] == 0.0  # the first forward has no step to measure yet
-    time.sleep(0.04)  # the rest of a step of at least 40 ms
+
+    def work(s: float) -> None:  # the rest of a step: this thread's own work
+        until = time.thread_time() + s
+        while time.thread_time() < until:
+            pass
+
+    work(0.04)
     share(x)
     assert share._last[2] >= 0.02  # half the step's own time: a ratio, not a fixed time
+    work(0.04)
+    time.sleep(0.5)  # then blocked (the partner's turn in lockstep): not this step's work
+    share(x)
+    assert 0.02 <= share._last[2] < 0.05  # half of 40 ms; counted in wall time it would be half of 540 ms
     share._last = (share._last[0] + 1, *share._last[1:])  # as a forked child sees its parent's last forward
     time.sleep(0.2)
     share(x)

@@ -38,6 +38,11 @@ def test_the_paired_verdict_reads_the_interval_so_a_change_of_exactly_the_minimu
     b = [[1.0 / (0.97 * (1.0 + 0.01 * ((-1) ** i) * (i % 3)))] for i in range(12)]
     r = PairedResult.from_rounds(a, b, 1.0, 3.0, "samples/s")
     assert r.ci_low < 0.97 < r.ci_high and r.verdict == SLOWER
+    # a real change within the minimum effect is said as such
+    from bench.ab.report import verdict_line
+
+    small = PairedResult(0.985, 0.978, 0.992, NO_CHANGE, True, [0.985] * 8, [], [], "samples/s")
+    assert "no change of 3% or more: B is slower by 1.5%, a real change smaller" in verdict_line("cell", small, 3.0)
 
 
 def test_rotation_alternates_two_arms_rotates_more_and_random_order_is_seeded() -> None:
@@ -226,7 +231,7 @@ def test_an_undecided_interval_says_its_half_width_and_the_rounds_that_would_dec
     r = PairedResult.from_rounds([[x] for x in ratios], [[1.0]] * 6, 1.0, 3.0, "samples/s")
     assert r.half_width_pct == pytest.approx(100 * (r.ci_high - r.ci_low) / 2 / r.ratio)
     sd = r.round_sd()
-    assert sd is not None and r.rounds_to_decide(3.0) == math.ceil((2 * sd / math.log(1.015)) ** 2) > 6
+    assert sd is not None and r.rounds_to_decide(3.0) == math.ceil(6 * (r.half_width_pct / 1.5) ** 2) > 6
     line = verdict_line("cell", r, 3.0, seconds_per_round=20.0)
     assert f"+-{r.half_width_pct:.1f}%)" in line
     assert f"about {r.rounds_to_decide(3.0)} rounds (--budget-s {20 * r.rounds_to_decide(3.0)})" in line

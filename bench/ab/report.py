@@ -23,6 +23,10 @@ def verdict_line(key: str, v: PairedResult, min_effect_pct: float, seconds_per_r
         what = f"B is faster than A by {change:.1f}%"
     elif v.verdict == Verdict.SLOWER:
         what = f"B is slower than A by {-change:.1f}%"
+    elif v.resolved and (v.ci_high < 1.0 or v.ci_low > 1.0):
+        side = "slower" if v.ci_high < 1.0 else "faster"
+        what = (f"no change of {min_effect_pct:g}% or more: B is {side} by {abs(change):.1f}%, a real change "
+                f"smaller than the minimum effect")  # fmt: skip
     elif v.resolved:
         what = f"no change: the interval rules out a change of {min_effect_pct:g}% or more"
     else:

@@ -238,20 +238,23 @@ def lm_hidden_state(vocab_size: int = 32) -> nn.Module:
 # --------------------------------------------------------------------------------- planted slowdown
 class ExtraTime(nn.Module):
     """The base model, unchanged, plus busy-waiting (a CPU kept busy, not a sleep) after each forward:
-    ``extra_ms`` each time, and ``extra_share`` times the step's own time (the median of the last five
-    intervals from one forward's start to the next, less what was waited then), so that a step of ``s`` ms
-    takes ``s * (1 + extra_share)`` whatever speed the machine runs at that minute. The median keeps a pause
-    between forwards (an evaluation, the gap before a forked reading's first step) from becoming a wait of
-    its own; a forked process starts its own intervals rather than measuring from its parent's forward."""
+    ``extra_ms`` each time, and ``extra_share`` times the step's own time, so that a step of ``s`` ms takes
+    ``s * (1 + extra_share)`` whatever speed the machine runs at that minute. The step's own time is the
+    median of the last five intervals from one forward's start to the next, counted in this thread's CPU
+    time less what was waited then: a wait the thread spends blocked (the partner's turn when two cells take
+    their steps in turns, a loader it waits on) is not the step's work, and in wall time it would make the
+    plant a share of both sides' steps. The median keeps a pause between forwards (an evaluation, the gap
+    before a forked reading's first step) from becoming a wait of its own; a forked process starts its own
+    intervals rather than measuring from its parent's forward."""
 
     def __init__(self, base: nn.Module, extra_ms: float, extra_share: float = 0.0) -> None:
         super().__init__()
         self.base, self.extra_s, self.share = base, extra_ms / 1e3, extra_share
-        self._last: tuple[int, float, float] | None = None  # (pid, start, wait) of the last forward
+        self._last: tuple[int, float, float] | None = None  # (pid, thread CPU time at start, wait) of the last
         self._own: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
+        start = time.thread_time()
         out = self.base(x)
         wait = self.extra_s
         last, pid = self._last, os.getpid()

@@ -108,14 +108,16 @@ class PairedResult:
         return 100.0 * (self.ci_high - self.ci_low) / 2.0 / self.ratio if self.ratio else math.inf
 
     def rounds_to_decide(self, min_effect_pct: float) -> int | None:
-        """About how many rounds this spread of round ratios needs for a half-width of min_effect/2 (what
-        :meth:`decided` asks): a t interval of the mean log ratio, ``(2 sd / log(1 + m/2))^2`` rounds; None
-        below 3 rounds (no spread to go by)."""
-        sd = self.round_sd()
-        if sd is None:
+        """About how many rounds this interval needs for a half-width of min_effect/2 (what :meth:`decided`
+        asks): the half-width shrinks as one over the root of the rounds, so ``n (half-width / target)^2``.
+        Scaled from the interval itself, not from a formula for a plain mean, because the trimmed mean and
+        the widening for few rounds make the interval wider than a t interval of the same rounds. None below
+        3 rounds (no spread to go by)."""
+        n = len(self.per_round)
+        if n < 3:
             return None
-        target = math.log(1.0 + min_effect_pct / 200.0)
-        return max(len(self.per_round), math.ceil((2.0 * sd / target) ** 2))
+        target = min_effect_pct / 2.0
+        return max(n, math.ceil(n * (self.half_width_pct / target) ** 2))
 
     def round_sd(self) -> float | None:
         """The sd of the log per-round ratios (None below 3 rounds): how much the rounds disagree."""
