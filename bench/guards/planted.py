@@ -250,7 +250,8 @@ class ExtraTime(nn.Module):
     def __init__(self, base: nn.Module, extra_ms: float, extra_share: float = 0.0) -> None:
         super().__init__()
         self.base, self.extra_s, self.share = base, extra_ms / 1e3, extra_share
-        self._last: tuple[int, float, float] | None = None  # (pid, thread CPU time at start, wait) of the last
+        # the last forward's (pid, thread CPU time at its start, wait asked for, CPU time the wait took)
+        self._last: tuple[int, float, float, float] | None = None
         self._own: list[float] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,12 +262,13 @@ class ExtraTime(nn.Module):
         if last is not None and last[0] != pid:  # forked after its parent's forward: nothing measured yet
             last, self._own = None, []
         if self.share and last is not None:
-            self._own = [*self._own[-4:], max(0.0, start - last[1] - last[2])]
+            self._own = [*self._own[-4:], max(0.0, start - last[1] - last[3])]
             wait += self.share * statistics.median(self._own)
-        until = time.perf_counter() + wait
+        cpu, until = time.thread_time(), time.perf_counter() + wait
         while time.perf_counter() < until:
             pass
-        self._last = (pid, start, wait)
+        # the wait's own CPU time, not its wall time: on a busy machine the loop gets less CPU than it waits
+        self._last = (pid, start, wait, time.thread_time() - cpu)
         return out
 
 
