@@ -260,29 +260,25 @@ def run_rounds(
         next_round = sorted(round_s)[len(round_s) // 2]  # a typical round
         if r < plan.min_rounds:
             continue
-        if decided(rounds, plan) or plan.elapsed() + next_round > plan.budget_s:
+        finished, decided_keys = decision(rounds, plan)
+        if finished or plan.elapsed() + next_round > plan.budget_s:
             break
         narrow = getattr(subject, "narrow", None)
         if narrow is not None and plan.max_rounds > plan.min_rounds:  # a fixed plan reads every key each round
-            narrow(decided_keys(rounds, plan))
+            narrow(decided_keys)
     return rounds
 
 
-def decided_keys(rounds: Rounds, plan: RoundsPlan) -> set[str]:
-    """The keys whose every live arm against the first is decided at the plan's minimum effect."""
+def decision(rounds: Rounds, plan: RoundsPlan) -> tuple[bool, set[str]]:
+    """From one comparison of every live arm against the first, at the plan's minimum effect: whether all
+    are decided on every key, and the keys decided for every arm (those a subject may stop reading)."""
     base, others = rounds.arms[0], [a for a in rounds.live() if a != rounds.arms[0]]
     results = [rounds.compare(base, o, plan.min_effect_pct) for o in others]
     if not others or not all(results):
-        return set()
+        return False, set()
+    finished = all(r.decided(plan.min_effect_pct) for res in results for r in res.values())
     keys = set.intersection(*(set(res) for res in results))
-    return {k for k in keys if all(res[k].decided(plan.min_effect_pct) for res in results)}
-
-
-def decided(rounds: Rounds, plan: RoundsPlan) -> bool:
-    """Every live arm against the first decided at the plan's minimum effect, on every key."""
-    base, others = rounds.arms[0], [a for a in rounds.live() if a != rounds.arms[0]]
-    results = [rounds.compare(base, o, plan.min_effect_pct) for o in others]
-    return bool(others) and all(res and all(r.decided(plan.min_effect_pct) for r in res.values()) for res in results)
+    return finished, {k for k in keys if all(res[k].decided(plan.min_effect_pct) for res in results)}
 
 
 def paired_run(
