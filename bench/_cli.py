@@ -76,8 +76,8 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def add_paired_options(parser: argparse.ArgumentParser) -> None:
-    """``--renew-every ROUNDS`` and ``--interleave readings|steps``: how a paired run of two cells reads them
-    (bench.ab, bench.history bisect; :mod:`bench.ab.setup` has the defaults)."""
+    """``--renew-every ROUNDS``, ``--interleave readings|steps`` and ``--turn-steps K``: how a paired run of two
+    cells reads them (bench.ab, bench.history bisect; :mod:`bench.ab.setup` has the defaults)."""
     from bench.ab.subjects import READINGS, STEPS
     from bench.launch.forked import SERVER_ROUNDS
 
@@ -93,6 +93,13 @@ def add_paired_options(parser: argparse.ArgumentParser) -> None:
         help="a round runs both sides' cells at once with their timed steps in turns, so both see the "
         "machine's speed of the same moment (steps: the default when both sides run the same CPU training "
         "cell without loader workers, as a revision A/B does), or reads A's cell then B's (readings)",
+    )
+    parser.add_argument(
+        "--turn-steps",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="with steps in turns: timed steps a side takes in a row before handing over (default 1)",
     )
 
 

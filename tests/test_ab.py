@@ -297,3 +297,15 @@ def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) 
     old = (sides[0], Side("B", "v0", tmp_path, "0" * 40, TABULAR))  # a revision from before lockstep
     mode, how = interleave_for(AbWhat(TABULAR), old, specs, "forked")
     assert mode == READINGS and "B's code (v0) predates lockstep readings" in how
+
+
+def test_longer_turns_are_said_and_refused_where_steps_are_not_taken_in_turns() -> None:
+    sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
+    specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
+    mode, how = interleave_for(AbWhat(TABULAR, turn_steps=4), sides, specs, "forked")
+    assert mode == STEPS and "in turns of 4 steps" in how
+    with pytest.raises(ConfigError, match=r"--turn-steps 4: only with steps in turns, and here --interleave readings"):
+        interleave_for(AbWhat(TABULAR, interleave=READINGS, turn_steps=4), sides, specs, "forked")
+    other = {**specs, "B": cell_spec(sides[1], [], ["optim.lr=0.0123"], 1, 0.2)}
+    with pytest.raises(ConfigError, match=r"--turn-steps 4: .*the two configs differ"):
+        interleave_for(AbWhat(TABULAR, turn_steps=4), sides, other, "forked")

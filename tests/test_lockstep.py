@@ -19,9 +19,10 @@ from bench.measure.timing import StepTimer
 from trainer_core.hooks import StepResult
 
 
-def specs(tmp_path: Path, timeout_s: float = 30.0) -> dict[str, LockstepSpec]:
+def specs(tmp_path: Path, timeout_s: float = 30.0, turn_steps: int = 1) -> dict[str, LockstepSpec]:
     ch = make_channels(tmp_path / "pipes", ("A", "B"))
-    return {arm: LockstepSpec(read_pipe=ch[arm][0], write_pipe=ch[arm][1], first=arm == "A", timeout_s=timeout_s)
+    return {arm: LockstepSpec(read_pipe=ch[arm][0], write_pipe=ch[arm][1], first=arm == "A", timeout_s=timeout_s,
+                              turn_steps=turn_steps)
             for arm in ("A", "B")}  # fmt: skip
 
 
@@ -42,8 +43,8 @@ def side(spec: LockstepSpec, steps: int, log: list[str], name: str, out: dict[st
     log.append(f"{name}-after")  # evaluation, guards: never beside the other's timed steps
 
 
-def run_pair(tmp_path: Path, a_steps: int, b_steps: int) -> tuple[list[str], dict[str, object]]:
-    s, log, out = specs(tmp_path), [], {}
+def run_pair(tmp_path: Path, a_steps: int, b_steps: int, turn_steps: int = 1) -> tuple[list[str], dict[str, object]]:
+    s, log, out = specs(tmp_path, turn_steps=turn_steps), [], {}
     threads = [threading.Thread(target=side, args=(s["A"], a_steps, log, "A", out)),
                threading.Thread(target=side, args=(s["B"], b_steps, log, "B", out))]  # fmt: skip
     threads[1].start()  # B gets ready first: A still takes the first step
@@ -64,6 +65,15 @@ def test_two_sides_take_their_timed_steps_in_turns_and_finish_together(tmp_path:
     # the partner's step is not this side's time: A's steps read its own 2 ms, not B's 30 ms on top
     a_steps = sorted(r["step_s"] for r in out["A"][0])
     assert a_steps[3] < 0.020 and sorted(r["step_s"] for r in out["B"][0])[3] >= 0.030
+
+
+def test_longer_turns_take_that_many_steps_before_handing_over(tmp_path: Path) -> None:
+    log, out = run_pair(tmp_path, 7, 6, turn_steps=3)
+    assert log[:12] == ["A"] * 3 + ["B"] * 3 + ["A"] * 3 + ["B"] * 3
+    assert log[12] == "A" and sorted(log[13:]) == ["A-after", "B-after"]
+    assert out["A"][1].alone_steps == 0 == out["B"][1].alone_steps  # A7 came in its turn (B then idle)
+    # a step inside a turn is timed like any other: B's read its own 30 ms, A's its own 2 ms
+    assert sorted(r["step_s"] for r in out["A"][0])[3] < 0.020 <= 0.030 <= min(r["step_s"] for r in out["B"][0])
 
 
 def test_a_side_with_steps_left_goes_on_alone_and_says_how_many(tmp_path: Path) -> None:

@@ -202,6 +202,7 @@ class AbWhat:
     executor_options: dict[str, str] = field(default_factory=dict)
     renew_every: int | None = None
     interleave: str | None = None  # None: steps where they can be taken in turns (interleave_for)
+    turn_steps: int = 1  # with steps in turns: timed steps a side takes in a row
 
 
 @dataclass
@@ -232,7 +233,7 @@ def subject_for(
     if interleave != STEPS:
         return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what))
     partner = build_executor(executor, options, run_dir)  # B's own: a forked server runs one cell at a time
-    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner)
+    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner, what.turn_steps)
 
 
 def interleave_for(
@@ -247,11 +248,14 @@ def interleave_for(
     if what.interleave == STEPS and why:
         raise ConfigError(f"--interleave {STEPS}: {why}")
     if what.interleave == READINGS:
-        return READINGS, "; one side's reading after the other's (--interleave readings)"
+        why = "--interleave readings"
     if why is None and what.interleave is None:
         why = default_refusal(specs)
     if why is None:
-        return STEPS, "; both sides' cells run at once, their timed steps in turns (lockstep)"
+        turns = f"turns of {what.turn_steps} steps" if what.turn_steps > 1 else "turns"
+        return STEPS, f"; both sides' cells run at once, their timed steps in {turns} (lockstep)"
+    if what.turn_steps > 1:
+        raise ConfigError(f"--turn-steps {what.turn_steps}: only with steps in turns, and here {why}")
     return READINGS, f"; one side's reading after the other's ({why})"
 
 

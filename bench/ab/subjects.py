@@ -115,6 +115,7 @@ class LockstepSubject(CellSubject):
     its own executor (a forked server runs one cell at a time), and a round is one reading of both."""
 
     partner: Executor | None = None  # the second side's executor
+    turn_steps: int = 1  # timed steps a side takes in a row before handing over
 
     def executor_of(self, arm: str) -> Executor:
         return self.partner if self.partner is not None and arm == list(self.sides)[1] else self.executor
@@ -128,7 +129,7 @@ class LockstepSubject(CellSubject):
         for i, arm in enumerate(order):
             spec = self.spec_for(arm, label, first)
             pipes = LockstepSpec(read_pipe=channels[arm][0], write_pipe=channels[arm][1], first=i == 0,
-                                 timeout_s=spec.measure.cell_timeout_s)  # fmt: skip
+                                 timeout_s=spec.measure.cell_timeout_s, turn_steps=self.turn_steps)  # fmt: skip
             handles[arm] = self.launch(arm, spec.model_copy(update={"lockstep": pipes}), label)
         with ThreadPoolExecutor(max_workers=2) as pool:  # both cells run at once, each waits on its own launch
             futures = {arm: pool.submit(handle) for arm, handle in handles.items()}

@@ -11,7 +11,9 @@ The protocol, one byte per message on each side's outgoing pipe:
 - ``R`` (ready): each side, once set up, says so and waits for the other's, so no setup runs beside a
   timed step. The side told ``first`` then holds the baton.
 - ``T`` (turn): after each timed step (its time recorded), the holder hands the baton over and waits for it
-  to come back; the wait is not timed (:class:`~bench.measure.timing.StepTimer` restarts its clock).
+  to come back; the wait is not timed (:class:`~bench.measure.timing.StepTimer` restarts its clock). With
+  ``turn_steps`` K > 1 the holder takes K timed steps in a row before it hands over (a turn's first step
+  still finds the caches holding the other's data; the rest do not).
 - ``D`` (done): a side whose timed steps are over says so, then waits for the other's ``D`` before going on
   (its evaluation, guards and memory step must not run beside the other's timed steps). A side that reads
   ``D`` while waiting for the baton steps on alone; its record counts those steps (``lockstep_alone``).
@@ -38,8 +40,9 @@ class Baton:
         # O_RDWR never blocks on open and never reads EOF: the other side may open its ends later, or die.
         self.fd_in = os.open(spec.read_pipe, os.O_RDWR)
         self.fd_out = os.open(spec.write_pipe, os.O_RDWR)
-        self.first, self.timeout_s = spec.first, spec.timeout_s
+        self.first, self.timeout_s, self.turn_steps = spec.first, spec.timeout_s, spec.turn_steps
         self.holding = False
+        self.taken = 0  # timed steps taken in this turn
         self.partner_done = False
         self.alone_steps = 0
         self.silent = False  # the partner said nothing for timeout_s
@@ -71,10 +74,15 @@ class Baton:
         self.holding = True
 
     def hand_over(self) -> None:
-        """After a timed step: give the baton and wait until it comes back (or the partner is done)."""
+        """After a timed step: at the turn's last step, give the baton and wait until it comes back (or the
+        partner is done)."""
         if self.partner_done:
             self.alone_steps += 1
             return
+        self.taken += 1
+        if self.taken < self.turn_steps:
+            return
+        self.taken = 0
         os.write(self.fd_out, TURN)
         self.holding = False
         self.take()
