@@ -60,6 +60,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of at least 0 (argparse turns the ValueError into a one-line exit 2)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 0")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (argparse turns the ValueError into a one-line exit 2)."""
     value = int(text)
@@ -76,9 +84,9 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def add_paired_options(parser: argparse.ArgumentParser) -> None:
-    """``--renew-every ROUNDS``, ``--interleave readings|steps`` and ``--turn-steps K``: how a paired run of two
+    """``--renew-every ROUNDS``, ``--interleave readings|steps`` and ``--turn-ms MS``: how a paired run of two
     cells reads them (bench.ab, bench.history bisect; :mod:`bench.ab.setup` has the defaults)."""
-    from bench.ab.subjects import READINGS, STEPS
+    from bench.ab.subjects import READINGS, STEPS, TURN_MS
     from bench.launch.forked import SERVER_ROUNDS
 
     parser.add_argument(
@@ -91,15 +99,16 @@ def add_paired_options(parser: argparse.ArgumentParser) -> None:
         "--interleave",
         choices=[READINGS, STEPS],
         help="a round runs both sides' cells at once with their timed steps in turns, so both see the "
-        "machine's speed of the same moment (steps: the default when both sides run the same CPU training "
-        "cell without loader workers, as a revision A/B does), or reads A's cell then B's (readings)",
+        "machine's speed of the same moment (steps: the default for CPU training cells of one process without "
+        "loader workers, two revisions or two configs), or reads A's cell then B's (readings)",
     )
     parser.add_argument(
-        "--turn-steps",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="with steps in turns: timed steps a side takes in a row before handing over (default 1)",
+        "--turn-ms",
+        type=non_negative_float,
+        metavar="MS",
+        help="with steps in turns: each side keeps the baton this long (and two steps at least), the first "
+        f"step of its turn untimed, as it pays for the other side's use of the caches (default {TURN_MS:g}; "
+        "0: turns of one step, all timed)",
     )
 
 

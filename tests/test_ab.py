@@ -87,7 +87,8 @@ def test_a_planted_slowdown_reads_slower_and_fails_ci(tmp_path: Path, capsys: py
     assert "| 1 |" in (run_dir / "ab.md").read_text() and (run_dir / "report.html").is_file()
     assert "readings: each a process forked from a server" in (run_dir / "ab.md").read_text()
     assert "both sides ran with train.malloc=retain (you set it on neither side)" in (run_dir / "ab.md").read_text()
-    assert "one side's reading after the other's (the two configs differ" in (run_dir / "ab.md").read_text()
+    # two configs take their steps in turns by default, each turn's first step untimed
+    assert "their timed steps in turns of 100 ms, each turn's first step untimed" in (run_dir / "ab.md").read_text()
     assert f"report: {run_dir / 'report.html'}" in out.splitlines()
     db = history_db.connect(tmp_path / "history.sqlite")
     assert [x["verdict"] for x in history_db.verdicts(db)] == ["slower"]
@@ -264,7 +265,7 @@ def test_variance_reducing_settings_go_to_both_sides_only_where_the_user_set_the
 def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # three rounds are enough here: a burst of other load slows both sides of a round alike
     three = ["--min-rounds", "3", "--max-rounds", "3", "--reading-s", "0.2", "--threads", "1"]
-    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *three, "--interleave", "steps",
+    rc = ab_cli.cli(["--a", TABULAR, "--b", TABULAR, *PLANTED, *three, "--interleave", "steps", "--turn-ms", "0",
                      "--out", str(tmp_path)])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -278,7 +279,7 @@ def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys
     # and left out of its reading, which keeps only the steps taken in turns
     assert all(r.lockstep_alone_steps is not None for r in records)
     assert any(r.lockstep_alone_steps for r in records if r.cell_id.startswith("A-"))
-    assert "their timed steps in turns (lockstep)" in (run_dir / "ab.md").read_text()
+    assert "their timed steps in turns of one step (lockstep)" in (run_dir / "ab.md").read_text()
 
 
 def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) -> None:
@@ -287,9 +288,7 @@ def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) 
     assert interleave_for(AbWhat(TABULAR), sides, specs, "forked")[0] == STEPS  # the same cell on both sides
     assert interleave_for(AbWhat(TABULAR, interleave=READINGS), sides, specs, "forked")[0] == READINGS
     other = {**specs, "B": cell_spec(sides[1], [], ["optim.lr=0.0123"], 1, 0.2)}
-    mode, how = interleave_for(AbWhat(TABULAR), sides, other, "forked")
-    assert mode == READINGS and "the two configs differ" in how  # unless asked for
-    assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, other, "forked")[0] == STEPS
+    assert interleave_for(AbWhat(TABULAR), sides, other, "forked")[0] == STEPS  # two configs as well
     on_gpu = {**specs, "B": specs["B"].model_copy(update={"device": "cuda"})}
     mode, how = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
     assert mode == READINGS and "default on CPU only" in how
@@ -302,10 +301,22 @@ def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) 
 def test_longer_turns_are_said_and_refused_where_steps_are_not_taken_in_turns() -> None:
     sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
     specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
-    mode, how = interleave_for(AbWhat(TABULAR, turn_steps=4), sides, specs, "forked")
-    assert mode == STEPS and "in turns of 4 steps" in how
-    with pytest.raises(ConfigError, match=r"--turn-steps 4: only with steps in turns, and here --interleave readings"):
-        interleave_for(AbWhat(TABULAR, interleave=READINGS, turn_steps=4), sides, specs, "forked")
-    other = {**specs, "B": cell_spec(sides[1], [], ["optim.lr=0.0123"], 1, 0.2)}
-    with pytest.raises(ConfigError, match=r"--turn-steps 4: .*the two configs differ"):
-        interleave_for(AbWhat(TABULAR, turn_steps=4), sides, other, "forked")
+    mode, how = interleave_for(AbWhat(TABULAR, turn_ms=150), sides, specs, "forked")
+    assert mode == STEPS and "in turns of 150 ms, each turn's first step untimed" in how
+    with pytest.raises(ConfigError, match=r"--turn-ms 150: only with steps in turns, and here --interleave readings"):
+        interleave_for(AbWhat(TABULAR, interleave=READINGS, turn_ms=150), sides, specs, "forked")
+
+
+def test_a_revision_from_before_longer_turns_takes_turns_of_one_step(tmp_path: Path) -> None:
+    sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
+    specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
+    contract = tmp_path / "bench" / "cells" / "contract.py"
+    contract.parent.mkdir(parents=True)
+    contract.write_text("class LockstepSpec: ...  # first, timeout_s: what lockstep had at first\n")
+    (tmp_path / "bench" / "measure").mkdir()
+    (tmp_path / "bench" / "measure" / "lockstep.py").write_text("")
+    old = (sides[0], Side("B", "v1", tmp_path, "1" * 40, TABULAR))
+    mode, how = interleave_for(AbWhat(TABULAR), old, specs, "forked")
+    assert mode == STEPS and "turns of one step (B's code (v1) predates longer turns)" in how
+    with pytest.raises(ConfigError, match=r"--turn-ms 100: B's code \(v1\) predates turns of several steps"):
+        interleave_for(AbWhat(TABULAR, turn_ms=100), old, specs, "forked")

@@ -117,7 +117,7 @@ def test_the_spec_file_names_a_late_field_only_when_it_is_set() -> None:
     pipes = LockstepSpec(read_pipe="/p/to-A", write_pipe="/p/to-B", first=True)
     paired = json.loads(spec.model_copy(update={"lockstep": pipes}).to_json())
     assert paired["lockstep"]["first"] is True and CellSpec.model_validate(paired).lockstep == pipes
-    # turns of one step (the default) are what a revision from before turn_steps takes: the key is left out
-    assert "turn_steps" not in paired["lockstep"]
-    longer = json.loads(spec.model_copy(update={"lockstep": pipes.model_copy(update={"turn_steps": 4})}).to_json())
-    assert longer["lockstep"]["turn_steps"] == 4
+    # turns of one step are what a revision from before turn_ms takes: the key is left out then
+    assert "turn_ms" not in paired["lockstep"]
+    longer = json.loads(spec.model_copy(update={"lockstep": pipes.model_copy(update={"turn_ms": 150.0})}).to_json())
+    assert longer["lockstep"]["turn_ms"] == 150.0

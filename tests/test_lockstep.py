@@ -19,10 +19,10 @@ from bench.measure.timing import StepTimer
 from trainer_core.hooks import StepResult
 
 
-def specs(tmp_path: Path, timeout_s: float = 30.0, turn_steps: int = 1) -> dict[str, LockstepSpec]:
+def specs(tmp_path: Path, timeout_s: float = 30.0, turn_ms: float = 0.0) -> dict[str, LockstepSpec]:
     ch = make_channels(tmp_path / "pipes", ("A", "B"))
     return {arm: LockstepSpec(read_pipe=ch[arm][0], write_pipe=ch[arm][1], first=arm == "A", timeout_s=timeout_s,
-                              turn_steps=turn_steps)
+                              turn_ms=turn_ms)
             for arm in ("A", "B")}  # fmt: skip
 
 
@@ -43,8 +43,8 @@ def side(spec: LockstepSpec, steps: int, log: list[str], name: str, out: dict[st
     log.append(f"{name}-after")  # evaluation, guards: never beside the other's timed steps
 
 
-def run_pair(tmp_path: Path, a_steps: int, b_steps: int, turn_steps: int = 1) -> tuple[list[str], dict[str, object]]:
-    s, log, out = specs(tmp_path, turn_steps=turn_steps), [], {}
+def run_pair(tmp_path: Path, a_steps: int, b_steps: int, turn_ms: float = 0.0) -> tuple[list[str], dict[str, object]]:
+    s, log, out = specs(tmp_path, turn_ms=turn_ms), [], {}
     threads = [threading.Thread(target=side, args=(s["A"], a_steps, log, "A", out)),
                threading.Thread(target=side, args=(s["B"], b_steps, log, "B", out))]  # fmt: skip
     threads[1].start()  # B gets ready first: A still takes the first step
@@ -67,13 +67,17 @@ def test_two_sides_take_their_timed_steps_in_turns_and_finish_together(tmp_path:
     assert a_steps[3] < 0.020 and sorted(r["step_s"] for r in out["B"][0])[3] >= 0.030
 
 
-def test_longer_turns_take_that_many_steps_before_handing_over(tmp_path: Path) -> None:
-    log, out = run_pair(tmp_path, 7, 6, turn_steps=3)
-    assert log[:12] == ["A"] * 3 + ["B"] * 3 + ["A"] * 3 + ["B"] * 3
-    assert log[12] == "A" and sorted(log[13:]) == ["A-after", "B-after"]
-    assert out["A"][1].alone_steps == 0 == out["B"][1].alone_steps  # A7 came in its turn (B then idle)
-    # a step inside a turn is timed like any other: B's read its own 30 ms, A's its own 2 ms
-    assert sorted(r["step_s"] for r in out["A"][0])[3] < 0.020 <= 0.030 <= min(r["step_s"] for r in out["B"][0])
+def test_a_turn_lasts_its_time_so_sides_with_different_steps_read_together(tmp_path: Path) -> None:
+    # A's steps take 2 ms, B's 30 ms: in turns of 50 ms A takes about 20 steps a turn, B two, and both
+    # sides' timed steps are over after a similar number of turns (in turns of one step each, A would be
+    # done after 6 of its steps and take the rest alone)
+    log, out = run_pair(tmp_path, 40, 4, turn_ms=50)
+    turns = [name for i, name in enumerate(log) if name in "AB" and (i == 0 or log[i - 1] != name)]
+    assert turns[:4] == ["A", "B", "A", "B"]
+    b_turn = [len(run) for run in "".join(n for n in log if n in "AB").split("A") if run]
+    assert b_turn == [2, 2]  # B: at least two steps a turn, and 50 ms (two of its 30 ms steps)
+    assert 10 <= log.index("B") <= 30  # A's first turn: about 50 ms of 2 ms steps
+    assert sorted(r["step_s"] for r in out["A"][0])[5] < 0.020 <= 0.030 <= min(r["step_s"] for r in out["B"][0])
 
 
 def test_a_side_with_steps_left_goes_on_alone_and_says_how_many(tmp_path: Path) -> None:
@@ -119,3 +123,15 @@ def test_a_reading_keeps_only_the_steps_taken_in_turns() -> None:
     assert kept["steps"] == steps[:2] and kept["repeat_of_step"] == [0, 0] and kept["warmup_steps"] == 5
     everything_alone = {"steps": steps[2:], "repeat_of_step": [0]}  # a partner that never came: nothing to drop to
     assert in_turns_only(everything_alone) == everything_alone
+
+
+def test_the_step_that_opens_a_turn_is_left_out_of_the_reading(tmp_path: Path) -> None:
+    log, out = run_pair(tmp_path, 6, 6, turn_ms=1)  # 1 ms: two steps a turn (the least a turn takes)
+    assert log[:12] == ["A", "A", "B", "B"] * 3
+    for name in ("A", "B"):
+        records = out[name][0]
+        assert [r["turn_opening"] for r in records] == [1.0, 0.0] * 3
+        raw = {"steps": records, "repeat_of_step": [0] * 6}
+        assert in_turns_only(raw)["steps"] == [records[i] for i in (1, 3, 5)]
+    # turns of one step: every step opens one, so none is marked (and none dropped)
+    assert all("turn_opening" not in r for r in run_pair(tmp_path / "one", 2, 2)[1]["A"][0])

@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
         options,
         args.renew_every,
         args.interleave,
-        args.turn_steps,
+        args.turn_ms,
     )
     plan = RoundsPlan(args.budget_s, args.min_rounds, args.max_rounds, args.min_effect, args.order, args.seed)
     history = Path(args.history or Path(args.out) / "history.sqlite")

@@ -16,7 +16,17 @@ from typing import Any
 
 from bench.ab.outputs import noise_notes, open_ab_dir, write_outputs
 from bench.ab.result import AbReport, AbSide
-from bench.ab.subjects import FORKED, READINGS, STEPS, CellSubject, LockstepSubject, PytestSubject, Side, ab_measure
+from bench.ab.subjects import (
+    FORKED,
+    READINGS,
+    STEPS,
+    TURN_MS,
+    CellSubject,
+    LockstepSubject,
+    PytestSubject,
+    Side,
+    ab_measure,
+)
 from bench.cells.contract import CellSpec, GuardsConfig
 from bench.launch.executors import build_executor, executor_name
 from bench.launch.forked import SERVER_ROUNDS
@@ -202,7 +212,7 @@ class AbWhat:
     executor_options: dict[str, str] = field(default_factory=dict)
     renew_every: int | None = None
     interleave: str | None = None  # None: steps where they can be taken in turns (interleave_for)
-    turn_steps: int = 1  # with steps in turns: timed steps a side takes in a row
+    turn_ms: float | None = None  # with steps in turns: how long a side keeps the baton (None: TURN_MS; 0: a step)
 
 
 @dataclass
@@ -233,7 +243,8 @@ def subject_for(
     if interleave != STEPS:
         return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what))
     partner = build_executor(executor, options, run_dir)  # B's own: a forked server runs one cell at a time
-    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner, what.turn_steps)
+    ms = turns_for(what, sides)[0]
+    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner, ms)
 
 
 def interleave_for(
@@ -252,24 +263,40 @@ def interleave_for(
     if why is None and what.interleave is None:
         why = default_refusal(specs)
     if why is None:
-        turns = f"turns of {what.turn_steps} steps" if what.turn_steps > 1 else "turns"
+        turns = turns_for(what, sides)[1]
         return STEPS, f"; both sides' cells run at once, their timed steps in {turns} (lockstep)"
-    if what.turn_steps > 1:
-        raise ConfigError(f"--turn-steps {what.turn_steps}: only with steps in turns, and here {why}")
+    if what.turn_ms is not None:
+        raise ConfigError(f"--turn-ms {what.turn_ms:g}: only with steps in turns, and here {why}")
     return READINGS, f"; one side's reading after the other's ({why})"
 
 
 def default_refusal(specs: dict[str, CellSpec]) -> str | None:
-    """Why steps in turns are not the default here: they are for the same CPU cell at two revisions (or A/A).
-    Taking turns costs each side some throughput (a step runs after the other side's and finds the caches
-    holding its data; docs/measurements.md has the figure): for the same workload on both sides that cost is
-    the same, for two different configs it need not be."""
+    """Why steps in turns are not the default here: on CPU they are, for two revisions and two configs alike.
+    The step that opens a turn pays for the other side's use of the caches, about the same time whatever the
+    workload, so it is left untimed (turns of ``TURN_MS``); counted, it made a side with short steps look
+    slower than one with long steps (docs/measurements.md, "What a turn costs")."""
     if any(s.device != "cpu" for s in specs.values()):
         return "steps in turns are the default on CPU only"
-    a, b = specs.values()
-    if a.config != b.config:
-        return "the two configs differ, and steps in turns may cost two workloads unequally (--interleave steps)"
     return None
+
+
+def turns_for(what: AbWhat, sides: tuple[Side, Side]) -> tuple[float, str]:
+    """How long a side keeps the baton in turns (``--turn-ms``, else TURN_MS), and how the readings line
+    says it. A side whose code predates longer turns (its cells refuse the key) takes turns of one step,
+    and the line says why; asked for explicitly, that is an error."""
+    ms = TURN_MS if what.turn_ms is None else what.turn_ms
+    old = [s for s in sides if ms and not knows_turn_ms(s.code_root)]
+    if old and what.turn_ms is not None:
+        raise ConfigError(f"--turn-ms {ms:g}: {old[0].name}'s code ({old[0].given}) predates turns of several steps")
+    if old:
+        return 0.0, f"turns of one step ({old[0].name}'s code ({old[0].given}) predates longer turns)"
+    return ms, f"turns of {ms:g} ms, each turn's first step untimed" if ms else "turns of one step"
+
+
+def knows_turn_ms(code_root: Path) -> bool:
+    """Whether the cell contract at ``code_root`` has ``LockstepSpec.turn_ms`` (added after lockstep)."""
+    contract = code_root / "bench" / "cells" / "contract.py"
+    return contract.is_file() and "turn_ms" in contract.read_text(encoding="utf-8")
 
 
 def lockstep_refusal(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str) -> str | None:

@@ -24,6 +24,8 @@ CELL_KEY = "cell"  # the one key of a cell subject (pytest-benchmark subjects ke
 FORKED, FRESH = "forked", "fresh"  # how a cell reading starts (bench.ab --readings): the executor it picks
 # --interleave: a round reads A's cell, then B's (readings), or runs both at once, their timed steps in turns
 READINGS, STEPS = "readings", "steps"
+# --turn-ms: in turns, how long a side keeps the baton; each turn's first step (after the partner's) is untimed
+TURN_MS = 100.0
 
 
 @dataclass
@@ -115,7 +117,7 @@ class LockstepSubject(CellSubject):
     its own executor (a forked server runs one cell at a time), and a round is one reading of both."""
 
     partner: Executor | None = None  # the second side's executor
-    turn_steps: int = 1  # timed steps a side takes in a row before handing over
+    turn_ms: float = 0.0  # how long a side keeps the baton (0: one step)
 
     def executor_of(self, arm: str) -> Executor:
         return self.partner if self.partner is not None and arm == list(self.sides)[1] else self.executor
@@ -129,7 +131,7 @@ class LockstepSubject(CellSubject):
         for i, arm in enumerate(order):
             spec = self.spec_for(arm, label, first)
             pipes = LockstepSpec(read_pipe=channels[arm][0], write_pipe=channels[arm][1], first=i == 0,
-                                 timeout_s=spec.measure.cell_timeout_s, turn_steps=self.turn_steps)  # fmt: skip
+                                 timeout_s=spec.measure.cell_timeout_s, turn_ms=self.turn_ms)  # fmt: skip
             handles[arm] = self.launch(arm, spec.model_copy(update={"lockstep": pipes}), label)
         with ThreadPoolExecutor(max_workers=2) as pool:  # both cells run at once, each waits on its own launch
             futures = {arm: pool.submit(handle) for arm, handle in handles.items()}

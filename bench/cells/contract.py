@@ -37,7 +37,9 @@ class LockstepSpec(_Section):
     write_pipe: str = Field(..., description="Named pipe this cell writes to the partner.")
     first: bool = Field(..., description="Whether this cell takes the first timed step.")
     timeout_s: float = Field(120.0, gt=0, description="A partner silent this long is treated as done.")
-    turn_steps: int = Field(1, ge=1, description="Timed steps this cell takes in a row before handing over.")
+    turn_ms: float = Field(
+        0.0, ge=0, description="A turn lasts this long and at least two steps, its first one untimed; 0: one step."
+    )
 
 
 class MeasureConfig(_Section):
@@ -230,8 +232,8 @@ class CellSpec(BaseModel):
         written only when set: such a revision refuses unknown keys, and a cell that does not use them runs
         there as before."""
         exclude: dict[str, Any] = {f: True for f in LATE_FIELDS if getattr(self, f) is None}
-        if self.lockstep is not None and self.lockstep.turn_steps == 1:
-            exclude["lockstep"] = {"turn_steps"}  # added after lockstep itself
+        if self.lockstep is not None and not self.lockstep.turn_ms:
+            exclude["lockstep"] = {"turn_ms"}  # added after lockstep itself
         return self.model_dump_json(indent=2, exclude=exclude)
 
 

@@ -74,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         what = AbWhat(args.config, args.cell, {"A": args.overrides, "B": args.overrides}, repo=Path(args.repo),
                       threads=args.threads or torch.get_num_threads(), reading_s=args.reading_s,
                       renew_every=args.renew_every, interleave=args.interleave,
-                      turn_steps=args.turn_steps)  # fmt: skip
+                      turn_ms=args.turn_ms)  # fmt: skip
         plan = partial(RoundsPlan, budget_s=args.budget_s, min_rounds=args.min_rounds, min_effect_pct=args.min_effect)
         first = run_bisect(args.good, args.bad, what, plan, Path(args.out), Path(args.history))
         print(f"first slower commit: {first}" if first else f"{args.bad} is not slower than {args.good}")

@@ -12,8 +12,13 @@ The protocol, one byte per message on each side's outgoing pipe:
   timed step. The side told ``first`` then holds the baton.
 - ``T`` (turn): after each timed step (its time recorded), the holder hands the baton over and waits for it
   to come back; the wait is not timed (:class:`~bench.measure.timing.StepTimer` restarts its clock). With
-  ``turn_steps`` K > 1 the holder takes K timed steps in a row before it hands over (a turn's first step
-  still finds the caches holding the other's data; the rest do not).
+  ``turn_ms`` > 0 the holder keeps the baton for that long and at least two steps, and the turn's first
+  step is left out of the measurement (:func:`in_turns_only`): a step that follows the partner's steps
+  finds the caches holding the partner's data and pays a cost of its own, about the same time for any
+  workload, so it slows a side with short steps more than one with long steps (docs/measurements.md, "What
+  a turn costs"). The steps after it run on warm caches, still a fraction of a second from the partner's.
+  Turns of equal time (not of equal steps) keep two sides with different step times reading together
+  until both are done.
 - ``D`` (done): a side whose timed steps are over says so, then waits for the other's ``D`` before going on
   (its evaluation, guards and memory step must not run beside the other's timed steps). A side that reads
   ``D`` while waiting for the baton steps on alone; its record counts those steps (``lockstep_alone``).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -40,9 +46,10 @@ class Baton:
         # O_RDWR never blocks on open and never reads EOF: the other side may open its ends later, or die.
         self.fd_in = os.open(spec.read_pipe, os.O_RDWR)
         self.fd_out = os.open(spec.write_pipe, os.O_RDWR)
-        self.first, self.timeout_s, self.turn_steps = spec.first, spec.timeout_s, spec.turn_steps
+        self.first, self.timeout_s, self.turn_s = spec.first, spec.timeout_s, spec.turn_ms / 1e3
         self.holding = False
         self.taken = 0  # timed steps taken in this turn
+        self.turn_start = 0.0  # perf_counter when this side's turn began
         self.partner_done = False
         self.alone_steps = 0
         self.silent = False  # the partner said nothing for timeout_s
@@ -65,6 +72,7 @@ class Baton:
         os.write(self.fd_out, READY)
         self.partner_done = self._await(READY) == DONE
         self.holding = self.first or self.partner_done
+        self.turn_start = time.perf_counter()
 
     def take(self) -> None:
         """Before a timed stretch: hold the baton (wait for it unless already held or alone)."""
@@ -72,6 +80,7 @@ class Baton:
             return
         self.partner_done = self._await(TURN) == DONE
         self.holding = True
+        self.turn_start = time.perf_counter()
 
     def hand_over(self) -> None:
         """After a timed step: at the turn's last step, give the baton and wait until it comes back (or the
@@ -80,7 +89,7 @@ class Baton:
             self.alone_steps += 1
             return
         self.taken += 1
-        if self.taken < self.turn_steps:
+        if self.turn_s and (self.taken < 2 or time.perf_counter() - self.turn_start < self.turn_s):
             return
         self.taken = 0
         os.write(self.fd_out, TURN)
@@ -130,9 +139,10 @@ def lockstep_figures(baton: Baton, steps: list[dict[str, float]]) -> dict[str, o
 
 def in_turns_only(raw: dict[str, Any]) -> dict[str, Any]:
     """The measured steps taken in turns, without those a side took alone after its partner was done (they
-    share no moment with the partner: a faster side would otherwise be read mostly alone). All of them when
-    none was taken in turns (a partner that never came)."""
-    keep = [i for i, r in enumerate(raw["steps"]) if not r.get("alone")]
+    share no moment with the partner: a faster side would otherwise be read mostly alone) and without the
+    steps that opened a turn of several (they pay for the partner's use of the caches). All of them when
+    none is left (a partner that never came)."""
+    keep = [i for i, r in enumerate(raw["steps"]) if not r.get("alone") and not r.get("turn_opening")]
     if not keep or len(keep) == len(raw["steps"]):
         return raw
     return {**raw, "steps": [raw["steps"][i] for i in keep], "repeat_of_step": [raw["repeat_of_step"][i] for i in keep]}

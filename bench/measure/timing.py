@@ -108,6 +108,8 @@ class StepTimer(BaseHook):
         rec.setdefault("data_s", 0.0)
         if self.baton is not None:  # in lockstep: whether this step was taken alone (the partner was done)
             rec["alone"] = float(self.baton.partner_done)
+            if self.baton.turn_s:  # and whether it opened a turn (it ran after the partner's steps)
+                rec["turn_opening"] = float(self.baton.taken == 0)
         self.records.append(rec)
         self._phase_s = {}
         self._events = []
