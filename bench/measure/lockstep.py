@@ -14,11 +14,11 @@ The protocol, one byte per message on each side's outgoing pipe:
   to come back; the wait is not timed (:class:`~bench.measure.timing.StepTimer` restarts its clock). With
   ``turn_ms`` > 0 the holder keeps the baton for that long and at least two steps, and the turn's first
   step is left out of the measurement (:func:`in_turns_only`): a step that follows the partner's steps
-  finds the caches holding the partner's data and pays a cost of its own, about the same time for any
-  workload, so it slows a side with short steps more than one with long steps (docs/measurements.md, "What
-  a turn costs"). The steps after it run on warm caches, still a fraction of a second from the partner's.
-  Turns of equal time (not of equal steps) keep two sides with different step times reading together
-  until both are done.
+  pays a cost of its own (most likely the caches now holding the partner's data), of about the same time
+  for the workloads measured, so it slows a side with short steps more than one with long steps
+  (docs/measurements.md, "What a turn costs"). The steps after it run on warm caches, still a fraction of
+  a second from the partner's. Turns of equal time (not of equal steps) keep two sides with different
+  step times reading together until both are done.
 - ``D`` (done): a side whose timed steps are over says so, then waits for the other's ``D`` before going on
   (its evaluation, guards and memory step must not run beside the other's timed steps). A side that reads
   ``D`` while waiting for the baton steps on alone; its record counts those steps (``lockstep_alone``).
