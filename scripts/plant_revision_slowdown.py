@@ -6,6 +6,8 @@ default-budget runs (issue 31's table in docs/measurements.md).
     python scripts/plant_revision_slowdown.py --lines 1 [--at conv2] [--op scale] --out /tmp/plant1
     cd /tmp/plant1 && python -m bench.ab --a HEAD~1 --b HEAD --config configs/fashion_mnist.yaml
 
+``--lines 0`` commits nothing but the commit itself: the A/A of the same table (two commits, the same code).
+
 Prints the clone's path and its two commits. The clone is yours to delete; this checkout is not touched.
 """
 
@@ -48,14 +50,17 @@ def plant(out: Path, lines: int, source: Path = REPO, at: str = "conv1", op: str
         raise SystemExit(f"{MODELS}: SimpleCNN's {at} line not found once; the plant needs updating")
     models.write_text(text.replace(anchor, anchor + PLANTS[op] * lines))
     base = git("rev-parse", "HEAD", cwd=out)
-    git("-c", "user.name=plant", "-c", "user.email=plant@localhost", "commit", "--quiet", "-am",
-        f"planted slowdown: {lines} extra {op} line(s) after {at} in SimpleCNN.forward", cwd=out)  # fmt: skip
+    # --lines 0 commits no change at all: an A/A of two real commits whose code is the same.
+    message = f"planted slowdown: {lines} extra {op} line(s) after {at} in SimpleCNN.forward"
+    message = message if lines else "A/A: no change"
+    git("-c", "user.name=plant", "-c", "user.email=plant@localhost", "commit", "--quiet", "--allow-empty", "-am",
+        message, cwd=out)  # fmt: skip
     return base, git("rev-parse", "HEAD", cwd=out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lines", type=int, default=1, help="planted lines (more lines, a larger slowdown)")
+    p.add_argument("--lines", type=int, default=1, help="planted lines (more lines, a larger slowdown; 0: an A/A pair)")
     p.add_argument("--at", choices=sorted(ANCHORS), default="conv1", help="after which conv (conv2: smaller)")
     p.add_argument("--op", choices=sorted(PLANTS), default="tanh", help="what the line computes (scale: smaller)")
     p.add_argument("--out", type=Path, required=True, help="the clone's folder (must not exist)")

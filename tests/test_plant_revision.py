@@ -42,3 +42,15 @@ def test_the_planted_commit_adds_work_and_changes_no_result(tmp_path: Path, at: 
     assert torch.equal(ours(x), theirs(x))
     with pytest.raises(SystemExit, match="already exists"):
         plant(clone, lines=1)
+
+
+def test_no_lines_commits_an_a_a_pair_of_the_same_code(tmp_path: Path) -> None:
+    base, head = plant(tmp_path / "aa", lines=0)
+    clone = tmp_path / "aa"
+    assert base != head
+    diff = subprocess.run(["git", "diff", "--name-only", f"{base}..{head}"], cwd=clone, check=True,
+                          capture_output=True, text=True).stdout  # fmt: skip
+    assert diff == ""
+    message = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=clone, check=True, capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+    assert message == "A/A: no change"
