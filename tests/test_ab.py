@@ -285,24 +285,27 @@ def test_lockstep_readings_take_both_sides_steps_in_turns(tmp_path: Path, capsys
 def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) -> None:
     sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
     specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
-    assert interleave_for(AbWhat(TABULAR), sides, specs, "forked")[0] == STEPS  # the same cell on both sides
-    assert interleave_for(AbWhat(TABULAR, interleave=READINGS), sides, specs, "forked")[0] == READINGS
+    assert interleave_for(AbWhat(TABULAR), sides, specs, "forked").mode == STEPS  # the same cell on both sides
+    assert interleave_for(AbWhat(TABULAR, interleave=READINGS), sides, specs, "forked").mode == READINGS
     other = {**specs, "B": cell_spec(sides[1], [], ["optim.lr=0.0123"], 1, 0.2)}
-    assert interleave_for(AbWhat(TABULAR), sides, other, "forked")[0] == STEPS  # two configs as well
+    assert interleave_for(AbWhat(TABULAR), sides, other, "forked").mode == STEPS  # two configs as well
     on_gpu = {**specs, "B": specs["B"].model_copy(update={"device": "cuda"})}
-    mode, how = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
+    got = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
+    mode, how = got.mode, got.line
     assert mode == READINGS and "default on CPU only" in how
-    assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, on_gpu, "forked")[0] == STEPS  # asked for
+    assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, on_gpu, "forked").mode == STEPS  # asked for
     old = (sides[0], Side("B", "v0", tmp_path, "0" * 40, TABULAR))  # a revision from before lockstep
-    mode, how = interleave_for(AbWhat(TABULAR), old, specs, "forked")
+    got = interleave_for(AbWhat(TABULAR), old, specs, "forked")
+    mode, how = got.mode, got.line
     assert mode == READINGS and "B's code (v0) predates lockstep readings" in how
 
 
 def test_longer_turns_are_said_and_refused_where_steps_are_not_taken_in_turns() -> None:
     sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
     specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
-    mode, how = interleave_for(AbWhat(TABULAR, turn_ms=150), sides, specs, "forked")
-    assert mode == STEPS and "in turns of 150 ms, each turn's first step untimed" in how
+    got = interleave_for(AbWhat(TABULAR, turn_ms=150), sides, specs, "forked")
+    mode, how = got.mode, got.line
+    assert mode == STEPS and "in turns of 150 ms, each turn's first step untimed" in how and got.turn_ms == 150
     with pytest.raises(ConfigError, match=r"--turn-ms 150: only with steps in turns, and here --interleave readings"):
         interleave_for(AbWhat(TABULAR, interleave=READINGS, turn_ms=150), sides, specs, "forked")
 
@@ -316,7 +319,30 @@ def test_a_revision_from_before_longer_turns_takes_turns_of_one_step(tmp_path: P
     (tmp_path / "bench" / "measure").mkdir()
     (tmp_path / "bench" / "measure" / "lockstep.py").write_text("")
     old = (sides[0], Side("B", "v1", tmp_path, "1" * 40, TABULAR))
-    mode, how = interleave_for(AbWhat(TABULAR), old, specs, "forked")
-    assert mode == STEPS and "turns of one step (B's code (v1) predates longer turns)" in how
+    got = interleave_for(AbWhat(TABULAR), old, specs, "forked")
+    mode, how = got.mode, got.line
+    assert mode == STEPS and "turns of one step (B's code (v1) predates longer turns)" in how and got.turn_ms == 0
     with pytest.raises(ConfigError, match=r"--turn-ms 100: B's code \(v1\) predates turns of several steps"):
         interleave_for(AbWhat(TABULAR, turn_ms=100), old, specs, "forked")
+
+
+def test_benchmarks_outside_the_group_run_in_the_first_reading_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.ab.subjects import PytestSubject
+    from bench.cells.contract import OK, CellRecord
+    from bench.launch import pytest_bench
+
+    skipped: list[list[str]] = []
+
+    def fake_run(root: Path, args: str, group: str | None, timeout_s: float, skip: list[str]) -> object:
+        skipped.append(list(skip))
+        rec = CellRecord(status=OK, cell_id="t.py::test_in", step_s=[0.01, 0.011, 0.012], throughput=100.0)
+        return pytest_bench.PytestReading([rec], ["t.py::test_out"])
+
+    monkeypatch.setattr(pytest_bench, "run", fake_run)
+    sides = {n: Side(n, "HEAD", tmp_path, None, None) for n in "AB"}
+    subject = PytestSubject(sides, "t.py", "fast", tmp_path)
+    for arm in ("A", "B", "A"):
+        assert list(subject.read(arm, "r1", first=False)) == ["t.py::test_in"]
+    assert skipped == [[], ["t.py::test_out"], ["t.py::test_out"]]

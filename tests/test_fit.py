@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import tiny_overrides
 
+from bench.cells.store import read_records
 from bench.fit import __main__ as fit_cli
 from bench.fit.fitting import Prober
 from bench.launch.executors import build_executor
@@ -39,6 +40,25 @@ def test_a_probe_over_the_cap_is_killed_and_the_search_goes_on(tmp_path: Path) -
             tight.executor.close()
     finally:
         roomy.executor.close()
+
+
+@pytest.mark.slow
+def test_a_probe_needs_the_same_memory_however_it_was_started(tmp_path: Path) -> None:
+    # A forked probe shares torch's pages with its server: counted as PSS they read at half, and the forked
+    # executor let a larger batch "fit" than a probe in a new interpreter did; counted as RSS, the library
+    # pages a new interpreter touches while importing (and a forked one never maps) made them differ the
+    # other way. Read as the tree's anonymous memory, each page in full, the two agree.
+    config = load_config(None, tiny_overrides(**GROWS))
+    peaks = {}
+    for name in ("forked", "local"):
+        probing = Prober(config, 16_000, tmp_path / name, build_executor(name, {}, tmp_path / name), threads=1)
+        try:
+            peaks[name] = probing.probe(32).peak_mb
+        finally:
+            probing.executor.close()
+    assert peaks["forked"] and peaks["local"] and peaks["forked"] == pytest.approx(peaks["local"], rel=0.05), peaks
+    records = read_records(tmp_path / "local" / "cells.jsonl")
+    assert [r.mem_kind for r in records] == ["standalone_anon"]
 
 
 @pytest.mark.slow

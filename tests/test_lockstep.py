@@ -76,7 +76,8 @@ def test_a_turn_lasts_its_time_so_sides_with_different_steps_read_together(tmp_p
     assert turns[:4] == ["A", "B", "A", "B"]
     b_turn = [len(run) for run in "".join(n for n in log if n in "AB").split("A") if run]
     assert b_turn == [2, 2]  # B: at least two steps a turn, and 50 ms (two of its 30 ms steps)
-    assert 10 <= log.index("B") <= 30  # A's first turn: about 50 ms of 2 ms steps
+    # A's first turn: about 50 ms of 2 ms steps (sleeps: never shorter, but late to wake on a busy machine)
+    assert 5 <= log.index("B") <= 30
     assert sorted(r["step_s"] for r in out["A"][0])[5] < 0.020 <= 0.030 <= min(r["step_s"] for r in out["B"][0])
 
 

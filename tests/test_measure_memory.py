@@ -15,7 +15,17 @@ from conftest import tiny_overrides
 
 from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig
 from bench.measure.cell import measure_cell
-from bench.measure.memory import TreeSampler, children, pss_bytes, step_split, tensor_bytes
+from bench.measure.memory import (
+    TreeSampler,
+    anon_bytes,
+    children,
+    pss_bytes,
+    rss_bytes,
+    standalone_now,
+    step_split,
+    tensor_bytes,
+    uss_bytes,
+)
 from trainer_core.factory import build_run
 from trainer_core.loading import load_config
 
@@ -59,6 +69,37 @@ def test_the_sampler_sees_workers_apart_from_the_process() -> None:
         child.wait()
     assert sampler.peak_workers >= 60 * MB and sampler.samples > 10
     assert sampler.peak_total >= sampler.peak_self + 60 * MB - 1 and pss_bytes(os.getpid())
+
+
+def test_standalone_counts_what_a_forked_child_shares_with_its_parent_in_full() -> None:
+    """bench.fit's measure: a probe forked from a server reads the pages it shares with the server in full
+    (PSS would count them at half), and a worker adds only its own pages (not those it shares with the probe)."""
+    shared = bytearray(64 * MB)
+    shared[::4096] = b"x" * len(shared[::4096])  # resident before the fork: shared with the child afterwards
+    elders = frozenset(children(os.getpid()))
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: 16 MiB of its own beside the 64 shared, then wait to be read
+        try:
+            own = bytearray(16 * MB)
+            own[::4096] = b"y" * len(own[::4096])
+            os.write(ready_w, b"1")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        rss, pss, uss = rss_bytes(pid), pss_bytes(pid), uss_bytes(pid)
+        assert rss is not None and pss is not None and uss is not None
+        assert rss - pss >= 24 * MB  # half of the shared 64 MiB is missing from the child's PSS, not its RSS
+        assert 15 * MB <= uss < 40 * MB  # its own 16 MiB (and pages copied on write), not the shared ones
+        own, workers = standalone_now(os.getpid(), elders)
+        assert own == pytest.approx(anon_bytes(os.getpid()), rel=0.05) and 15 * MB <= workers < 40 * MB
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)
 
 
 @pytest.mark.slow

@@ -65,6 +65,23 @@ def test_a_reading_leaves_out_the_benchmarks_it_is_told_are_decided(tmp_path: Pa
         "def test_noisy(benchmark):\n    benchmark.pedantic(sum, args=([3],), rounds=3)\n"
     )
     both = pytest_bench.run(tmp_path, "test_two.py", None, 120.0)
-    assert sorted(r.cell_id for r in both) == ["test_two.py::test_noisy", "test_two.py::test_quiet"]
+    assert sorted(r.cell_id for r in both.records) == ["test_two.py::test_noisy", "test_two.py::test_quiet"]
+    assert both.others == []
     left = pytest_bench.run(tmp_path, "test_two.py", None, 120.0, skip=["test_two.py::test_quiet"])
-    assert [r.cell_id for r in left] == ["test_two.py::test_noisy"]  # the full name is the node id
+    assert [r.cell_id for r in left.records] == ["test_two.py::test_noisy"]  # the full name is the node id
+
+
+def test_a_reading_of_one_group_names_the_benchmarks_outside_it(tmp_path: Path) -> None:
+    # bench.ab --group deselects them from later readings: they ran once, and no interval needs them
+    (tmp_path / "test_groups.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.benchmark(group='fast')\ndef test_in(benchmark):\n"
+        "    benchmark.pedantic(sum, args=([1],), rounds=3)\n\n"
+        "@pytest.mark.benchmark(group='slow')\ndef test_out(benchmark):\n"
+        "    benchmark.pedantic(sum, args=([2],), rounds=3)\n"
+    )
+    got = pytest_bench.run(tmp_path, "test_groups.py", "fast", 120.0)
+    assert [r.cell_id for r in got.records] == ["test_groups.py::test_in"]
+    assert got.others == ["test_groups.py::test_out"]
+    again = pytest_bench.run(tmp_path, "test_groups.py", "fast", 120.0, skip=got.others)
+    assert [r.cell_id for r in again.records] == ["test_groups.py::test_in"] and again.others == []

@@ -226,13 +226,23 @@ class AbOutcome:
     html: Path | None = None
 
 
+@dataclass(frozen=True)
+class Interleaving:
+    """How a round reads the two sides: one reading after the other, or both cells at once with their steps
+    in turns of ``turn_ms`` (0: one step); ``line`` is what the readings line adds (and why)."""
+
+    mode: str
+    line: str
+    turn_ms: float = 0.0
+
+
 def subject_for(
     what: AbWhat,
     sides: tuple[Side, Side],
     specs: dict[str, CellSpec],
     executor: str | None,
     run_dir: Path,
-    interleave: str = READINGS,
+    interleave: Interleaving | None = None,
 ) -> Subject:
     by_name = {s.name: s for s in sides}
     if what.pytest:
@@ -240,20 +250,17 @@ def subject_for(
     assert executor is not None
     options = what.executor_options if executor == what.executor else {}  # settings belong to --executor's
     executor_built = build_executor(executor, options, run_dir)
-    if interleave != STEPS:
+    if interleave is None or interleave.mode != STEPS:
         return CellSubject(by_name, specs, run_dir, executor_built, renew_every(what))
     partner = build_executor(executor, options, run_dir)  # B's own: a forked server runs one cell at a time
-    ms = turns_for(what, sides)[0]
-    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner, ms)
+    return LockstepSubject(by_name, specs, run_dir, executor_built, renew_every(what), partner, interleave.turn_ms)
 
 
-def interleave_for(
-    what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str
-) -> tuple[str, str]:
-    """(readings or steps, what the readings line adds). ``--interleave`` when given (steps refused, with the
-    reason, where they cannot work); by default steps for the same CPU cell on both sides (a revision A/B): on
-    a shared machine whose speed changes every few seconds they narrowed a revision A/A's per-round spread by
-    an order of magnitude (docs/measurements.md)."""
+def interleave_for(what: AbWhat, sides: tuple[Side, Side], specs: dict[str, CellSpec], executor: str) -> Interleaving:
+    """Readings or steps, with what the readings line adds. ``--interleave`` when given (steps refused, with
+    the reason, where they cannot work); by default steps for CPU cells (:func:`default_refusal`): on a shared
+    machine whose speed changes every few seconds they narrowed a revision A/A's per-round spread by an order
+    of magnitude (docs/measurements.md)."""
     why = "pytest-benchmark tests are read one side at a time" if what.pytest else None
     why = why or lockstep_refusal(what, sides, specs, executor)
     if what.interleave == STEPS and why:
@@ -263,11 +270,11 @@ def interleave_for(
     if why is None and what.interleave is None:
         why = default_refusal(specs)
     if why is None:
-        turns = turns_for(what, sides)[1]
-        return STEPS, f"; both sides' cells run at once, their timed steps in {turns} (lockstep)"
+        ms, turns = turns_for(what, sides)
+        return Interleaving(STEPS, f"; both sides' cells run at once, their timed steps in {turns} (lockstep)", ms)
     if what.turn_ms is not None:
         raise ConfigError(f"--turn-ms {what.turn_ms:g}: only with steps in turns, and here {why}")
-    return READINGS, f"; one side's reading after the other's ({why})"
+    return Interleaving(READINGS, f"; one side's reading after the other's ({why})")
 
 
 def default_refusal(specs: dict[str, CellSpec]) -> str | None:
@@ -336,8 +343,8 @@ def measure_ab(a: str, b: str, what: AbWhat, plan: RoundsPlan, out: Path) -> AbO
             specs = {s.name: cell_spec(s, what.cell, given + what.sets[s.name], what.threads, what.reading_s)
                      for s in sides}  # fmt: skip
         executor, readings = (None, None) if what.pytest else executor_for(what, sides)
-        interleave, how = interleave_for(what, sides, specs, str(executor))
-        readings = readings and readings + how
+        interleave = None if what.pytest else interleave_for(what, sides, specs, str(executor))
+        readings = readings and interleave and readings + interleave.line
         run_dir = open_ab_dir(
             out, sides, what.threads, {"cell": what.cell, "overrides": what.sets, "pytest": what.pytest}
         )

@@ -152,6 +152,7 @@ class PytestSubject:
     run_dir: Path
     timeout_s: float = 600.0
     decided: set[str] = field(default_factory=set)  # benchmarks no longer read: their intervals are narrow
+    others: set[str] = field(default_factory=set)  # benchmarks outside --group: run once, then deselected
 
     def narrow(self, decided: set[str]) -> None:
         self.decided = set(decided)
@@ -168,10 +169,11 @@ class PytestSubject:
         side = self.sides[arm]
         out = {}
         try:
-            records = run(side.code_root, self.pytest_args, self.group, self.timeout_s, sorted(self.decided))
+            got = run(side.code_root, self.pytest_args, self.group, self.timeout_s, sorted(self.decided | self.others))
         except ConfigError as e:
             raise ReadingError(f"{side.name}, {label}: {e}") from None
-        for rec in records:
+        self.others.update(got.others)
+        for rec in got.records:
             key = str(rec.cell_id)
             rec = rec.model_copy(update={"cell_id": f"{side.name}-{label}-{key}", "role": f"ab-{side.name}"})
             append_record(self.run_dir / "cells.jsonl", rec)

@@ -231,13 +231,24 @@ class CellSpec(BaseModel):
         """The spec file's text. Fields added after revisions that ``bench.ab`` may still run (LATE_FIELDS) are
         written only when set: such a revision refuses unknown keys, and a cell that does not use them runs
         there as before."""
-        exclude: dict[str, Any] = {f: True for f in LATE_FIELDS if getattr(self, f) is None}
-        if self.lockstep is not None and not self.lockstep.turn_ms:
-            exclude["lockstep"] = {"turn_ms"}  # added after lockstep itself
+        exclude: dict[str, Any] = {}
+        for path, unset in LATE_FIELDS.items():
+            *parents, name = path.split(".")
+            owner: Any = self
+            for part in parents:
+                owner = getattr(owner, part)
+            if owner is None or getattr(owner, name) != unset:
+                continue  # set (or inside a field left out already): written
+            node = exclude
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[name] = True
         return self.model_dump_json(indent=2, exclude=exclude)
 
 
-LATE_FIELDS = ("lockstep",)
+# Fields added after revisions that bench.ab may still run, dotted, with the value that means "not used";
+# a parent before the fields added inside it later.
+LATE_FIELDS: dict[str, Any] = {"lockstep": None, "lockstep.turn_ms": 0.0}
 
 
 class GuardResult(BaseModel):

@@ -71,6 +71,7 @@ def fit_report(config_path: str, cap_mb: float, result: FitResult, records: list
         "cap_mb": cap_mb,
         "chosen_batch": result.chosen,
         "confirmed_peak_mb": confirmed.peak_mb if confirmed else None,
+        "peak_kind": next((r.mem_kind for r in records if r.mem_kind), None),
         "headroom_mb": cap_mb - confirmed.peak_mb if confirmed and confirmed.peak_mb else None,
         "probes": [asdict(p) for p in result.probes],
         "cells": [r.cell_id for r in records],

@@ -3,8 +3,11 @@
 It trains for real through the Trainer's own loop, the loader workers at their real prefetch and an evaluation
 included, in its own process under an enforced limit:
 
-- a watchdog thread samples the PSS of the process and its loader workers (:class:`bench.measure.memory.TreeSampler`)
-  and kills the whole tree with SIGKILL the moment it exceeds the cap, as the kernel's OOM killer would;
+- a watchdog thread samples the process tree as it would stand alone, the process's anonymous resident memory
+  plus its loader workers' own pages (:func:`bench.measure.memory.standalone_now`; PSS would count the pages a
+  forked probe shares with its server at half, RSS the library pages a new interpreter touches while importing
+  and a forked one never maps, and either would answer differently by executor), and kills the whole tree with
+  SIGKILL the moment it exceeds the cap, as the kernel's OOM killer would;
 - ``RLIMIT_AS`` as a backstop for what a sample can miss: this process's address space may grow by the cap's
   headroom (plus a margin for address space that is reserved, not used: glibc's thread arenas), so a runaway
   allocation fails inside the probe.
@@ -23,7 +26,7 @@ import time
 import torch
 
 from bench.cells.contract import OK, CellRecord, CellSpec
-from bench.measure.memory import MB, TreeSampler, children, high_water_bytes, tree_now, vm_size_bytes
+from bench.measure.memory import MB, TreeSampler, children, high_water_bytes, standalone_now, vm_size_bytes
 from trainer_core.config import apply_overrides
 from trainer_core.factory import build_run
 from trainer_core.loading import validate_config
@@ -35,7 +38,7 @@ RESERVED_MARGIN_MB = 1024  # address space a process reserves without using it (
 def limit_address_space(cap_bytes: int) -> None:
     """RLIMIT_AS at today's address space plus the cap's headroom and a margin (Linux; a no-op elsewhere)."""
     try:
-        headroom = max(0, cap_bytes - sum(tree_now()))
+        headroom = max(0, cap_bytes - sum(standalone_now()))
         limit = (vm_size_bytes() or 0) + headroom + RESERVED_MARGIN_MB * MB
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     except (OSError, ValueError):
@@ -43,10 +46,11 @@ def limit_address_space(cap_bytes: int) -> None:
 
 
 class Watchdog(TreeSampler):
-    """A tree sampler that kills the tree (workers first, then itself) once the tree's PSS exceeds the cap."""
+    """A tree sampler that kills the tree (workers first, then itself) once the tree, as it would stand alone,
+    exceeds the cap."""
 
     def __init__(self, cap_bytes: int, every_s: float = 0.1) -> None:
-        super().__init__(every_s=every_s)
+        super().__init__(every_s=every_s, footprint=standalone_now)
         self.cap_bytes = cap_bytes
 
     def sample(self) -> None:
@@ -93,5 +97,6 @@ def probe_cell(spec: CellSpec) -> CellRecord:
         device=spec.device, batch_size=config.data.batch_size, threads=spec.threads, steps_timed=trainer.global_step,
         mem_peak_mb=peak / MB, mem_workers_mb=dog.peak_workers / MB, mem_hwm_mb=hwm / MB if hwm else None,
         mem_cap_mb=m.max_memory_mb, mem_headroom_mb=m.max_memory_mb - peak / MB,
+        mem_kind="cuda_max_allocated" if device.type == "cuda" else "standalone_anon",
         cell_seconds=time.perf_counter() - t0, machine=machine_identity(), guards_ok=True,
     )  # fmt: skip

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+# What a probe's peak counts (CellRecord.mem_kind of a fit cell).
+PEAK_KINDS = {
+    "standalone_anon": "the process's anonymous resident memory and its loader workers' own pages",
+    "cuda_max_allocated": "the CUDA allocator's peak",
+}
+
 
 def format_fit(report: dict[str, Any]) -> str:
     cap, chosen = report["cap_mb"], report["chosen_batch"]
+    kind = PEAK_KINDS.get(report.get("peak_kind") or "", "process and loader workers")
     if chosen is None:
         head = f"**No batch size fits under {cap:,.0f} MiB**, not even batch 1 for an epoch."
     else:
         head = (f"**Batch {chosen}** trains a full epoch under {cap:,.0f} MiB: peak {report['confirmed_peak_mb']:,.0f} "
-                f"MiB (process and loader workers, PSS), headroom {report['headroom_mb']:,.0f} MiB.")  # fmt: skip
+                f"MiB ({kind}), headroom {report['headroom_mb']:,.0f} MiB.")  # fmt: skip
     lines = [f"# bench.fit: {report['config']}", "", head, "",
              "| batch | run | fits | peak MiB | why not |", "|---:|---|---|---:|---|"]  # fmt: skip
     for p in report["probes"]:

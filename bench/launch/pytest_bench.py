@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.cells.contract import OK, CellRecord
 from bench.launch.revisions import code_env
@@ -90,9 +90,24 @@ def own_session_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("PYTEST_XDIST_")}
 
 
+def other_groups(data: dict[str, Any], group: str | None) -> list[str]:
+    """Full names (pytest node ids) of the benchmarks outside ``group`` (none when no group is given)."""
+    if group is None:
+        return []
+    return [str(b.get("fullname") or b["name"]) for b in data["benchmarks"] if b.get("group") != group]
+
+
+class PytestReading(NamedTuple):
+    """One pytest-benchmark session: the records of the group read, and the benchmarks of other groups it
+    also ran (a paired run deselects them from its next readings)."""
+
+    records: list[CellRecord]
+    others: list[str]
+
+
 def run(
     code_root: Path, pytest_args: str, group: str | None, timeout_s: float, skip: Sequence[str] = ()
-) -> list[CellRecord]:
+) -> PytestReading:
     """One reading: ``pytest PYTEST_ARGS --benchmark-only`` in a fresh process with the code under
     ``code_root`` (its own tests folder), read back from its JSON. ``skip``: benchmarks (full names, which
     are pytest node ids) to deselect."""
@@ -109,7 +124,8 @@ def run(
         if not out.exists():
             last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
             raise ConfigError(f"--pytest {pytest_args!r} at {code_root}: no benchmark ran ({last[0]})")
-        found = records(read_json(out), group)
+        data = read_json(out)
+    found = records(data, group)
     if not found:
         raise ConfigError(f"--pytest {pytest_args!r}: no benchmark" + (f" in group {group!r}" if group else ""))
-    return found
+    return PytestReading(found, other_groups(data, group))

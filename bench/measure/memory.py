@@ -4,7 +4,8 @@
   pages shared between the parent and forked workers count once, split between them), sampled on a thread;
   the kernel's own high-water mark of the cell process (VmHWM) beside it. The baseline is taken before the
   model is built, so ``peak - baseline`` is what the configuration added (model, optimizer, activations,
-  workers), not the torch import and the harness.
+  workers), not the torch import and the harness. A memory cap (``bench.fit``) reads the tree as it would
+  stand alone instead (:func:`standalone_now`), so a probe's answer does not depend on how it was started.
 - What torch holds, by kind: parameters, gradients and optimizer state are summed exactly from the tensors
   themselves; activations (with the step's temporaries) are the peak of the allocator's running total during
   one profiled training step (``profile_memory=True`` memory events, CPU and CUDA alike) over the forward,
@@ -16,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 MB = 2**20
+Footprint = Callable[[int, frozenset[int]], tuple[int, int]]  # (a process's bytes, its descendants'), now
 SAMPLE_S = 0.05  # how often the sampler reads the tree: fast enough for a step's peak on a loaded machine
 
 
@@ -41,6 +43,13 @@ def pss_bytes(pid: int) -> int | None:
     """Proportional set size of ``pid`` (smaps_rollup), else its resident set size (status VmRSS)."""
     proc = Path("/proc") / str(pid)
     return _kb_field(proc / "smaps_rollup", "Pss") or _kb_field(proc / "status", "VmRSS")
+
+
+def uss_bytes(pid: int) -> int | None:
+    """Unique set size of ``pid``: the resident pages no other process maps (smaps_rollup Private_*)."""
+    rollup = Path("/proc") / str(pid) / "smaps_rollup"
+    clean, dirty = _kb_field(rollup, "Private_Clean"), _kb_field(rollup, "Private_Dirty")
+    return None if clean is None or dirty is None else clean + dirty
 
 
 def high_water_bytes(pid: int) -> int | None:
@@ -72,8 +81,9 @@ class TreeSampler:
     (a compile pool an earlier cell of the same process left behind) belong to whoever started them, not to
     what is measured now, so they are never counted."""
 
-    def __init__(self, pid: int | None = None, every_s: float = SAMPLE_S) -> None:
+    def __init__(self, pid: int | None = None, every_s: float = SAMPLE_S, footprint: Footprint | None = None) -> None:
         self.pid, self.every_s = pid or os.getpid(), every_s
+        self.footprint = footprint or tree_now
         self.elders = frozenset(children(self.pid))
         self.peak_self = self.peak_workers = self.peak_total = 0
         self.samples = 0
@@ -82,7 +92,7 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
     def sample(self) -> None:
-        own, workers = tree_now(self.pid, self.elders)
+        own, workers = self.footprint(self.pid, self.elders)
         self.peak_self, self.peak_workers = max(self.peak_self, own), max(self.peak_workers, workers)
         self.peak_total = max(self.peak_total, own + workers)
         self.samples += 1
@@ -214,6 +224,31 @@ def tree_now(pid: int | None = None, skip: frozenset[int] = frozenset()) -> tupl
     now."""
     pid = pid or os.getpid()
     return pss_bytes(pid) or 0, sum(pss_bytes(c) or 0 for c in children(pid) if c not in skip)
+
+
+def standalone_now(pid: int | None = None, skip: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """(the anonymous resident memory of ``pid``, default this process, and its descendants' USS sum but those
+    in ``skip``), bytes, now: the tree as it would stand on its own. PSS splits a page among every process that
+    maps it, so a process forked from a server that imported torch reads less than the same run started alone;
+    RSS counts the library pages a new interpreter touches while importing (file-backed: the kernel can drop
+    and read them back), which a forked process never maps, so it reads more. Anonymous pages count in full
+    either way, and a loader worker adds only the pages it does not share with the process it was forked
+    from."""
+    pid = pid or os.getpid()
+    return anon_bytes(pid) or 0, sum(uss_bytes(c) or 0 for c in children(pid) if c not in skip)
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` (status VmRSS)."""
+    return _kb_field(Path("/proc") / str(pid) / "status", "VmRSS")
+
+
+def anon_bytes(pid: int) -> int | None:
+    """Resident anonymous and shared-memory pages of ``pid`` (status RssAnon + RssShmem): what the kernel cannot
+    reclaim by dropping pages it can read back from a file."""
+    status = Path("/proc") / str(pid) / "status"
+    anon, shmem = _kb_field(status, "RssAnon"), _kb_field(status, "RssShmem")
+    return None if anon is None else anon + (shmem or 0)
 
 
 def vm_size_bytes() -> int | None:
