@@ -28,15 +28,27 @@ Footprint = Callable[[int, frozenset[int]], tuple[int, int]]  # (a process's byt
 SAMPLE_S = 0.05  # how often the sampler reads the tree: fast enough for a step's peak on a loaded machine
 
 
+def _kb_fields(path: Path, *fields: str) -> dict[str, int]:
+    """The 'Field:   123 kB' lines of a /proc file named in ``fields``, in bytes, from one read (smaps_rollup
+    costs the kernel a walk of every mapping); a missing file or line is left out."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name in fields:
+            try:
+                out[name] = int(rest.split()[0]) * 1024
+            except (ValueError, IndexError):
+                continue
+    return out
+
+
 def _kb_field(path: Path, field: str) -> int | None:
     """A 'Field:   123 kB' line of a /proc file, in bytes (None when the file or line is missing)."""
-    try:
-        for line in path.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return _kb_fields(path, field).get(field)
 
 
 def pss_bytes(pid: int) -> int | None:
@@ -47,9 +59,8 @@ def pss_bytes(pid: int) -> int | None:
 
 def uss_bytes(pid: int) -> int | None:
     """Unique set size of ``pid``: the resident pages no other process maps (smaps_rollup Private_*)."""
-    rollup = Path("/proc") / str(pid) / "smaps_rollup"
-    clean, dirty = _kb_field(rollup, "Private_Clean"), _kb_field(rollup, "Private_Dirty")
-    return None if clean is None or dirty is None else clean + dirty
+    private = _kb_fields(Path("/proc") / str(pid) / "smaps_rollup", "Private_Clean", "Private_Dirty")
+    return None if len(private) < 2 else sum(private.values())
 
 
 def high_water_bytes(pid: int) -> int | None:
@@ -246,9 +257,8 @@ def rss_bytes(pid: int) -> int | None:
 def anon_bytes(pid: int) -> int | None:
     """Resident anonymous and shared-memory pages of ``pid`` (status RssAnon + RssShmem): what the kernel cannot
     reclaim by dropping pages it can read back from a file."""
-    status = Path("/proc") / str(pid) / "status"
-    anon, shmem = _kb_field(status, "RssAnon"), _kb_field(status, "RssShmem")
-    return None if anon is None else anon + (shmem or 0)
+    rss = _kb_fields(Path("/proc") / str(pid) / "status", "RssAnon", "RssShmem")
+    return None if "RssAnon" not in rss else rss["RssAnon"] + rss.get("RssShmem", 0)
 
 
 def vm_size_bytes() -> int | None:
