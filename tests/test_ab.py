@@ -291,21 +291,19 @@ def test_steps_in_turns_are_the_default_where_they_can_be_taken(tmp_path: Path) 
     assert interleave_for(AbWhat(TABULAR), sides, other, "forked").mode == STEPS  # two configs as well
     on_gpu = {**specs, "B": specs["B"].model_copy(update={"device": "cuda"})}
     got = interleave_for(AbWhat(TABULAR), sides, on_gpu, "forked")
-    mode, how = got.mode, got.line
-    assert mode == READINGS and "default on CPU only" in how
+    assert got.mode == READINGS and "default on CPU only" in got.line
     assert interleave_for(AbWhat(TABULAR, interleave=STEPS), sides, on_gpu, "forked").mode == STEPS  # asked for
     old = (sides[0], Side("B", "v0", tmp_path, "0" * 40, TABULAR))  # a revision from before lockstep
     got = interleave_for(AbWhat(TABULAR), old, specs, "forked")
-    mode, how = got.mode, got.line
-    assert mode == READINGS and "B's code (v0) predates lockstep readings" in how
+    assert got.mode == READINGS and "B's code (v0) predates lockstep readings" in got.line
 
 
 def test_longer_turns_are_said_and_refused_where_steps_are_not_taken_in_turns() -> None:
     sides = (Side("A", TABULAR, REPO, None, TABULAR), Side("B", TABULAR, REPO, None, TABULAR))
     specs = {s.name: cell_spec(s, [], [], 1, 0.2) for s in sides}
     got = interleave_for(AbWhat(TABULAR, turn_ms=150), sides, specs, "forked")
-    mode, how = got.mode, got.line
-    assert mode == STEPS and "in turns of 150 ms, each turn's first step untimed" in how and got.turn_ms == 150
+    assert got.mode == STEPS and "in turns of 150 ms, each turn's first step untimed" in got.line
+    assert got.turn_ms == 150
     with pytest.raises(ConfigError, match=r"--turn-ms 150: only with steps in turns, and here --interleave readings"):
         interleave_for(AbWhat(TABULAR, interleave=READINGS, turn_ms=150), sides, specs, "forked")
 
@@ -320,8 +318,8 @@ def test_a_revision_from_before_longer_turns_takes_turns_of_one_step(tmp_path: P
     (tmp_path / "bench" / "measure" / "lockstep.py").write_text("")
     old = (sides[0], Side("B", "v1", tmp_path, "1" * 40, TABULAR))
     got = interleave_for(AbWhat(TABULAR), old, specs, "forked")
-    mode, how = got.mode, got.line
-    assert mode == STEPS and "turns of one step (B's code (v1) predates longer turns)" in how and got.turn_ms == 0
+    assert got.mode == STEPS and "turns of one step (B's code (v1) predates longer turns)" in got.line
+    assert got.turn_ms == 0
     with pytest.raises(ConfigError, match=r"--turn-ms 100: B's code \(v1\) predates turns of several steps"):
         interleave_for(AbWhat(TABULAR, turn_ms=100), old, specs, "forked")
 

@@ -18,6 +18,7 @@ from bench.measure.entry import run_cell
 from bench.measure.ranks import merge
 from bench.trace.analysis import breakdown
 from trainer_core.config import apply_overrides
+from trainer_core.models import ResNet18
 
 MEASURE = MeasureConfig(warmup_steps=2, settle_window=2, max_warmup_steps=6, min_steps=4, min_time_s=0.0, repeats=2)
 GUARDS = GuardsConfig(overfit_samples=8, overfit_steps=40, short_run_steps=2)
@@ -110,6 +111,12 @@ def test_an_fsdp_cell_shards_blocks_keeps_each_ranks_batch_norm_and_passes_its_g
     assert record.guards_ok, {k: g.detail for k, g in record.guards.items()}
     assert record.world_size == 2 and record.items_per_step == 32
     assert record.flops_analytic_per_step and record.mfu_pct  # counted on an unsharded twin of the model
+    # the split reads rank 0's shards: parameters, gradients and Adam's state are about half of the model's
+    split, whole = record.mem_split_mb, 4 * sum(p.numel() for p in ResNet18(width=4).parameters()) / 2**20
+    assert split is not None and record.mem_split_error is None, record.mem_split_error
+    assert 0.3 * whole <= split["params"] <= 0.7 * whole and split["optimizer"] == pytest.approx(
+        2 * split["params"], rel=0.1
+    )
     (trace,) = list((tmp_path / "trace" / "rank0").glob("*.pt.trace.json*"))
     comm = breakdown(json.loads(trace.read_text()))["communication"]
     assert "gloo:all_gather" in comm["collectives"]  # FSDP gathers each unit's weights from the shards
@@ -119,7 +126,6 @@ def test_an_fsdp_cell_shards_blocks_keeps_each_ranks_batch_norm_and_passes_its_g
 def test_the_shard_units_are_blocks_and_never_split_tied_weights() -> None:
     from trainer_core.distributed import shard_units
     from trainer_core.gpt import GPT
-    from trainer_core.models import ResNet18
 
     gpt = GPT(n_layer=2, n_head=2, n_embd=16, block_size=8)
     assert shard_units(gpt) == list(gpt.h)  # the embedding tied to lm_head stays with the root

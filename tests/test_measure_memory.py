@@ -13,13 +13,22 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from bench.cells.contract import CellSpec, GuardsConfig, MeasureConfig
+from bench.cells.contract import CellRecord, CellSpec, GuardsConfig, MeasureConfig
 from bench.measure.cell import measure_cell
 from bench.measure.memory import (
+    HostMark,
+    HostStep,
+    MallocBooks,
     TreeSampler,
     anon_bytes,
     children,
+    high_water_bytes,
+    host_mark,
+    host_split,
+    malloc_books,
     pss_bytes,
+    python_arena_bytes,
+    reset_high_water,
     rss_bytes,
     standalone_now,
     step_split,
@@ -52,6 +61,71 @@ def test_the_split_of_an_mlp_is_exact_where_it_can_be_and_close_where_it_is_meas
     assert ACTIVATIONS / MB <= split["activations"] <= 2 * ACTIVATIONS / MB, split
     # Adam's step (foreach) holds temporaries about the size of the parameters, several at a time
     assert PARAMS / MB <= split["temporaries"] <= 4 * PARAMS / MB, split
+
+
+def _books(in_use_mb: float, held_mb: float) -> MallocBooks:
+    return MallocBooks(in_use=int(in_use_mb * MB), held=int(held_mb * MB))
+
+
+def test_the_hosts_books_place_what_torch_does_not_hold() -> None:
+    """library: the file-backed rise; runtime: malloc's blocks in use that are none of the model's tensors;
+    malloc_held: the lesser of what glibc held as the peak's phase began and ended (here the optimizer's
+    step: gradients and temporaries outweigh activations and the backward), above the start."""
+    split = {"data": 10.0, "params": 4.0, "grads": 4.0, "optimizer": 8.0, "activations": 2.0, "backward": 1.0,
+             "temporaries": 8.0}  # fmt: skip
+    start = HostMark(_books(100, 2), files=50 * MB, high_water=None, python=9 * MB)
+    phases = {"forward": _books(140, 5), "backward": _books(136, 30), "optimizer": _books(136, 22)}
+    step = HostStep(phases, HostMark(_books(136, 40), files=80 * MB, high_water=None, python=12 * MB), own_peak=False)
+    host = host_split(split, start, step)
+    assert host == pytest.approx({"library": 30.0, "runtime": 36 - 26, "malloc_held": 22 - 2, "python": 3.0})
+    # A peak in the backward (activations outweigh the optimizer's step): held around the backward instead.
+    heavy = {**split, "activations": 30.0}
+    assert host_split(heavy, start, step)["malloc_held"] == pytest.approx(5 - 2)
+    # No glibc books: only what /proc says; no /proc either: nothing.
+    bare = HostMark(None, files=None, high_water=None)
+    assert host_split(split, HostMark(None, 50 * MB, None), step._replace(end=HostMark(None, 80 * MB, None))) == {
+        "library": 30.0
+    }
+    assert host_split(split, bare, step._replace(end=bare)) == {}
+
+
+def test_the_gap_compares_the_split_with_the_peak_it_can_explain() -> None:
+    """On a CPU the split with the host's parts and the workers against the split step's own peak plus the
+    workers (else the cell's added memory); on CUDA the device's tensors (not the host's data) against the
+    allocator's peak."""
+    split = {"data": 10.0, "params": 4.0, "grads": 4.0, "optimizer": 8.0, "activations": 30.0, "backward": 6.0,
+             "temporaries": 8.0, "library": 20.0, "runtime": 5.0, "malloc_held": 7.0, "python": 2.0}  # fmt: skip
+    # at the peak: 10 + 4 + 8 + (30 + 6), and the host's 34: 92; with 8 of workers, 100
+    base = {"cell_id": "c", "status": "ok", "mem_split_mb": split, "mem_workers_mb": 8.0}
+    own = CellRecord(**base, mem_split_peak_mb=117.0, mem_baseline_mb=500.0, mem_peak_mb=700.0)
+    assert own.mem_split_gap_pct == pytest.approx(100 * (100 - 125) / 125)
+    cell = CellRecord(**base, mem_baseline_mb=500.0, mem_peak_mb=580.0)  # no step peak: the cell's 80 added
+    assert cell.mem_split_gap_pct == pytest.approx(100 * (100 - 80) / 80)
+    cuda = CellRecord(**{**base, "mem_workers_mb": 0.0}, mem_kind="cuda_max_allocated", peak_mem_mb=60.0)
+    assert cuda.mem_split_gap_pct == pytest.approx(100 * ((4 + 8 + 36) - 60) / 60)
+
+
+@pytest.mark.skipif(malloc_books() is None, reason="glibc's mallinfo2 (glibc 2.33 and later) is not in this libc")
+def test_malloc_books_and_the_high_water_mark_follow_an_allocation() -> None:
+    assert reset_high_water()  # from here the mark is this test's own, whatever ran in this process before
+    before = host_mark()
+    block = torch.ones(48 * MB // 4)  # resident: written through; above glibc's largest mmap threshold
+    during = host_mark()
+    assert before.books and during.books and during.books.in_use - before.books.in_use >= 47 * MB
+    assert before.high_water and during.high_water and during.high_water >= before.high_water + 47 * MB
+    del block
+    assert reset_high_water()
+    after = high_water_bytes(os.getpid())
+    assert after is not None and after <= during.high_water - 40 * MB  # the freed block is out of the new mark
+
+
+@pytest.mark.skipif(python_arena_bytes() is None, reason="this interpreter reports no small-object arenas")
+def test_python_arenas_grow_with_the_interpreters_objects() -> None:
+    before = python_arena_bytes()
+    objects = [(i, str(i)) for i in range(200_000)]  # small objects: CPython's own allocator, not malloc's
+    after = python_arena_bytes()
+    assert before is not None and after is not None and after - before >= 10 * MB, (before, after)
+    assert len(objects) == 200_000
 
 
 def test_tied_tensors_count_once() -> None:
@@ -130,7 +204,8 @@ def test_a_cell_records_its_tree_and_the_split_adds_up_to_the_measured_increase(
     assert rec.mem_workers_mb == 0.0 and rec.mem_split_mb is not None and rec.mem_added_mb
     assert rec.mem_split_mb["params"] == pytest.approx(4 * (2 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 2 + 2) / MB)
     # Parameters, gradients, Adam's state and the larger of activations and the step's temporaries come to
-    # ~400 MiB here; the measured increase also holds first-use costs (oneDNN's kernels, autograd's and the
-    # FLOP counter's buffers: ~35 MiB) and what glibc keeps of freed blocks, so the split explains less:
-    # measured at -24% (docs/measurements.md). Stated bound: within 35%, and never more than was measured.
-    assert -35 <= rec.mem_split_gap_pct <= 0, (rec.mem_split_mb, rec.mem_added_mb)
+    # ~400 MiB here; beside them the host's books place the library code the first steps paged in, the
+    # runtime's own blocks and what glibc kept of freed ones: measured within 1% of the split step's own
+    # peak (docs/measurements.md). Stated bound: issue 30's 10%.
+    assert {"library", "runtime", "malloc_held", "python"} <= set(rec.mem_split_mb) and rec.mem_split_peak_mb
+    assert -10 <= rec.mem_split_gap_pct <= 10, (rec.mem_split_mb, rec.mem_split_peak_mb)

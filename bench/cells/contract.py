@@ -268,6 +268,19 @@ def guards_ok(results: list[GuardResult] | dict[str, GuardResult]) -> bool:
     return all(r.status in GUARD_OK_STATUSES for r in values)
 
 
+HOST_SPLIT = ("library", "runtime", "malloc_held", "python")  # mem_split_mb's keys from the host's own books (CPU)
+
+
+def held_at_peak(split: dict[str, float]) -> float:
+    """MiB of torch's tensors live at the step's peak by a split (CellRecord.mem_split_mb): the data,
+    parameters and optimizer state always; then either the forward's activations with the backward's rise
+    above them, or the gradients with the optimizer's temporaries (never both: activations are freed by the
+    time the optimizer steps)."""
+    held = sum(split.get(k, 0.0) for k in ("data", "params", "optimizer"))
+    during_backward = split.get("activations", 0.0) + split.get("backward", 0.0)
+    return held + max(during_backward, split.get("grads", 0.0) + split.get("temporaries", 0.0))
+
+
 class CellRecord(BaseModel):
     """What one cell produced: one line of ``cells.jsonl``. Failed and skipped cells fill only the
     identity fields and ``reason``."""
@@ -330,7 +343,15 @@ class CellRecord(BaseModel):
         None,
         description="What torch held in one training step, MiB: params, grads, optimizer (exact tensor sizes), "
         "activations (how far allocations rose over the forward and loss), backward (how far over the backward), "
-        "temporaries (over the optimizer step) and data (the splits held in memory).",
+        "temporaries (over the optimizer step) and data (the splits held in memory); on CPU also library "
+        "(file-backed pages mapped since the baseline), runtime (malloc's blocks in use that are no tensor of "
+        "the model's), malloc_held (freed blocks glibc kept, near the step's peak) and python (CPython's own "
+        "arenas: the interpreter's objects).",
+    )
+    mem_split_peak_mb: float | None = Field(
+        None,
+        description="CPU: the cell process's high-water mark over the split's own step above its start (the "
+        "kernel's mark reset before it), MiB: the increase the split is checked against.",
     )
     mem_split_error: str | None = Field(None, description="Why mem_split_mb could not be taken.")
     memory_snapshot: str | None = Field(None, description="CUDA: the profiled steps' allocator snapshot (.pickle).")
@@ -450,18 +471,24 @@ class CellRecord(BaseModel):
     @property
     def mem_split_gap_pct(self) -> float | None:
         """How far the split plus the workers is from the measured increase, % of the increase (+: it
-        explains more than was measured; -: less, e.g. an in-memory dataset, allocator slack, lazily loaded
-        kernels)."""
-        added, split = self.mem_added_mb, self.mem_split_mb
-        if not added or not split:
+        explains more than was measured; -: less, e.g. pages no category holds: thread stacks, a split taken
+        without the host's books). The increase is the split's own step's peak plus the workers' where the
+        kernel could time it (glibc keeps a different share of freed blocks from one step to the next, so
+        another step's peak would not match the books), else mem_added_mb. On CUDA the split's tensors but
+        the data (which stays on the host) against the allocator's peak (peak_mem_mb)."""
+        split = self.mem_split_mb
+        if not split:
             return None
-        # What is live at the step's peak: the data, parameters and optimizer state always; then either the
-        # forward's activations with the backward's rise above them, or the gradients with the optimizer's
-        # temporaries (never both: activations are freed by the time the optimizer steps).
-        held = sum(split.get(k, 0.0) for k in ("data", "params", "optimizer"))
-        during_backward = split.get("activations", 0.0) + split.get("backward", 0.0)
-        held += max(during_backward, split.get("grads", 0.0) + split.get("temporaries", 0.0))
-        return 100.0 * (held + (self.mem_workers_mb or 0.0) - added) / added
+        if self.mem_kind == "cuda_max_allocated":
+            added = self.peak_mem_mb
+            return 100.0 * (held_at_peak({**split, "data": 0.0}) - added) / added if added else None
+        added = self.mem_added_mb
+        if self.mem_split_peak_mb is not None:
+            added = self.mem_split_peak_mb + (self.mem_workers_mb or 0.0)
+        if not added:
+            return None
+        host = sum(split.get(k, 0.0) for k in HOST_SPLIT)
+        return 100.0 * (held_at_peak(split) + host + (self.mem_workers_mb or 0.0) - added) / added
 
     @property
     def rate(self) -> float | None:

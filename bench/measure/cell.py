@@ -24,7 +24,18 @@ from bench.cells.contract import OK, CellRecord, CellSpec, ProfileConfig, guards
 from bench.guards.checks import FiniteWatch, run_guards
 from bench.measure.comm import CommTimer
 from bench.measure.lockstep import in_turns_only, lockstep, lockstep_figures
-from bench.measure.memory import TreeSampler, data_bytes, device_peak, step_split, tree_figures, tree_now
+from bench.measure.memory import (
+    HostMark,
+    TreeSampler,
+    data_bytes,
+    device_peak,
+    host_mark,
+    host_split,
+    host_step,
+    step_split,
+    tree_figures,
+    tree_now,
+)
 from bench.measure.profiling import ProfilerHook, maybe_profile, schedule_steps, stamp_distributed_info, trace_files
 from bench.measure.timing import (
     CELL_OVERRIDES,
@@ -59,6 +70,7 @@ class CellSetup:
     comm: CommTimer | None = None  # a data-parallel rank's all-reduce timer
     mem_baseline: int = 0  # PSS of the process tree before the data and model are built, bytes
     sampler: TreeSampler | None = None  # samples the tree's PSS from then until the timed steps end
+    host_start: HostMark | None = None  # the host's books at the baseline (malloc, file pages, Python's arenas)
 
 
 def set_up(spec: CellSpec) -> CellSetup:
@@ -70,7 +82,7 @@ def set_up(spec: CellSpec) -> CellSetup:
     importlib.import_module("torch._dynamo")
     rss_start = current_rss_bytes()
     sampler = TreeSampler()
-    baseline = sum(tree_now(skip=sampler.elders))
+    baseline, host_start = sum(tree_now(skip=sampler.elders)), host_mark()
     sampler.__enter__()
     config = validate_config(
         apply_overrides(spec.config, {**CELL_OVERRIDES, "train.threads": spec.threads}), source=f"cell {spec.cell_id}"
@@ -82,7 +94,7 @@ def set_up(spec: CellSpec) -> CellSetup:
     prof_hook = ProfilerHook() if spec.profile.enabled and spec.trace_dir else None
     run = build_run(config, hooks=[timer, watch] + ([prof_hook] if prof_hook else []))
     comm = CommTimer.attach(run.trainer.step_model)  # before the first backward, as DDP requires
-    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start, comm, baseline, sampler)
+    return CellSetup(config, device, run, timer, watch, prof_hook, rss_start, comm, baseline, sampler, host_start)
 
 
 def timed_steps(setup: CellSetup, spec: CellSpec) -> tuple[dict[str, Any], float | None]:
@@ -157,14 +169,21 @@ def memory_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[s
 
 
 def split_figures(setup: CellSetup, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    """mem_split_mb from one more training step (the timed steps are over); a model whose tensors cannot be
-    read this way (FSDP's sharded parameters) says why instead."""
-    trainer = setup.run.trainer
+    """mem_split_mb from two more training steps (the timed steps are over): one read by the host's books on
+    a CPU (what the process holds beside torch's tensors, and the step's own peak), one profiled (what torch
+    holds by kind); a model whose tensors cannot be read this way (FSDP's sharded parameters) says why."""
+    trainer, start = setup.run.trainer, setup.host_start if setup.device.type == "cpu" else None
     try:
-        split = {**step_split(trainer, x, y), "data": data_bytes(setup.run.data) / 2**20}
+        host = host_step(trainer, x, y) if start is not None else None
+        split = step_split(trainer, x, y, data=data_bytes(setup.run.data) / 2**20)
     except Exception as e:  # noqa: BLE001 - the split is a figure, never the cell's failure
         return {"mem_split_error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]}
-    return {"mem_split_mb": split}
+    if start is None or host is None:
+        return {"mem_split_mb": split}
+    out: dict[str, Any] = {"mem_split_mb": {**split, **host_split(split, start, host)}}
+    if host.own_peak and host.end.high_water is not None:
+        out["mem_split_peak_mb"] = (host.end.high_water - setup.rss_start) / 2**20
+    return out
 
 
 def profile_cell(

@@ -10,16 +10,26 @@
   themselves; activations (with the step's temporaries) are the peak of the allocator's running total during
   one profiled training step (``profile_memory=True`` memory events, CPU and CUDA alike) over the forward,
   and the optimizer's temporaries likewise over its step.
+- What a CPU process holds beside those tensors, from the host's own books over a step of its own: the
+  file-backed pages it mapped (library code), malloc's blocks that are no tensor of the model's (the
+  runtime's), the freed blocks glibc kept (glibc's ``mallinfo2``) and CPython's own arenas; the kernel's
+  high-water mark is reset before that step, so the split is checked against the peak of the step it was
+  read in.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import re
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -138,16 +148,105 @@ class TreeSampler:
 
 
 def tensor_bytes(tensors: Iterable[Any]) -> int:
-    """Bytes of the distinct tensors among ``tensors`` (a shared or tied tensor counts once)."""
+    """Bytes of the distinct tensors among ``tensors`` (a shared or tied tensor counts once); of a sharded
+    tensor (FSDP's DTensor parameters, gradients and optimizer state), this rank's shard."""
     seen: dict[int, int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor wraps no storage of its own
+            seen[local.untyped_storage().data_ptr()] = local.untyped_storage().nbytes()
     return sum(seen.values())
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
+class MallocBooks(NamedTuple):
+    """glibc's own books over every arena (mallinfo2), bytes: what the process's malloc hands out now (small
+    blocks and the large ones it mmapped) and what it keeps of freed blocks instead of returning it."""
+
+    in_use: int
+    held: int
+
+
+class _MallInfo2(ctypes.Structure):
+    # struct mallinfo2's size_t fields, in order
+    _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    _fields_ = [(name, ctypes.c_size_t) for name in (*_FIELDS, "keepcost")]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's mallinfo2 (glibc 2.33 and later), else None (musl, macOS, an older glibc)."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = _MallInfo2, []
+    return fn
+
+
+def malloc_books() -> MallocBooks | None:
+    """This process's malloc books now (:class:`MallocBooks`), or None where glibc's mallinfo2 is missing."""
+    fn = _mallinfo2()
+    if fn is None:
+        return None
+    info = fn()
+    return MallocBooks(in_use=info.uordblks + info.hblkhd, held=info.fordblks)
+
+
+def reset_high_water() -> bool:
+    """Reset the kernel's high-water mark of this process's resident memory to what it holds now (Linux 4.0
+    and later: ``/proc/self/clear_refs``), so VmHWM from here on is the peak of what follows; False where
+    it cannot be reset."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+ARENAS = re.compile(r"arenas \* [\d,]+ bytes/arena\s*=\s*([\d,]+)")  # a line of sys._debugmallocstats()
+
+
+def python_arena_bytes() -> int | None:
+    """Bytes of CPython's small-object arenas now (its own allocator maps them, outside malloc's books: the
+    interpreter's objects, an FX graph's or a compiler's as much as the harness's), from the statistics
+    ``sys._debugmallocstats`` writes to the C stderr; None where it says nothing of arenas (another
+    interpreter, ``PYTHONMALLOC=malloc``)."""
+    stats = getattr(sys, "_debugmallocstats", None)
+    if stats is None:
+        return None
+    with tempfile.TemporaryFile() as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            stats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        found = ARENAS.search(out.read().decode(errors="replace"))
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+class HostMark(NamedTuple):
+    """Where the host's books stood at one moment, bytes: malloc's (None without glibc), the process's
+    file-backed resident pages (status RssFile: library code and data mapped from files), the kernel's
+    high-water mark of its resident memory (VmHWM; both None where /proc lacks them) and CPython's
+    small-object arenas (None where it does not say)."""
+
+    books: MallocBooks | None
+    files: int | None
+    high_water: int | None
+    python: int | None = None
+
+
+def host_mark() -> HostMark:
+    status = _kb_fields(Path("/proc/self/status"), "RssFile", "VmHWM")
+    return HostMark(malloc_books(), status.get("RssFile"), status.get("VmHWM"), python_arena_bytes())
 
 
 LABEL = "mem:"  # the record_function names the split's step carries around each phase
@@ -161,6 +260,33 @@ class _PhaseLabels:
 
     def on_step_end(self, trainer: Any, result: Any) -> None:
         return None
+
+
+class _PhaseBooks:
+    """A trainer hook: malloc's books as each phase of the step ends, by phase."""
+
+    def __init__(self) -> None:
+        self.books: dict[str, MallocBooks] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        yield
+        books = malloc_books()
+        if books is not None:
+            self.books[name] = books
+
+    def on_step_end(self, trainer: Any, result: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def hooked(trainer: Any, hook: Any) -> Iterator[Any]:
+    """``hook`` on ``trainer`` for the steps inside."""
+    trainer.hooks.append(hook)
+    try:
+        yield hook
+    finally:
+        trainer.hooks.remove(hook)
 
 
 def allocation_curve(prof: torch.profiler.profile) -> tuple[list[tuple[int, int]], dict[str, tuple[int, int]]]:
@@ -201,26 +327,22 @@ def data_bytes(data: Any) -> int:
     return sum(seen.values())
 
 
-def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor, data: float = 0.0) -> dict[str, float]:
     """One training step of ``trainer`` on (x, y), MiB: parameters, gradients and optimizer state (exact tensor
     sizes after the step), activations (how far allocations rose over the forward and loss: the tensors saved
     for backward, all live when it ends), backward (how far they rose over the backward above the activations:
     the gradients of activations and the parameters' gradients as they are made) and temporaries (how far they
-    rose in the optimizer step)."""
-    hook = _PhaseLabels()
-    trainer.hooks.append(hook)
+    rose in the optimizer step); ``data`` (MiB of the splits held in memory) as given."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    try:
-        with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
-            trainer.train_step(x, y)
-    finally:
-        trainer.hooks.remove(hook)
+    with hooked(trainer, _PhaseLabels()), torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        trainer.train_step(x, y)
     curve, phases = allocation_curve(prof)
     fwd, bwd, opt = phases.get("forward"), phases.get("backward"), phases.get("optimizer")
     model, optimizer = trainer.model, trainer.optimizer
     return {
+        "data": data,
         "params": tensor_bytes(model.parameters()) / MB,
         "grads": tensor_bytes(p.grad for p in model.parameters()) / MB,
         "optimizer": tensor_bytes(optimizer_tensors(optimizer)) / MB,
@@ -228,6 +350,53 @@ def step_split(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, floa
         "backward": (rise(curve, bwd[0], bwd[1]) if bwd else 0) / MB,
         "temporaries": (rise(curve, opt[0], opt[1]) if opt else 0) / MB,
     }
+
+
+class HostStep(NamedTuple):
+    """One training step as the host's books saw it: malloc's as each phase ended, all of them as it ended,
+    and whether its high-water mark is its own (the kernel's was reset before it)."""
+
+    phases: dict[str, MallocBooks]
+    end: HostMark
+    own_peak: bool
+
+
+def host_step(trainer: Any, x: torch.Tensor, y: torch.Tensor) -> HostStep:
+    """One more training step with the host's books read around it (no profiler: its event buffers are no
+    cost of the run), the kernel's high-water mark reset first so that the step's peak is its own."""
+    own_peak = reset_high_water()
+    with hooked(trainer, _PhaseBooks()) as hook:
+        trainer.train_step(x, y)
+    return HostStep(hook.books, host_mark(), own_peak)
+
+
+def host_split(split: dict[str, float], start: HostMark, step: HostStep) -> dict[str, float]:
+    """What a CPU process holds beside torch's tensors (``split``, from a step like ``step``) since ``start``,
+    MiB, each from the host's own books: library (file-backed pages it mapped since: code of the kernels the
+    first steps ran), runtime (malloc's blocks in use after the step that are not the data, parameters,
+    gradients or optimizer state: kernel caches, the autograd engine's and the libraries' own buffers),
+    malloc_held (freed blocks glibc kept instead of returning them, around the step's peak) and python
+    (CPython's small-object arenas: the interpreter's objects, a compiled graph's among them). A figure whose
+    books are missing (no glibc, no /proc) is left out."""
+    out: dict[str, float] = {}
+    end = step.end
+    if start.files is not None and end.files is not None:
+        out["library"] = max(0, end.files - start.files) / MB
+    if start.python is not None and end.python is not None:
+        out["python"] = max(0, end.python - start.python) / MB
+    if start.books is None or end.books is None:
+        return out
+    live = sum(split.get(k, 0.0) for k in ("data", "params", "grads", "optimizer"))
+    out["runtime"] = max(0.0, (end.books.in_use - start.books.in_use) / MB - live)
+    # The peak is in the optimizer's step or in the backward, whichever the split says holds more
+    # (held_at_peak); the step's allocations come first from what glibc holds, so the lesser of what it
+    # held as that phase began and as it ended stayed resident beside the tensors the split counts.
+    optimizer_peak = split.get("grads", 0.0) + split.get("temporaries", 0.0)
+    in_optimizer = optimizer_peak > split.get("activations", 0.0) + split.get("backward", 0.0)
+    around = ("backward", "optimizer") if in_optimizer else ("forward", "backward")
+    held = [step.phases[p].held for p in around if p in step.phases] or [end.books.held]
+    out["malloc_held"] = max(0, min(held) - start.books.held) / MB
+    return out
 
 
 def tree_now(pid: int | None = None, skip: frozenset[int] = frozenset()) -> tuple[int, int]:

@@ -26,7 +26,11 @@ MEM_SPLIT = (
     "activations",
     "backward",
     "temporaries",
-)  # the keys of CellRecord.mem_split_mb
+    "library",
+    "runtime",
+    "malloc_held",
+    "python",
+)  # the keys of CellRecord.mem_split_mb (the last four: CPU only, from the host's own books)
 METRIC_COLUMNS = [
     "status",
     "reason",
@@ -45,6 +49,7 @@ METRIC_COLUMNS = [
     "mem_added_mb",
     "mem_workers_mb",
     *(f"mem_{k}_mb" for k in MEM_SPLIT),
+    "mem_split_peak_mb",
     "mem_split_gap_pct",
     "tflops",
     "pct_of_peak",
@@ -152,6 +157,7 @@ def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
         _fmt(r.peak_mem_mb, 0),
         _fmt(r.mem_added_mb, 0),
         mem_split_text(r),
+        _fmt(r.mem_split_gap_pct, 0),
         _fmt(r.tflops, 3),
         _fmt(r.pct_of_peak),
         _fmt(r.mfu_pct),
@@ -161,7 +167,7 @@ def _row(r: CellRecord, axes: list[str], compact: bool, rate: str) -> list[Any]:
 
 
 def mem_split_text(r: CellRecord) -> str:
-    """The split as one cell: parameters/gradients/optimizer/activations, MiB."""
+    """The split as one cell, MiB, in MEM_SPLIT's order ('-' for a part not taken)."""
     split = r.mem_split_mb
     return "/".join(_fmt(split.get(k), 0) or "-" for k in MEM_SPLIT) if split else ""
 
@@ -187,7 +193,8 @@ def markdown_table(records: list[CellRecord], compact: bool = False) -> str:
         "data-wait %",
         "peak MB",
         "added MB",
-        "data/params/grads/opt/act/bwd/temp MB",
+        "data/params/grads/opt/act/bwd/temp/lib/runtime/held/py MB",
+        "split gap %",
         "TFLOP/s",
         "% peak",
         "MFU %",
