@@ -271,14 +271,26 @@ def guards_ok(results: list[GuardResult] | dict[str, GuardResult]) -> bool:
 HOST_SPLIT = ("library", "runtime", "malloc_held", "python")  # mem_split_mb's keys from the host's own books (CPU)
 
 
+def _phase_peaks(split: dict[str, float]) -> tuple[float, float]:
+    """(what the backward holds above the rest: activations and its own rise; what the optimizer's step
+    holds: gradients and its temporaries), MiB, by a split (CellRecord.mem_split_mb)."""
+    during_backward = split.get("activations", 0.0) + split.get("backward", 0.0)
+    return during_backward, split.get("grads", 0.0) + split.get("temporaries", 0.0)
+
+
+def peak_in_optimizer(split: dict[str, float]) -> bool:
+    """Whether the step's peak is in the optimizer's step (else in the backward), by a split."""
+    during_backward, during_optimizer = _phase_peaks(split)
+    return during_optimizer > during_backward
+
+
 def held_at_peak(split: dict[str, float]) -> float:
     """MiB of torch's tensors live at the step's peak by a split (CellRecord.mem_split_mb): the data,
     parameters and optimizer state always; then either the forward's activations with the backward's rise
     above them, or the gradients with the optimizer's temporaries (never both: activations are freed by the
     time the optimizer steps)."""
     held = sum(split.get(k, 0.0) for k in ("data", "params", "optimizer"))
-    during_backward = split.get("activations", 0.0) + split.get("backward", 0.0)
-    return held + max(during_backward, split.get("grads", 0.0) + split.get("temporaries", 0.0))
+    return held + max(_phase_peaks(split))
 
 
 class CellRecord(BaseModel):

@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from bench.cells.contract import peak_in_optimizer
+
 MB = 2**20
 Footprint = Callable[[int, frozenset[int]], tuple[int, int]]  # (a process's bytes, its descendants'), now
 SAMPLE_S = 0.05  # how often the sampler reads the tree: fast enough for a step's peak on a loaded machine
@@ -388,12 +390,9 @@ def host_split(split: dict[str, float], start: HostMark, step: HostStep) -> dict
         return out
     live = sum(split.get(k, 0.0) for k in ("data", "params", "grads", "optimizer"))
     out["runtime"] = max(0.0, (end.books.in_use - start.books.in_use) / MB - live)
-    # The peak is in the optimizer's step or in the backward, whichever the split says holds more
-    # (held_at_peak); the step's allocations come first from what glibc holds, so the lesser of what it
-    # held as that phase began and as it ended stayed resident beside the tensors the split counts.
-    optimizer_peak = split.get("grads", 0.0) + split.get("temporaries", 0.0)
-    in_optimizer = optimizer_peak > split.get("activations", 0.0) + split.get("backward", 0.0)
-    around = ("backward", "optimizer") if in_optimizer else ("forward", "backward")
+    # The step's allocations come first from what glibc holds, so the lesser of what it held as the peak's
+    # phase began and as it ended stayed resident beside the tensors the split counts.
+    around = ("backward", "optimizer") if peak_in_optimizer(split) else ("forward", "backward")
     held = [step.phases[p].held for p in around if p in step.phases] or [end.books.held]
     out["malloc_held"] = max(0, min(held) - start.books.held) / MB
     return out

@@ -12,7 +12,18 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.cells.contract import FAIL, FAILED, NONDETERMINISTIC, OK, PASS, SKIPPED, CellRecord, first_seen, guard_names
+from bench.cells.contract import (
+    FAIL,
+    FAILED,
+    HOST_SPLIT,
+    NONDETERMINISTIC,
+    OK,
+    PASS,
+    SKIPPED,
+    CellRecord,
+    first_seen,
+    guard_names,
+)
 from bench.cells.target import TARGET_UNIT
 from bench.report.target import target_answer, target_table
 from trainer_core.phases import PHASES
@@ -26,11 +37,8 @@ MEM_SPLIT = (
     "activations",
     "backward",
     "temporaries",
-    "library",
-    "runtime",
-    "malloc_held",
-    "python",
-)  # the keys of CellRecord.mem_split_mb (the last four: CPU only, from the host's own books)
+    *HOST_SPLIT,
+)  # the keys of CellRecord.mem_split_mb (HOST_SPLIT's: CPU only, from the host's own books)
 METRIC_COLUMNS = [
     "status",
     "reason",
