@@ -13,6 +13,7 @@ from conftest import REPO
 from bench.cells.contract import CellRecord
 from bench.cells.target import Target, TargetRun
 from bench.target.scoring import score_runs
+from bench.tune.report import pruning_section, trials_section
 from bench.tune.to_target import (
     Objective,
     epochs_to_reach,
@@ -69,7 +70,7 @@ def test_a_reading_is_worth_its_throughput_or_one_over_its_time_to_target() -> N
 def test_time_to_target_adds_the_learning_rate_its_scaling_and_if_allowed_the_model() -> None:
     tabular = load_config(REPO / "configs" / "tabular_mlp.yaml")
     space = target_space(tabular, {"data.batch_size": [32, 64]}, allow_model_change=False)
-    assert space["optim.lr"] == [0.005, 0.01, 0.02] and space["optim.lr_scaling"] == ["none", "sqrt", "linear"]
+    assert space["optim.lr"] == [0.005, 0.01, 0.02, 0.04] and space["optim.lr_scaling"] == ["none", "sqrt", "linear"]
     assert "optim.lr_scaling" not in target_space(tabular, {"data.batch_size": [64]}, False)  # batch fixed
     with pytest.raises(ConfigError, match="--allow-model-change: synthetic_blobs is not image data"):
         target_space(tabular, {}, allow_model_change=True)
@@ -89,6 +90,7 @@ def test_a_time_to_target_tune_prepares_every_lever_value_as_a_valid_config() ->
         0.005,
         0.01,
         0.02,
+        0.04,
     ]
     assert setup.config.optim.reference_batch_size == 64  # scaling is relative to the batch the start's lr was set at
     images = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, TTT, allow_model_change=True)
@@ -153,6 +155,41 @@ def test_a_lever_stays_only_if_the_target_is_reached_later_without_it() -> None:
     assert prune_target_levers(cells, TTT, start, one, {**final, "ci_low": 0.9})[0] == start
 
 
+def test_levers_that_cost_nothing_alone_are_dropped_together_only_if_that_costs_nothing_either() -> None:
+    start = {"optim.lr": 0.01, "data.batch_size": 64}
+    winner = {"optim.lr": 0.02, "data.batch_size": 128}
+    table = {
+        (0.02, 128): [10.0, 11.0, 12.0],  # the winner
+        (0.01, 128): [10.5, 11.0, 11.5],  # without the lr change: as fast
+        (0.02, 64): [10.0, 11.5, 12.0],  # without the batch change: as fast
+    }
+    slow = TableCells({**table, (0.01, 64): [20.0, 21.0, 22.0]})  # without both: each was the other's gain
+    kept, rows = prune_target_levers(slow, TTT, start, winner, {})  # type: ignore[arg-type]
+    assert kept == winner and all(r["kept"] for r in rows)
+    together = rows[-1]
+    assert together["axis"] == "together: optim.lr, data.batch_size" and together["without"][2] < 1.0
+    assert [r["why"] for r in rows[:2]] == ["slower without them together"] * 2
+    assert sum(1 for c in slow.calls if c.startswith("prune-together")) == 2 * TTT.runs  # winner and pruned
+    assert "kept: slower without them together" in "\n".join(pruning_section({"pruning": rows}))
+    free = TableCells({**table, (0.01, 64): [10.0, 11.0, 11.5]})
+    pruned, rows = prune_target_levers(free, TTT, start, winner, {})  # type: ignore[arg-type]
+    assert pruned == start and not any(r["kept"] for r in rows) and rows[-1]["without"][2] >= 1.0
+    never = TableCells({**table, (0.01, 64): [None, None, None]})  # without both the target is not reached
+    assert prune_target_levers(never, TTT, start, winner, {})[0] == winner  # type: ignore[arg-type]
+
+
+def test_a_trial_short_of_the_target_reads_not_reached_not_a_failure() -> None:
+    start, later = {"optim.lr": 0.01}, {"optim.lr": 0.02}
+    trials = [{"values": start, "status": "ok", "guards_ok": True, "score": 1 / 200.0},
+              {"values": later, "status": "ok", "guards_ok": True, "score": 0.0}]  # fmt: skip
+    result = {"config": "c.yaml", "objective": "time_to_target", "trials": trials, "search_seconds": 400.0,
+              "budget_exhausted": False, "start": start, "winner": start}  # fmt: skip
+    rows = [ln for ln in trials_section(result) if ln.startswith("| optim.lr=0.02")]
+    assert rows == ["| optim.lr=0.02 | ok | not reached |  | ok |"]
+    assert "| (start) | ok | 200 |  | ok |" in trials_section(result)
+    assert "(second reading FAILED)" in "\n".join(trials_section({**result, "objective": "samples_per_s"}))
+
+
 def test_the_winners_yaml_keeps_a_one_cycle_schedule_its_own_length(tmp_path: Any) -> None:
     import yaml
 
@@ -176,7 +213,11 @@ def test_a_search_trial_is_stopped_once_it_cannot_win_and_the_pipeline_is_search
     from bench.tune.tuning import TRIAL_CAP, TuneCells, prepare
 
     setup = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 128, TTT)
-    assert next(iter(setup.space)) == "data.pipeline"  # each trial behind the per-sample pipeline is a slow run
+    # each trial behind the per-sample pipeline is a slow run; the schedule and the learning rate then set how
+    # many epochs every later trial runs; the scaling rule right behind the batch size it scales with
+    assert list(setup.space)[:3] == ["data.pipeline", "optim.scheduler+train.epochs", "optim.lr"]
+    axes = list(setup.space)
+    assert axes.index("optim.lr_scaling") == axes.index("data.batch_size") + 1 and axes[-1] == "train.compile"
     cells = TuneCells(setup, tmp_path, threads=1, measure=TTT.measure(None, runs=1))  # type: ignore[arg-type]
     assert cells.cell_measure("search").cell_timeout_s == cells.measure.cell_timeout_s  # nothing reached yet
     cells.note_fastest(_record(None).model_copy(update={"cell_seconds": 40.0}), "search")  # not reached: no bar

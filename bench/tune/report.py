@@ -54,8 +54,11 @@ def trials_section(result: dict[str, Any]) -> list[str]:
         )
         both = " / ".join(_value(result, x) for x in readings) if len(readings) > 1 else ""
         g = "" if t["status"] != "ok" else ("ok" if t.get("guards_ok") else "FAILED")
-        if g == "ok" and not t.get("score"):  # a passing first reading scores 0 only when its second one failed
-            g += " (second reading FAILED)"
+        if g == "ok" and not t.get("score"):
+            if _to_target(result):  # a run that ended its epochs short of the target: worth nothing, no failure
+                sps = "not reached"
+            else:  # a passing first reading scores 0 only when its second one failed
+                g += " (second reading FAILED)"
         why = f": {t['reason']}" if t.get("reason") and t["status"] != "ok" else ""
         row = f"| {_changes(t['values'], start) or '(start)'} | {t['status']}{why} | {sps} | {both} | {g} |"
         lines.append(row + (f" {_mfu(t.get('mfu_pct'))} |" if with_mfu else ""))
@@ -170,7 +173,8 @@ def pruning_section(result: dict[str, Any]) -> list[str]:
     for r in rows:
         w = r.get("without")
         ratio = f"{w[0]:.2f}x ({w[1]:.2f}-{w[2]:.2f})" if w else r["why"]
-        verdict = "kept" if r["kept"] else "**dropped**: not slower without it"
+        together = "together" in r["why"]  # alone not slower, but dropped with the others it is
+        verdict = (f"kept: {r['why']}" if together else "kept") if r["kept"] else "**dropped**: not slower without it"
         lines.append(f"| {r['axis']} | {ratio} | {verdict} |")
     return lines
 

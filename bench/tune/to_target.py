@@ -47,7 +47,9 @@ class TuneCells(Protocol):
     def __call__(self, values: dict[str, Any], label: str | None = None) -> CellRecord: ...
 
 
-LR_GRID = (0.5, 1.0, 2.0)  # the start's learning rate times these
+# The start's learning rate times these. Up to 4x: a short one-cycle schedule holds its peak rate only for a
+# moment, and a constant-rate recipe's rate is often well below the peak such a schedule can take.
+LR_GRID = (0.5, 1.0, 2.0, 4.0)
 # Image classifiers sized from the data (classes, channels, image size): the models --allow-model-change
 # lets the search try on image data. One that cannot take the data (torchvision's want 3 channels) fails
 # its cell with the reason, and the search goes on.
@@ -222,7 +224,29 @@ def prune_target_levers(
         rows.append({"axis": k, "kept": kept, "without": ratio, "why": "side by side"})
         if not kept:
             pruned[k] = start[k]
+    dropped = [r for r in rows if not r["kept"]]
+    if len(dropped) > 1:
+        return drop_together(cells, objective, winner, pruned, rows)
     return pruned, rows
+
+
+def drop_together(
+    cells: TuneCells, objective: Objective, winner: dict[str, Any], pruned: dict[str, Any], rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Levers that each cost nothing alone can cost something together (one run's gain hidden by the
+    other's, or each loss inside its own interval): the winner without all of them, side by side with the
+    winner. Dropped together only when that is not significantly slower; else every lever stays."""
+    assert objective.target is not None
+    scored, failed = seeded_runs(cells, {"winner": winner, "pruned": pruned}, objective.runs, objective.target,
+                                 "prune-together")  # fmt: skip
+    ratio = ratio_of(scored.get("winner"), scored.get("pruned"))  # speed without them / with
+    names = "together: " + ", ".join(r["axis"] for r in rows if not r["kept"])
+    if ratio is not None and ratio[2] >= 1.0:
+        return pruned, rows + [{"axis": names, "kept": False, "without": ratio, "why": "side by side"}]
+    why = "slower without them together" if ratio is not None else "together: " + (
+        failed.get("pruned") or failed.get("winner") or "the target was not reached")  # fmt: skip
+    kept = [r if r["kept"] else {**r, "kept": True, "why": why} for r in rows]
+    return winner, kept + [{"axis": names, "kept": True, "without": ratio, "why": why}]
 
 
 def epochs_to_reach(final: dict[str, Any] | None, winner: dict[str, Any]) -> int | None:

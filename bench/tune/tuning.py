@@ -41,7 +41,14 @@ from bench.tune.search import (
     ranked,
     values_key,
 )
-from bench.tune.to_target import Objective, epochs_to_reach, prune_target_levers, target_finals, target_space
+from bench.tune.to_target import (
+    SCHEDULE_LEVER,
+    Objective,
+    epochs_to_reach,
+    prune_target_levers,
+    target_finals,
+    target_space,
+)
 from trainer_core.config import PRECISIONS, RunConfig, apply_overrides, parse_override, read_yaml
 from trainer_core.datasets import dataset_info
 from trainer_core.errors import ConfigError
@@ -121,8 +128,23 @@ def _native(precision: str, device: torch.device) -> bool:
 
 # For time to a target the input pipeline goes first: there every trial is a whole training run at its
 # configuration's speed, so each lever judged behind a slow per-sample pipeline costs minutes, not seconds
-# (and a run's gain from the pipeline is far beyond the noise of a short reading).
-TARGET_AXIS_ORDER = ("data.pipeline", *(a for a in AXIS_ORDER if a != "data.pipeline"))
+# (and a run's gain from the pipeline is far beyond the noise of a short reading). The schedule and the
+# learning rate next: they set how many epochs a run needs, so every trial after them is that much shorter
+# (judged last, the budget ran out on the throughput levers before it reached them). The scaling rule of
+# the learning rate right behind the batch size it scales with.
+TARGET_AXIS_ORDER = (
+    "data.pipeline",
+    SCHEDULE_LEVER,
+    "optim.lr",
+    "precision",
+    "model.memory_format",
+    "data.batch_size",
+    "optim.lr_scaling",
+    "train.malloc",
+    "data.num_workers",
+    "optim.fused",
+    "train.compile",
+)
 # A time-to-target trial still running after this many times the fastest run so far cannot win: stopped.
 TRIAL_CAP = 2.0
 TRIAL_CAP_MIN_S = 60.0
