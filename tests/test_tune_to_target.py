@@ -190,6 +190,21 @@ def test_a_trial_short_of_the_target_reads_not_reached_not_a_failure() -> None:
     assert "(second reading FAILED)" in "\n".join(trials_section({**result, "objective": "samples_per_s"}))
 
 
+def test_the_budget_plan_leaves_time_for_the_levers_dropped_together() -> None:
+    from bench.tune.tuning import FINAL_COST, TunePlan
+
+    start = {"optim.lr": 0.01, "data.batch_size": 64, "precision": "fp32"}
+    winner = {"optim.lr": 0.02, "data.batch_size": 128, "precision": "bf16"}
+    space = {k: [start[k], winner[k]] for k in start}
+    searcher = SimpleNamespace(trials=[(start, None), (winner, None)], score=lambda v: 1.0, measured=lambda v: True,
+                               cost=lambda v: 100.0, trial_seconds=100.0)  # fmt: skip
+    alone = TunePlan(9000.0, start, space, finalists=1, rounds=2).after_search_s(searcher, 2)  # type: ignore[arg-type]
+    both = TunePlan(9000.0, start, space, 1, 2, together=True).after_search_s(searcher, 2)  # type: ignore[arg-type]
+    finals, pruning = 2 * FINAL_COST * (100.0 + 100.0), 2 * FINAL_COST * 4 * 100.0  # pruning: 3 levers + the winner
+    assert alone == pytest.approx(finals + pruning)
+    assert both - alone == pytest.approx(2 * FINAL_COST * 2 * 100.0)  # the winner and the winner without them, each run
+
+
 def test_the_winners_yaml_keeps_a_one_cycle_schedule_its_own_length(tmp_path: Any) -> None:
     import yaml
 

@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         args.config, args.overrides, args.axes, args.max_batch, resolve_objective(args), args.allow_model_change
     )
     rounds = setup.objective.runs if setup.objective.to_target else args.rounds
-    plan = TunePlan(args.budget_s, setup.start, setup.space, args.finalists, rounds)
+    plan = TunePlan(args.budget_s, setup.start, setup.space, args.finalists, rounds, setup.objective.to_target)
     run_dir, threads, peaks = open_tune_dir(Path(args.out), setup, args.resume)
     print(f"{run_dir}: searching {', '.join(setup.space)} from {args.config} within {args.budget_s:.0f} s", flush=True)
     executor = build_executor(args.executor, options, run_dir)

@@ -334,6 +334,7 @@ class TunePlan:
     space: dict[str, list[Any]]
     finalists: int
     rounds: int
+    together: bool = False  # time to target: levers that alone cost nothing are also tried out together
     t0: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -357,9 +358,11 @@ class TunePlan:
             )
         else:
             levers = max(0, len(self.space) - 1)
-        # Then the winner without each of its levers, side by side (when it has more than one).
+        # Then the winner without each of its levers, side by side (when it has more than one), and for time
+        # to target the winner beside itself without all those that alone cost nothing (when two or more).
         changed = sum(1 for a in self.space if top and top[0][a] != self.start[a])
-        pruning = rounds * FINAL_COST * (changed + 1) * (searcher.trial_seconds or 0.0) if changed > 1 else 0.0
+        cells = changed + 1 + (2 if self.together else 0)
+        pruning = rounds * FINAL_COST * cells * (searcher.trial_seconds or 0.0) if changed > 1 else 0.0
         return rounds * self.round_s(searcher, top) + (searcher.trial_seconds or 0.0) * levers + pruning
 
     def reserve_s(self, searcher: Searcher) -> float:
