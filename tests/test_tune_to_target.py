@@ -95,6 +95,7 @@ def test_a_time_to_target_tune_prepares_every_lever_value_as_a_valid_config() ->
     assert setup.config.optim.reference_batch_size == 64  # scaling is relative to the batch the start's lr was set at
     images = prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, TTT, allow_model_change=True)
     assert images.space["model.name"][0] == "SimpleCNN" and images.start["model.name"] == "SimpleCNN"
+    assert list(images.space)[:3] == ["data.pipeline", "model.name", "optim.scheduler+train.epochs"]
     with pytest.raises(ConfigError, match="--allow-model-change: only with --objective time_to_target"):
         prepare(str(REPO / "configs" / "fashion_mnist_classic.yaml"), [], [], 512, Objective(), allow_model_change=True)
 

@@ -53,7 +53,7 @@ LR_GRID = (0.5, 1.0, 2.0, 4.0)
 # Image classifiers sized from the data (classes, channels, image size): the models --allow-model-change
 # lets the search try on image data. One that cannot take the data (torchvision's want 3 channels) fails
 # its cell with the reason, and the search goes on.
-IMAGE_MODELS = ("SimpleCNN", "ResNet18", "torchvision:resnet18", "torchvision:mobilenet_v3_small")
+IMAGE_MODELS = ("SimpleCNN", "FastCNN", "ResNet18", "torchvision:resnet18", "torchvision:mobilenet_v3_small")
 # One lever, two keys: a schedule and the epochs it is sized for (a run that has not reached the target by
 # then counts as not reached). Searched apart, neither moves: a one-cycle schedule stretched over the start's
 # epoch budget anneals too late to reach the target sooner, and fewer epochs without one never reach it.

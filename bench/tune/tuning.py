@@ -128,12 +128,15 @@ def _native(precision: str, device: torch.device) -> bool:
 
 # For time to a target the input pipeline goes first: there every trial is a whole training run at its
 # configuration's speed, so each lever judged behind a slow per-sample pipeline costs minutes, not seconds
-# (and a run's gain from the pipeline is far beyond the noise of a short reading). The schedule and the
+# (and a run's gain from the pipeline is far beyond the noise of a short reading). The model (when the user
+# allows it to change) right behind it: it changes both the cost of a step and the steps needed, so the
+# schedule and learning rate are best judged on the model that stays. The schedule and the
 # learning rate next: they set how many epochs a run needs, so every trial after them is that much shorter
 # (judged last, the budget ran out on the throughput levers before it reached them). The scaling rule of
 # the learning rate right behind the batch size it scales with.
 TARGET_AXIS_ORDER = (
     "data.pipeline",
+    "model.name",
     SCHEDULE_LEVER,
     "optim.lr",
     "precision",
