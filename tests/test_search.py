@@ -139,6 +139,17 @@ def test_contributions_are_complete_even_after_the_budget() -> None:
     assert {r["axis"] for r in contributions(START, winner, searcher)} == {"precision", "data.batch_size"}
 
 
+def test_contributions_left_unmeasured_say_so_and_measure_nothing() -> None:
+    calls: list[dict] = []
+    searcher = Searcher(lambda v: calls.append(v) or fake(v), 1e9)
+    searcher.get(START)
+    searcher.get({**START, "precision": "bf16"})  # the search tried this lever alone
+    winner = {**START, "precision": "bf16", "data.batch_size": 128}
+    rows = {r["axis"]: r for r in contributions(START, winner, searcher, measure_missing=False)}
+    assert len(calls) == 2 and rows["precision"]["speedup"] == pytest.approx(1.5)
+    assert rows["data.batch_size"]["status"] == "not measured" and rows["data.batch_size"]["speedup"] is None
+
+
 def _noisy(
     first_reading: dict[str, float], recheck_guard_fails: set[str] = frozenset()
 ) -> tuple[Any, list[tuple[str, str | None]]]:

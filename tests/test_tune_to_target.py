@@ -175,6 +175,8 @@ def test_levers_that_cost_nothing_alone_are_dropped_together_only_if_that_costs_
     free = TableCells({**table, (0.01, 64): [10.0, 11.0, 11.5]})
     pruned, rows = prune_target_levers(free, TTT, start, winner, {})  # type: ignore[arg-type]
     assert pruned == start and not any(r["kept"] for r in rows) and rows[-1]["without"][2] >= 1.0
+    verdicts = [ln.rsplit("|", 2)[1].strip() for ln in pruning_section({"pruning": rows})[-3:]]
+    assert verdicts == ["**dropped**: not slower without it"] * 2 + ["**dropped**: not slower without them together"]
     never = TableCells({**table, (0.01, 64): [None, None, None]})  # without both the target is not reached
     assert prune_target_levers(never, TTT, start, winner, {})[0] == winner  # type: ignore[arg-type]
 
@@ -191,19 +193,25 @@ def test_a_trial_short_of_the_target_reads_not_reached_not_a_failure() -> None:
     assert "(second reading FAILED)" in "\n".join(trials_section({**result, "objective": "samples_per_s"}))
 
 
-def test_the_budget_plan_leaves_time_for_the_levers_dropped_together() -> None:
+def test_the_budget_plan_costs_what_follows_the_search_from_the_leaders_and_the_starts_own_cells() -> None:
+    from bench.tune.search import values_key
     from bench.tune.tuning import FINAL_COST, TunePlan
 
     start = {"optim.lr": 0.01, "data.batch_size": 64, "precision": "fp32"}
     winner = {"optim.lr": 0.02, "data.batch_size": 128, "precision": "bf16"}
     space = {k: [start[k], winner[k]] for k in start}
-    searcher = SimpleNamespace(trials=[(start, None), (winner, None)], score=lambda v: 1.0, measured=lambda v: True,
-                               cost=lambda v: 100.0, trial_seconds=100.0)  # fmt: skip
-    alone = TunePlan(9000.0, start, space, finalists=1, rounds=2).after_search_s(searcher, 2)  # type: ignore[arg-type]
-    both = TunePlan(9000.0, start, space, 1, 2, together=True).after_search_s(searcher, 2)  # type: ignore[arg-type]
-    finals, pruning = 2 * FINAL_COST * (100.0 + 100.0), 2 * FINAL_COST * 4 * 100.0  # pruning: 3 levers + the winner
-    assert alone == pytest.approx(finals + pruning)
-    assert both - alone == pytest.approx(2 * FINAL_COST * 2 * 100.0)  # the winner and the winner without them, each run
+    timed = {values_key(start): 200.0, values_key(winner): 40.0, values_key({**winner, "precision": "fp32"}): 60.0}
+    alone_bf16 = values_key({**start, "precision": "bf16"})  # the only lever the search never tried alone
+    searcher = SimpleNamespace(trials=[(start, None), (winner, None)], score=lambda v: 1.0 if v == winner else 0.5,
+                               measured=lambda v: values_key(v) != alone_bf16, timed=lambda v: timed.get(values_key(v)),
+                               cost=lambda v: timed.get(values_key(v), 150.0), trial_seconds=150.0)  # fmt: skip
+    throughput = TunePlan(9000.0, start, space, finalists=1, rounds=2).after_search_s(searcher, 2)  # type: ignore[arg-type]
+    to_target = TunePlan(9000.0, start, space, 1, 2, to_target=True).after_search_s(searcher, 2)  # type: ignore[arg-type]
+    finals = 2 * FINAL_COST * (200.0 + 40.0)
+    pruning = 2 * FINAL_COST * (40.0 + 40.0 + 40.0 + 60.0)  # the leader, and without each lever: as it, or as timed
+    assert throughput == pytest.approx(finals + 150.0 + pruning)  # the lever never tried alone: an average trial
+    # to target: no lever alone from the start; the leader again and without them together (between it and the start)
+    assert to_target == pytest.approx(finals + pruning + 2 * FINAL_COST * (40.0 + 120.0))
 
 
 def test_the_winners_yaml_keeps_a_one_cycle_schedule_its_own_length(tmp_path: Any) -> None:

@@ -173,8 +173,10 @@ def pruning_section(result: dict[str, Any]) -> list[str]:
     for r in rows:
         w = r.get("without")
         ratio = f"{w[0]:.2f}x ({w[1]:.2f}-{w[2]:.2f})" if w else r["why"]
-        together = "together" in r["why"]  # alone not slower, but dropped with the others it is
-        verdict = (f"kept: {r['why']}" if together else "kept") if r["kept"] else "**dropped**: not slower without it"
+        if not r["kept"]:
+            verdict = "**dropped**: not slower without " + ("them together" if r.get("together") else "it")
+        else:  # a lever not slower alone, kept because without it and the others together it is, says why
+            verdict = f"kept: {r['why']}" if r.get("together") else "kept"
         lines.append(f"| {r['axis']} | {ratio} | {verdict} |")
     return lines
 

@@ -104,12 +104,17 @@ class Searcher:
         """Has ``values`` a reading (this run's, or an earlier run's given as ``known``)?"""
         return values_key(values) in self.cache
 
+    def timed(self, values: dict[str, Any]) -> float | None:
+        """The mean wall time of this searcher's own measurements of ``values``; None if it made none."""
+        own = self._seconds.get(values_key(values))
+        return sum(own) / len(own) if own else None
+
     def cost(self, values: dict[str, Any]) -> float:
         """What measuring ``values`` again should take: its own readings' mean wall time when this
         searcher timed any (a compiled or classic-pipeline cell costs up to twice an average one),
         else the average trial (0 before two measurements)."""
-        own = self._seconds.get(values_key(values))
-        return sum(own) / len(own) if own else (self.trial_seconds or 0.0)
+        own = self.timed(values)
+        return own if own is not None else (self.trial_seconds or 0.0)
 
     def time_left(self) -> float:
         """Seconds of the budget left for measuring, after the reserve."""
@@ -347,13 +352,19 @@ def coordinate_search(
 
 
 def contributions(
-    start: dict[str, Any], winner: dict[str, Any], searcher: Searcher, start_sps: float | None = None
+    start: dict[str, Any],
+    winner: dict[str, Any],
+    searcher: Searcher,
+    start_sps: float | None = None,
+    measure_missing: bool = True,
 ) -> list[dict[str, Any]]:
     """Each lever on its own: the start with only that axis set to the winner's value, against the
     start's value (``start_sps``: e.g. pooled over every reading of it; default: the search's).
 
     Not bounded by the search budget: at most one measurement per axis, and a table with rows
-    silently missing would misreport what the winner is made of.
+    silently missing would misreport what the winner is made of. ``measure_missing=False`` (each
+    would be a whole training run of the start) keeps the row of one the search did not measure, as
+    "not measured".
     """
     base = searcher.value(searcher.get(start))
     base_sps = start_sps or searcher.score(start)
@@ -361,7 +372,12 @@ def contributions(
     for axis in winner:
         if winner[axis] == start.get(axis):
             continue
-        record = searcher.get({**start, axis: winner[axis]})
+        alone = {**start, axis: winner[axis]}
+        if not measure_missing and not searcher.measured(alone):
+            rows.append({"axis": axis, "from": start.get(axis), "to": winner[axis], "status": "not measured",
+                         "guards_ok": None, "speedup": None})  # fmt: skip
+            continue
+        record = searcher.get(alone)
         value = searcher.value(record)
         rows.append(
             {

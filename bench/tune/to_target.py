@@ -242,11 +242,12 @@ def drop_together(
     ratio = ratio_of(scored.get("winner"), scored.get("pruned"))  # speed without them / with
     names = "together: " + ", ".join(r["axis"] for r in rows if not r["kept"])
     if ratio is not None and ratio[2] >= 1.0:
-        return pruned, rows + [{"axis": names, "kept": False, "without": ratio, "why": "side by side"}]
+        dropped = {"axis": names, "kept": False, "without": ratio, "why": "side by side", "together": True}
+        return pruned, rows + [dropped]
     why = "slower without them together" if ratio is not None else "together: " + (
         failed.get("pruned") or failed.get("winner") or "the target was not reached")  # fmt: skip
-    kept = [r if r["kept"] else {**r, "kept": True, "why": why} for r in rows]
-    return winner, kept + [{"axis": names, "kept": True, "without": ratio, "why": why}]
+    kept = [r if r["kept"] else {**r, "kept": True, "why": why, "together": True} for r in rows]
+    return winner, kept + [{"axis": names, "kept": True, "without": ratio, "why": why, "together": True}]
 
 
 def epochs_to_reach(final: dict[str, Any] | None, winner: dict[str, Any]) -> int | None:

@@ -337,7 +337,9 @@ class TunePlan:
     space: dict[str, list[Any]]
     finalists: int
     rounds: int
-    together: bool = False  # time to target: levers that alone cost nothing are also tried out together
+    # Time to target: levers that alone cost nothing are also tried out together, and no lever is measured
+    # alone from the start (see conclude).
+    to_target: bool = False
     t0: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
@@ -353,20 +355,35 @@ class TunePlan:
 
     def after_search_s(self, searcher: Searcher, rounds: int) -> float:
         top = ranked(searcher.trials, searcher.score, self.start, self.finalists)
-        if top:
-            levers = sum(
-                1
-                for a in self.space
-                if top[0][a] != self.start[a] and not searcher.measured({**self.start, a: top[0][a]})
-            )
-        else:
-            levers = max(0, len(self.space) - 1)
-        # Then the winner without each of its levers, side by side (when it has more than one), and for time
-        # to target the winner beside itself without all those that alone cost nothing (when two or more).
-        changed = sum(1 for a in self.space if top and top[0][a] != self.start[a])
-        cells = changed + 1 + (2 if self.together else 0)
-        pruning = rounds * FINAL_COST * cells * (searcher.trial_seconds or 0.0) if changed > 1 else 0.0
-        return rounds * self.round_s(searcher, top) + (searcher.trial_seconds or 0.0) * levers + pruning
+        finals = rounds * self.round_s(searcher, top)
+        return finals + self.alone_s(searcher, top) + self.pruning_s(searcher, top, rounds)
+
+    def alone_s(self, searcher: Searcher, top: list[dict[str, Any]]) -> float:
+        """The start with each lever of the leader alone, where the search did not measure it (time to
+        target measures none: each would be a whole training run of the start)."""
+        if self.to_target:
+            return 0.0
+        if not top:
+            return max(0, len(self.space) - 1) * (searcher.trial_seconds or 0.0)
+        leader = top[0]
+        levers = [a for a in self.space if leader[a] != self.start[a]]
+        missing = [a for a in levers if not searcher.measured({**self.start, a: leader[a]})]
+        return len(missing) * (searcher.trial_seconds or 0.0)
+
+    def pruning_s(self, searcher: Searcher, top: list[dict[str, Any]], rounds: int) -> float:
+        """The leader beside itself without each of its levers (when it has more than one), and for time to
+        target also beside itself without all those that alone cost nothing. A cell one lever away from the
+        leader is costed as the leader's own cells, not the search's average trial: for time to target that
+        average carries the slow first trials, and it stopped a search at a quarter of its budget."""
+        leader = top[0] if top else None
+        levers = [a for a in self.space if leader and leader[a] != self.start[a]]
+        if leader is None or len(levers) < 2:
+            return 0.0
+        near = searcher.cost(leader)
+        cells = near + sum(_known(searcher.timed({**leader, a: self.start[a]}), near) for a in levers)
+        if self.to_target:  # the leader again, and the leader without several levers: between it and the start
+            cells += near + (near + searcher.cost(self.start)) / 2
+        return rounds * FINAL_COST * cells
 
     def reserve_s(self, searcher: Searcher) -> float:
         return self.after_search_s(searcher, self.rounds)
@@ -375,6 +392,10 @@ class TunePlan:
         """Estimates run short (a cell's cost drifts with the machine's load): rather than overrun the
         budget, take fewer rounds, down to MIN_ROUNDS (a speedup needs pairs to have an interval)."""
         return rounds_that_fit(self.rounds, self.elapsed(), self.budget_s, lambda n: self.after_search_s(searcher, n))
+
+
+def _known(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def rounds_that_fit(asked: int, spent_s: float, budget_s: float, cost_s: Any) -> int:
@@ -699,7 +720,9 @@ def conclude(
         "budget_exhausted": result.budget_exhausted,
         "passes": result.passes,
         "search_seconds": search_seconds,
-        "contributions": contributions(setup.start, winner, searcher, start_sps=start_sps),
+        "contributions": contributions(
+            setup.start, winner, searcher, start_sps=start_sps, measure_missing=not setup.objective.to_target
+        ),
         "final": final,
         "pruning": pruning,
         "winner_yaml": str(winner_yaml),
