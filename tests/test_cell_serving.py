@@ -85,6 +85,25 @@ def test_a_cell_that_overruns_or_dies_fails_alone(tmp_path: Path, server: CellSe
     assert fine.status == "ok" and fine.step_s  # the server serves on
 
 
+def test_a_cell_ends_with_the_parent_that_asked_for_it(tmp_path: Path, server: CellServer) -> None:
+    import json
+    import subprocess
+
+    spec = tmp_path / "slow.spec.json"
+    spec.write_text(_spec("slow", "user_models:sleeps", {}, cell_timeout_s=600.0).model_dump_json())
+    request = {"spec": str(spec), "result": str(tmp_path / "r.json"), "log": str(tmp_path / "l.log"), "timeout_s": 600}
+    server.wait_ready()
+    assert server.proc.stdin is not None and server.proc.stdout is not None
+    server.proc.stdin.write(json.dumps(request) + "\n")
+    server.proc.stdin.flush()
+    server.proc.stdin.close()  # what a parent stopped by a signal leaves: the end of the server's input
+    try:  # the server waits on its cell: it is done only once the 60 s cell was killed
+        assert server.proc.wait(timeout=30) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail("the cell ran on after its parent was gone")
+    assert json.loads(server.proc.stdout.readline()) == {"exitcode": -9, "timed_out": False}
+
+
 @pytest.mark.slow
 def test_a_server_that_died_reads_as_a_failed_cell(tmp_path: Path, server: CellServer) -> None:
     server.proc.kill()

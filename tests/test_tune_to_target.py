@@ -251,3 +251,8 @@ def test_a_search_trial_is_stopped_once_it_cannot_win_and_the_pipeline_is_search
     assert cells.cell_measure("search").cell_timeout_s == TRIAL_CAP * 120.0
     assert cells.cell_measure("recheck").cell_timeout_s == TRIAL_CAP * 120.0
     assert cells.cell_measure("final-start-s01").cell_timeout_s == cells.measure.cell_timeout_s  # finals run out
+    resumed = TuneCells(setup, tmp_path, threads=1, measure=TTT.measure(None, runs=1))  # type: ignore[arg-type]
+    earlier = [_record(20.0).model_copy(update={"cell_seconds": s, "role": r}) for s, r in ((90.0, "search"),
+               (30.0, "final-start-s01"), (70.0, None))]  # fmt: skip
+    resumed.resume_from(earlier)  # an earlier run's search cells set the bar; its finals do not
+    assert resumed.cell_measure("search").cell_timeout_s == TRIAL_CAP * 70.0

@@ -76,17 +76,20 @@ def fork_reading(spec: str, result: str, log: str) -> int:
         os._exit(code)
 
 
-def wait_child(pid: int, timeout_s: float) -> tuple[int, bool]:
-    """(exit code, timed out) of child ``pid``, killed when it is still running after ``timeout_s``."""
+def wait_child(pid: int, timeout_s: float, requests: int | None = None) -> tuple[int, bool]:
+    """(exit code, timed out) of child ``pid``, killed when it is still running after ``timeout_s``, or as
+    soon as ``requests`` (the server's input, a pipe nobody writes to while a cell runs) ends: the parent is
+    gone (a tune stopped with a signal), and its cell would go on using the cores of whatever runs next."""
     pidfd = os.pidfd_open(pid)
     try:
-        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+        ready, _, _ = select.select([pidfd] + ([requests] if requests is not None else []), [], [], timeout_s)
+        done = pidfd in ready
     finally:
         os.close(pidfd)
-    if not ready:
+    if not done:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), not ready
+    return os.waitstatus_to_exitcode(status), not (done or ready)
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
@@ -97,6 +100,9 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
     for line in requests:
         req = json.loads(line)
         pid = fork_reading(req["spec"], req["result"], req["log"])
-        exitcode, timed_out = wait_child(pid, req["timeout_s"])
-        replies.write(json.dumps({"exitcode": exitcode, "timed_out": timed_out}) + "\n")
-        replies.flush()
+        exitcode, timed_out = wait_child(pid, req["timeout_s"], requests.fileno())
+        try:
+            replies.write(json.dumps({"exitcode": exitcode, "timed_out": timed_out}) + "\n")
+            replies.flush()
+        except BrokenPipeError:  # the parent is gone: nobody to answer
+            return

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,12 @@ class TuneCells:
         if role == "search" and ttt is not None and ttt.reached and record.cell_seconds:
             self.fastest_s = min(self.fastest_s or math.inf, record.cell_seconds)
 
+    def resume_from(self, records: Iterable[CellRecord]) -> None:
+        """An earlier run's search cells (--resume) set the bar its later trials are stopped at, as this
+        run's own would: without it a resumed search's first slow trials ran to their end."""
+        for record in records:
+            self.note_fastest(record, record.role or "search")
+
     def config(self, values: dict[str, Any]) -> RunConfig:
         return validate_config(apply_overrides(self.setup.base, overrides_of(values)), source=self.setup.source)
 
@@ -453,6 +460,7 @@ def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: flo
     records = read_records(measure.run_dir / "cells.jsonl")
     known = {values_key(r.axes): r for r in records if (r.role or "search") == "search"}
     rechecks = {values_key(r.axes): r for r in records if r.role == RECHECK}
+    measure.resume_from(known.values())
     searcher = Searcher(
         measure,
         plan.budget_s - plan.elapsed(),
