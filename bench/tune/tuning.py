@@ -373,8 +373,7 @@ class TunePlan:
         if not top:
             return max(0, len(self.space) - 1) * (searcher.trial_seconds or 0.0)
         leader = top[0]
-        levers = [a for a in self.space if leader[a] != self.start[a]]
-        missing = [a for a in levers if not searcher.measured({**self.start, a: leader[a]})]
+        missing = [a for a in levers_of(self.start, leader) if not searcher.measured({**self.start, a: leader[a]})]
         return len(missing) * (searcher.trial_seconds or 0.0)
 
     def pruning_s(self, searcher: Searcher, top: list[dict[str, Any]], rounds: int) -> float:
@@ -382,10 +381,10 @@ class TunePlan:
         target also beside itself without all those that alone cost nothing. A cell one lever away from the
         leader is costed as the leader's own cells, not the search's average trial: for time to target that
         average carries the slow first trials, and it stopped a search at a quarter of its budget."""
-        leader = top[0] if top else None
-        levers = [a for a in self.space if leader and leader[a] != self.start[a]]
-        if leader is None or len(levers) < 2:
+        levers = levers_of(self.start, top[0]) if top else []
+        if len(levers) < 2:
             return 0.0
+        leader = top[0]
         near = searcher.cost(leader)
         cells = near + sum(_known(searcher.timed({**leader, a: self.start[a]}), near) for a in levers)
         if self.to_target:  # the leader again, and the leader without several levers: between it and the start
