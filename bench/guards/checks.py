@@ -6,8 +6,9 @@ schedule, not about the model):
 
 - overfit:     a tiny batch is memorised (final loss below a precision-aware share of the initial
                loss). The LR is held constant at the optimizer's configured rate (``optim.lr``: the
-               peak of onecycle, the start of cosine and step); model, precision, optimizer, its
-               betas/momentum/weight decay and gradient clipping are the cell's own.
+               peak of onecycle, the start of cosine and step), reached after a short linear warm-up
+               where the schedule has one; model, precision, optimizer, its betas/momentum/weight
+               decay and gradient clipping are the cell's own.
 - finite:      every loss and gradient norm seen while measuring is finite (fp16 steps that the
                GradScaler skipped are counted, not failed: skipping them is how fp16 training works).
                It sees the measured steps exactly as the cell ran them, schedule included.
@@ -55,6 +56,7 @@ __all__ = [
     "GuardResult",
     "check_guards",
     "constant_lr",
+    "guard_warmup_steps",
     "guards_ok",
     "register_guard",
     "run_guards",
@@ -115,6 +117,22 @@ def constant_lr(config: RunConfig) -> RunConfig:
     return config.model_copy(update={"optim": config.optim.model_copy(update={"scheduler": "none"})})
 
 
+def guard_warmup_steps(config: RunConfig, steps: int) -> int:
+    """Steps of linear warm-up (from lr/100) the overfit guard takes before it holds the peak lr: the
+    config's own warm-up squeezed into at most a quarter of the guard's steps; none where the schedule has
+    none. A transformer at a high lr needs its warm-up: held at the peak from the first step, AdamW can
+    spend most of a short guard's steps recovering from its first updates, which no real run of the
+    config does."""
+    o = config.optim
+    if o.scheduler == "onecycle":
+        declared = steps  # one-cycle always rises to its peak
+    elif o.scheduler == "cosine":
+        declared = config.scaled_optim().warmup_steps
+    else:
+        declared = 0
+    return min(declared, steps // 4)
+
+
 @register_guard("overfit")
 def guard_overfit(ctx: GuardContext) -> GuardResult:
     """A tiny batch is memorised: final loss below a precision-aware share of the initial loss, or (nearly)
@@ -123,6 +141,11 @@ def guard_overfit(ctx: GuardContext) -> GuardResult:
     nor can a language model's, where windows that start alike continue differently)."""
     config, cfg = ctx.config, ctx.settings
     run = build_run(constant_lr(config))
+    warm = guard_warmup_steps(config, cfg.overfit_steps)
+    if warm:
+        run.trainer.scheduler = torch.optim.lr_scheduler.LinearLR(
+            run.trainer.optimizer, start_factor=0.01, total_iters=warm
+        )
     x, y = next(iter(run.data.train_loader))
     # Data-parallel: each rank memorises its share, so the job memorises the same few samples one process would.
     ranks = distributed.current().world_size if data_parallel(config) else 1
@@ -134,7 +157,8 @@ def guard_overfit(ctx: GuardContext) -> GuardResult:
     limit = cfg.overfit_ratio.get(config.precision, 0.1)
     ratio = final / initial if initial > 0 else math.inf
     accuracy = run.trainer.evaluate([(x, y)])["accuracy"]  # eval mode: dropout off
-    held = f", {config.optim.scheduler} schedule held at that lr" if config.optim.scheduler != "none" else ""
+    held = f" after a {warm}-step warm-up" if warm else ""
+    held += f", {config.optim.scheduler} schedule held at that lr" if config.optim.scheduler != "none" else ""
     detail = (
         f"loss {initial:.4g} -> {final:.4g} ({ratio:.1%} of initial, limit {limit:.0%}; or {MEMORISED_ACCURACY:.0%} "
         f"of predictions right and below {MEMORISED_RATIO:.0%}: {accuracy:.0%} right) in {len(losses)} steps "
