@@ -242,6 +242,34 @@ def test_rechecks_of_an_earlier_run_are_reused() -> None:
     assert calls == [] and result.winner == CL
 
 
+def test_an_earlier_runs_cells_cost_what_their_processes_took() -> None:
+    # A resumed search plans the finals from what the reused cells cost: the start's 220 s, not the
+    # resumed run's average trial.
+    slow = {**START, "precision": "bf16"}
+    known = {values_key(START): CellRecord(status="ok", samples_per_s=900.0, cell_seconds=220.0),
+             values_key(slow): CellRecord(status="ok", samples_per_s=1000.0, cell_seconds=40.0),
+             values_key(CL): CellRecord(status="failed", reason="killed")}  # fmt: skip
+    searcher = Searcher(lambda v, *label: fake(v), 1e9, known=known)
+    assert searcher.cost(START) == 220.0 and searcher.timed(slow) == 40.0
+    assert searcher.timed(CL) is None and searcher.trial_seconds == pytest.approx(130.0)
+    assert searcher.measured(START) and not searcher.trials  # reused, and still a trial only once visited
+
+
+def test_a_value_that_trains_as_the_current_best_is_not_tried() -> None:
+    # Say the workers change nothing at batch 128 (where the search stands when it reaches that axis): the
+    # value is never measured there, so it cannot win on its reading (the landscape would pick it).
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        def rest(v: dict[str, Any]) -> dict[str, Any]:
+            return {k: x for k, x in v.items() if k != "data.num_workers"}
+
+        return a == b or (a["data.batch_size"] == b["data.batch_size"] == 128 and rest(a) == rest(b))
+
+    calls: list[dict[str, Any]] = []
+    result = coordinate_search(START, SPACE, Searcher(lambda v, *label: calls.append(v) or fake(v), 1e9), same=same)
+    assert result.winner["data.batch_size"] == 128 and result.winner["data.num_workers"] == 2
+    assert not [v for v in calls if v["data.batch_size"] == 128 and v["data.num_workers"] == 0]
+
+
 def test_every_lever_gets_a_reading_before_a_close_call_gets_a_second() -> None:
     space = {**CL_SPACE, "data.num_workers": [2, 0], "train.compile": ["off", "default"]}
     for budget, rechecked in ((45.0, False), (1e9, True)):

@@ -312,6 +312,36 @@ class FakeCells:
                                           "guards_ok": not broken})  # fmt: skip
 
 
+class SubstituteCells(FakeCells):
+    """Levers ``b`` and ``d`` are substitutes (either one cuts the step by 30%; both, no more than one) when
+    ``substitutes``; otherwise neither changes anything."""
+
+    def __init__(self, substitutes: bool) -> None:
+        super().__init__()
+        self.substitutes = substitutes
+
+    def __call__(self, values: dict[str, Any], label: str | None = None) -> CellRecord:
+        record = super().__call__(values, label)
+        if not (self.substitutes and (values["b"] or values["d"])):
+            return record
+        return record.model_copy(update={"step_s": [0.7 * s for s in record.step_s or []]})
+
+
+def test_throughput_levers_free_alone_are_dropped_together_only_if_that_is_free_too() -> None:
+    start, winner = {"a": 0, "b": 0, "c": 0, "d": 0}, {"a": 1, "b": 1, "c": 1, "d": 1}
+    cells = SubstituteCells(substitutes=True)
+    kept, rows = prune_levers(cells, start, winner, 4, None)  # type: ignore[arg-type]
+    assert kept == winner  # without b, d does its work and the reverse: each looks free, together they are not
+    by = {r["axis"]: r for r in rows}
+    assert by["b"]["why"] == by["d"]["why"] == "slower without them together" and by["b"]["together"]
+    assert rows[-1]["axis"] == "together: b, d" and rows[-1]["kept"] and rows[-1]["without"][2] < 0.8
+    assert len([x for x in cells.seen if x.startswith("final-pruned-")]) == 4  # four rounds of the winner without both
+    pruned, rows = prune_levers(SubstituteCells(substitutes=False), start, winner, 4, None)  # type: ignore[arg-type]
+    assert pruned == {"a": 1, "b": 0, "c": 1, "d": 0}
+    assert rows[-1]["axis"] == "together: b, d" and not rows[-1]["kept"] and rows[-1]["without"][1] <= 1.0
+    assert "**dropped**: not slower without them together" in "\n".join(pruning_section({"pruning": rows}))
+
+
 def test_every_lever_of_the_winner_must_pay() -> None:
     cells = FakeCells()
     start, winner = {"a": 0, "b": 0, "c": 0}, {"a": 1, "b": 1, "c": 1}

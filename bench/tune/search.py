@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.cells.contract import FAILED, CellRecord
 from bench.stats import geometric_mean
+from bench.tune.levers import levers_of
 
 Record = CellRecord
 # measure(values) for a first reading; measure(values, "recheck") for another reading of known values
@@ -65,7 +66,8 @@ class Searcher:
     ``reserve_s(searcher)`` is time the search must leave for work that follows it (the caller's
     side-by-side re-measurements); it is asked before each trial, so it can scale with the measured
     cost of a trial (``trial_seconds``). ``known``/``known_rechecks``: records of an earlier run
-    (``--resume``), used instead of measuring again. ``value``: what a reading is worth (the objective).
+    (``--resume``), used instead of measuring again; their ``cell_seconds`` count as their cost.
+    ``value``: what a reading is worth (the objective).
     """
 
     def __init__(
@@ -90,6 +92,11 @@ class Searcher:
         self._visited: set[str] = set()
         self._cold_done = False  # the first measurement is made (and left out of the timings below)
         self._seconds: dict[str, list[float]] = {}  # wall time of each later measurement, by configuration
+        for key, record in [*self.cache.items(), *self.recheck_cache.items()]:
+            # An earlier run's cells cost what their processes took: without it a resumed plan costed the
+            # start's slow runs to the target as an average trial and under-reserved the finals.
+            if record.cell_seconds:
+                self._seconds.setdefault(key, []).append(record.cell_seconds)
 
     @property
     def trial_seconds(self) -> float | None:
@@ -197,8 +204,10 @@ class CoordinateSearch:
         recheck_band: float = 0.0,
         late_axes: Collection[str] = (),
         late_trial_cost: float = 1.0,
+        same: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None,
     ) -> None:
         self.start, self.space, self.searcher = dict(start), space, searcher
+        self.same = same or (lambda a, b: a == b)
         self.min_gain, self.max_passes, self.mem_cap_mb, self.batch_key = min_gain, max_passes, mem_cap_mb, batch_key
         self.recheck_band = recheck_band
         self.early = [a for a in space if a not in late_axes]
@@ -306,7 +315,7 @@ class CoordinateSearch:
         values = sorted(self.space[axis]) if axis == self.batch_key else list(self.space[axis])
         moved = False
         for j, value in enumerate(values):
-            if value == self.current.get(axis):
+            if value == self.current.get(axis) or self.same({**self.current, axis: value}, self.current):
                 continue
             untried = 0 if untried_after is None else untried_after + len(values) - 1 - j
             outcome = self.attempt(axis, value, untried, reserve_units)
@@ -345,7 +354,9 @@ def coordinate_search(
 
     ``late_axes`` (e.g. compilation: slow to try, and every later trial would pay for it) are judged
     once, after the other axes have settled; later passes stop early enough to leave time for them,
-    costing each of their trials ``late_trial_cost`` ordinary trials. Other options: ``min_gain``,
+    costing each of their trials ``late_trial_cost`` ordinary trials. ``same(a, b)``: the two train
+    alike (a value that changes nothing where the others stand, such as an lr scaling rule at the
+    reference batch, is not tried: its reading could only win on noise). Other options: ``min_gain``,
     ``max_passes``, ``mem_cap_mb`` (larger batches stop once one exceeds it or fails), ``batch_key``.
     """
     return CoordinateSearch(start, space, searcher, **options).run()
@@ -369,9 +380,7 @@ def contributions(
     base = searcher.value(searcher.get(start))
     base_sps = start_sps or searcher.score(start)
     rows = []
-    for axis in winner:
-        if winner[axis] == start.get(axis):
-            continue
+    for axis in levers_of(start, winner):
         alone = {**start, axis: winner[axis]}
         if not measure_missing and not searcher.measured(alone):
             rows.append({"axis": axis, "from": start.get(axis), "to": winner[axis], "status": "not measured",

@@ -15,6 +15,7 @@ from bench._cli import positive_int
 from bench.cells.contract import OK, CellRecord, MeasureConfig
 from bench.cells.target import Target, TargetResult
 from bench.target.scoring import score_runs, speedup_interval
+from bench.tune.levers import judged_by_finals, lever_row, levers_of, pruned_by, settle_together, without
 from trainer_core.config import RunConfig
 from trainer_core.datasets import dataset_info
 from trainer_core.errors import ConfigError
@@ -191,63 +192,34 @@ def target_finals(
 def prune_target_levers(
     cells: TuneCells, objective: Objective, start: dict[str, Any], winner: dict[str, Any], final: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Every lever of the winner must pay: the winner without each one (set back to the start's value),
-    all runs side by side with the winner. Kept when without it the target is reached significantly later
-    (the interval of the speed without / with it below 1) or not at all; one lever alone is judged by the
-    finals. Rows as :func:`bench.tune.tuning.prune_levers` writes them."""
-    levers = [k for k in winner if winner[k] != start.get(k)]
-    if not levers:
-        return winner, []
-    if len(levers) == 1:
-        if final.get("ci_low") is None:
-            return winner, []
-        kept = final["ci_low"] > 1.0
-        without = (1 / final["speedup"], 1 / final["ci_high"], 1 / final["ci_low"])
-        row = {"axis": levers[0], "kept": kept, "without": without, "why": "the finals' winner against the start"}
-        return (winner if kept else dict(start)), [row]
+    """Every lever of the winner must pay (:mod:`bench.tune.levers`): the winner without each one, all runs
+    side by side with the winner. Kept when without it the target is reached significantly later (the
+    interval of the speed without / with it below 1) or not at all; one lever alone is judged by the finals."""
+    levers = levers_of(start, winner)
+    if len(levers) < 2:
+        return judged_by_finals(levers[0], start, winner, final) if levers else (winner, [])
     assert objective.target is not None
-    configs = {"winner": winner, **{f"no-{k}": {**winner, k: start[k]} for k in levers}}
+    configs = {"winner": winner, **{f"no-{k}": without(winner, start, k) for k in levers}}
     scored, failed = seeded_runs(cells, configs, objective.runs, objective.target, "prune")
     if "winner" not in scored or not scored["winner"].reached:
         why = failed.get("winner") or "did not reach the target"
         return winner, [
             {"axis": k, "kept": True, "without": None, "why": f"the winner re-measured: {why}"} for k in levers
         ]
-    rows, pruned = [], dict(winner)
-    for k in levers:
-        ratio = ratio_of(scored["winner"], scored.get(f"no-{k}"))  # speed without / with: below 1, it pays
-        if ratio is None:
-            why = failed.get(f"no-{k}") or "the target was not reached"
-            rows.append({"axis": k, "kept": True, "without": None, "why": f"without it: {why}"})
-            continue
-        kept = ratio[2] < 1.0
-        rows.append({"axis": k, "kept": kept, "without": ratio, "why": "side by side"})
-        if not kept:
-            pruned[k] = start[k]
-    dropped = [r for r in rows if not r["kept"]]
-    if len(dropped) > 1:
-        return drop_together(cells, objective, winner, pruned, rows)
-    return pruned, rows
-
-
-def drop_together(
-    cells: TuneCells, objective: Objective, winner: dict[str, Any], pruned: dict[str, Any], rows: list[dict[str, Any]]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Levers that each cost nothing alone can cost something together (one run's gain hidden by the
-    other's, or each loss inside its own interval): the winner without all of them, side by side with the
-    winner. Dropped together only when that is not significantly slower; else every lever stays."""
-    assert objective.target is not None
+    rows = [
+        lever_row(k, ratio_of(scored["winner"], scored.get(f"no-{k}")), failed.get(f"no-{k}") or NOT_REACHED)
+        for k in levers
+    ]
+    pruned = pruned_by(start, winner, rows)
+    if sum(not r["kept"] for r in rows) < 2:
+        return pruned, rows
     scored, failed = seeded_runs(cells, {"winner": winner, "pruned": pruned}, objective.runs, objective.target,
                                  "prune-together")  # fmt: skip
     ratio = ratio_of(scored.get("winner"), scored.get("pruned"))  # speed without them / with
-    names = "together: " + ", ".join(r["axis"] for r in rows if not r["kept"])
-    if ratio is not None and ratio[2] >= 1.0:
-        dropped = {"axis": names, "kept": False, "without": ratio, "why": "side by side", "together": True}
-        return pruned, rows + [dropped]
-    why = "slower without them together" if ratio is not None else "together: " + (
-        failed.get("pruned") or failed.get("winner") or "the target was not reached")  # fmt: skip
-    kept = [r if r["kept"] else {**r, "kept": True, "why": why, "together": True} for r in rows]
-    return winner, kept + [{"axis": names, "kept": True, "without": ratio, "why": why, "together": True}]
+    return settle_together(winner, pruned, rows, ratio, failed.get("pruned") or failed.get("winner") or NOT_REACHED)
+
+
+NOT_REACHED = "the target was not reached"
 
 
 def epochs_to_reach(final: dict[str, Any] | None, winner: dict[str, Any]) -> int | None:

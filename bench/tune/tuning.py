@@ -32,6 +32,7 @@ from bench.matrix import cell_id_for, lever_skip_reason, preflight_config, resol
 from bench.measure.timing import STEP_DRIVEN_OVERRIDES
 from bench.paired.engine import Reading, ReadingError, Rounds, RoundsPlan, run_rounds
 from bench.stats import geometric_mean
+from bench.tune.levers import judged_by_finals, lever_row, levers_of, pruned_by, settle_together, without
 from bench.tune.search import (
     RECHECK,
     Searcher,
@@ -377,18 +378,17 @@ class TunePlan:
         return len(missing) * (searcher.trial_seconds or 0.0)
 
     def pruning_s(self, searcher: Searcher, top: list[dict[str, Any]], rounds: int) -> float:
-        """The leader beside itself without each of its levers (when it has more than one), and for time to
-        target also beside itself without all those that alone cost nothing. A cell one lever away from the
-        leader is costed as the leader's own cells, not the search's average trial: for time to target that
-        average carries the slow first trials, and it stopped a search at a quarter of its budget."""
+        """The leader beside itself without each of its levers (when it has more than one), then beside
+        itself without all those that alone cost nothing. A cell one lever away from the leader is costed as
+        the leader's own cells, not the search's average trial: for time to target that average carries the
+        slow first trials, and it stopped a search at a quarter of its budget."""
         levers = levers_of(self.start, top[0]) if top else []
         if len(levers) < 2:
             return 0.0
         leader = top[0]
         near = searcher.cost(leader)
         cells = near + sum(_known(searcher.timed({**leader, a: self.start[a]}), near) for a in levers)
-        if self.to_target:  # the leader again, and the leader without several levers: between it and the start
-            cells += near + (near + searcher.cost(self.start)) / 2
+        cells += near + (near + searcher.cost(self.start)) / 2  # the leader without several: between it and the start
         return rounds * FINAL_COST * cells
 
     def reserve_s(self, searcher: Searcher) -> float:
@@ -476,6 +476,7 @@ def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: flo
         recheck_band=RECHECK_BAND,
         late_axes=LATE_AXES,
         late_trial_cost=LATE_TRIAL_COST,
+        same=lambda a, b: trained_as(measure.config(a)) == trained_as(measure.config(b)),
     )
     if setup.objective.value(result.start_record) is None:
         raise ConfigError(
@@ -483,6 +484,14 @@ def search(setup: TuneSetup, measure: TuneCells, plan: TunePlan, mem_cap_mb: flo
             "nothing to compare against"
         )
     return searcher, result
+
+
+def trained_as(config: RunConfig) -> dict[str, Any]:
+    """What a run trains: its config with the lr and warm-up its batch scales them to, the scaling rule
+    left out (a rule that scales by 1 changes nothing)."""
+    scaled, out = config.scaled_optim(), config.to_dict()
+    out["optim"].update(lr=scaled.lr, warmup_steps=scaled.warmup_steps, lr_scaling="none", reference_batch_size=None)
+    return out
 
 
 class FinalsSubject:
@@ -566,45 +575,32 @@ def side_by_side(
     }
 
 
-def levers_of(start: dict[str, Any], winner: dict[str, Any]) -> list[str]:
-    return [k for k in winner if winner[k] != start.get(k)]
-
-
-def without(winner: dict[str, Any], start: dict[str, Any], lever: str) -> dict[str, Any]:
-    return {**winner, lever: start[lever]}
-
-
 def prune_levers(
     cells: TuneCells, start: dict[str, Any], winner: dict[str, Any], rounds: int, final: dict[str, Any] | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Every lever of the winner must pay: each one taken out on its own (set back to the start's value)
-    and measured side by side with the winner in rotating rounds. A lever whose removal is not slower
-    (the paired interval of without/with reaches 1) is dropped; one whose removal breaks a guard stays.
-    One lever alone: the finals already compared the winner with the start, side by side."""
+    """Every lever of the winner must pay (:mod:`bench.tune.levers`): each one taken out on its own (set
+    back to the start's value) and measured side by side with the winner in rotating rounds. A lever whose
+    removal is not slower (the paired interval of without/with reaches 1) is dropped; one whose removal
+    breaks a guard stays. One lever alone: the finals already compared the winner with the start."""
     levers = levers_of(start, winner)
-    if not levers:
-        return winner, []
-    if len(levers) == 1:
-        if final is None or final.get("ci_low") is None:
-            return winner, []
-        kept = final["ci_low"] > 1.0
-        ratio = (1 / final["speedup"], 1 / final["ci_high"], 1 / final["ci_low"])
-        row = {"axis": levers[0], "kept": kept, "without": ratio, "why": "the finals' winner against the start"}
-        return (winner if kept else dict(start)), [row]
+    if len(levers) < 2:
+        return judged_by_finals(levers[0], start, winner, final) if levers else (winner, [])
     configs = {"winner": winner, **{f"no-{k}": without(winner, start, k) for k in levers}}
     done, _ = paired_cells(cells, configs, rounds, "re-measuring the winner")
-    rows, pruned = [], dict(winner)
-    for k in levers:
-        arm = f"no-{k}"
-        if arm in done.dropped:
-            rows.append({"axis": k, "kept": True, "without": None, "why": f"without it: {done.dropped[arm]}"})
-            continue
-        r = done.compare("winner", arm, RoundsPlan().min_effect_pct)["cell"]
-        kept = r.ci_high < 1.0  # without the lever is slower: it pays
-        rows.append({"axis": k, "kept": kept, "without": (r.ratio, r.ci_low, r.ci_high), "why": "side by side"})
-        if not kept:
-            pruned[k] = start[k]
-    return pruned, rows
+    rows = [lever_row(k, paired_ratio(done, f"no-{k}"), done.dropped.get(f"no-{k}", "")) for k in levers]
+    pruned = pruned_by(start, winner, rows)
+    if sum(not r["kept"] for r in rows) < 2:
+        return pruned, rows
+    done, _ = paired_cells(cells, {"winner": winner, "pruned": pruned}, rounds, "re-measuring the winner")
+    return settle_together(winner, pruned, rows, paired_ratio(done, "pruned"), done.dropped.get("pruned", ""))
+
+
+def paired_ratio(done: Rounds, arm: str) -> tuple[float, float, float] | None:
+    """``arm``'s throughput over the winner's with its paired interval; None when the arm was dropped."""
+    if arm in done.dropped:
+        return None
+    r = done.compare("winner", arm, RoundsPlan().min_effect_pct)["cell"]
+    return (r.ratio, r.ci_low, r.ci_high)
 
 
 def train_for_seconds(config: RunConfig, seconds: float) -> dict[str, Any]:
