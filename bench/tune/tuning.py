@@ -345,8 +345,7 @@ class TunePlan:
     space: dict[str, list[Any]]
     finalists: int
     rounds: int
-    # Time to target: levers that alone cost nothing are also tried out together, and no lever is measured
-    # alone from the start (see conclude).
+    # Time to target: no lever is measured alone from the start (each would be a whole run; see conclude).
     to_target: bool = False
     t0: float = field(default_factory=time.monotonic)
 
