@@ -89,7 +89,7 @@ def wait_child(pid: int, timeout_s: float, requests: int | None = None) -> tuple
     if not done:
         os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), not (done or ready)
+    return os.waitstatus_to_exitcode(status), not ready  # neither the cell nor the input: the time ran out
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:

@@ -60,6 +60,7 @@ IMAGE_MODELS = ("SimpleCNN", "FastCNN", "ResNet18", "torchvision:resnet18", "tor
 # epoch budget anneals too late to reach the target sooner, and fewer epochs without one never reach it.
 SCHEDULE_LEVER = "optim.scheduler+train.epochs"
 SCHEDULE_SHARES = (0.2, 0.3, 0.45, 0.7)  # one-cycle schedules this share of the start's epoch budget long
+NOT_REACHED = "the target was not reached"  # why a lever's run without it has no time to the target
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,6 @@ def prune_target_levers(
                                  "prune-together")  # fmt: skip
     ratio = ratio_of(scored.get("winner"), scored.get("pruned"))  # speed without them / with
     return settle_together(winner, pruned, rows, ratio, failed.get("pruned") or failed.get("winner") or NOT_REACHED)
-
-
-NOT_REACHED = "the target was not reached"
 
 
 def epochs_to_reach(final: dict[str, Any] | None, winner: dict[str, Any]) -> int | None:
